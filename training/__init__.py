@@ -1,0 +1,1 @@
+"""Training side of starrating: data, the DDP/AMP training loop, evaluation, archiving."""

@@ -1,0 +1,1 @@
+"""Reading review files, the embedded default data set, and writing train/validation/test splits."""

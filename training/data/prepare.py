@@ -1,0 +1,127 @@
+"""``starrating data prepare``: validate rows and write stratified train/validation/test splits.
+
+Splitting streams: each star class keeps a seeded bag of split slots (refilled with the
+smallest block that holds the requested fractions exactly, then shuffled), so splits are
+stratified to within one block per class, deterministic for a seed, and memory stays flat on
+multi-GB review dumps.
+Output: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` with ``{"text", "stars"}`` per line,
+and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from starrating.labels import STARS
+from starrating.text import normalize_text
+from training.data.readers import Review
+
+SPLITS = ("train", "validation", "test")
+MAX_BLOCK = 100
+
+
+@dataclass
+class PrepareSummary:
+    """What was read, what was kept and where it went."""
+
+    source: str
+    seed: int
+    rows_read: int = 0
+    rows_written: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {"missing_text": 0, "bad_label": 0})
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_stars(value: Any) -> int | None:
+    """An integral 1-5 rating from ``5``, ``"5"``, ``5.0`` or ``"5.0"``; otherwise None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number != int(number) or int(number) not in STARS:
+        return None
+    return int(number)
+
+
+class _SplitBags:
+    """Per-class bags of split names, refilled with the split fractions and shuffled."""
+
+    def __init__(self, fractions: dict[str, float], seed: int) -> None:
+        shares = {
+            name: Fraction(frac).limit_denominator(MAX_BLOCK) for name, frac in fractions.items()
+        }
+        # The smallest block that holds every share exactly: 10 for 0.1/0.1, 20 for 0.15.
+        block = math.lcm(*(share.denominator for share in shares.values()))
+        counts = {name: int(share * block) for name, share in shares.items()}
+        counts["train"] = block - sum(counts.values())
+        self._block = [name for name, n in counts.items() for _ in range(n)]
+        self._rng = random.Random(seed)
+        self._bags: dict[int, list[str]] = {}
+
+    def draw(self, stars: int) -> str:
+        bag = self._bags.setdefault(stars, [])
+        if not bag:
+            bag.extend(self._block)
+            self._rng.shuffle(bag)
+        return bag.pop()
+
+
+def prepare(
+    reviews: Iterable[Review],
+    out_dir: Path,
+    *,
+    source: str,
+    seed: int = 42,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    on_row: Callable[[], None] | None = None,
+) -> PrepareSummary:
+    """Validate ``reviews`` and write the splits under ``out_dir``."""
+    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
+        raise ValueError("validation and test fractions must be >= 0 and sum to less than 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = PrepareSummary(source=source, seed=seed)
+    bags = _SplitBags({"validation": validation_fraction, "test": test_fraction}, seed)
+    counts: dict[str, Counter[int]] = {name: Counter() for name in SPLITS}
+    handles = {name: (out_dir / f"{name}.partial").open("w", encoding="utf-8") for name in SPLITS}
+    try:
+        for review in reviews:
+            summary.rows_read += 1
+            if on_row is not None:
+                on_row()
+            text = normalize_text(review.text) if isinstance(review.text, str) else ""
+            if not text:
+                summary.skipped["missing_text"] += 1
+                continue
+            stars = parse_stars(review.label)
+            if stars is None:
+                summary.skipped["bad_label"] += 1
+                continue
+            split = bags.draw(stars)
+            record = {"text": text, "stars": stars}
+            handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts[split][stars] += 1
+            summary.rows_written += 1
+    finally:
+        for handle in handles.values():
+            handle.close()
+    for name in SPLITS:
+        (out_dir / f"{name}.partial").replace(out_dir / f"{name}.jsonl")
+        summary.splits[name] = {str(s): counts[name][s] for s in STARS} | {
+            "rows": sum(counts[name].values())
+        }
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary
