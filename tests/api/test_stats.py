@@ -1,0 +1,215 @@
+"""The A/B statistics against scipy/statsmodels on fixed inputs, and by simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import (
+    proportion_confint,
+    proportion_effectsize,
+    proportions_ztest,
+)
+
+from api.stats import (
+    Comparison,
+    mean_interval,
+    means_sample_size,
+    mixture_log_likelihood_ratio,
+    proportions_sample_size,
+    quantile_interval,
+    sample_ratio_check,
+    sequential_p_values,
+    sequential_sample_size,
+    sequential_test,
+    two_proportion_ztest,
+    verdict,
+    welch_ttest,
+    wilson_interval,
+)
+
+
+@pytest.mark.parametrize(("successes", "n"), [(0, 10), (3, 10), (10, 10), (412, 600), (1, 2)])
+def test_wilson_interval_matches_statsmodels(successes: int, n: int) -> None:
+    low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    got = wilson_interval(successes, n)
+    assert got.value == pytest.approx(successes / n)
+    assert got.low == pytest.approx(low, abs=1e-12)
+    assert got.high == pytest.approx(high, abs=1e-12)
+
+
+def test_wilson_interval_rejects_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="at least one"):
+        wilson_interval(0, 0)
+
+
+def test_mean_interval_matches_scipy_t_interval() -> None:
+    values = [0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 3.0, 1.0, 0.0]
+    low, high = stats.t.interval(
+        0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+    )
+    got = mean_interval(values)
+    assert got.value == pytest.approx(0.8)
+    assert got.low == pytest.approx(low)
+    assert got.high == pytest.approx(high)
+
+
+def test_mean_interval_of_one_value_has_no_bounds() -> None:
+    assert mean_interval([2.0]).low is None
+
+
+def test_quantile_interval_covers_true_quantile() -> None:
+    # Exponential(1): the true p95 is -log(0.05); the interval must cover it >= ~95% of the time.
+    rng = np.random.default_rng(1)
+    truth = -math.log(0.05)
+    covered = 0
+    trials = 1000
+    for sample in rng.exponential(size=(trials, 200)):
+        est = quantile_interval(sample, 0.95)
+        assert est.low is not None and est.high is not None
+        assert est.low <= est.value <= est.high
+        covered += est.low <= truth <= est.high
+    assert covered / trials >= 0.93
+
+
+def test_quantile_interval_is_open_when_sample_is_too_small() -> None:
+    est = quantile_interval([10.0, 20.0, 30.0], 0.95)
+    assert est.value == pytest.approx(np.quantile([10.0, 20.0, 30.0], 0.95))
+    assert est.high is None
+
+
+@pytest.mark.parametrize(("s1", "n1", "s2", "n2"), [(70, 100, 80, 100), (410, 600, 95, 150)])
+def test_two_proportion_ztest_matches_statsmodels(s1: int, n1: int, s2: int, n2: int) -> None:
+    _, p_value = proportions_ztest([s2, s1], [n2, n1])
+    got = two_proportion_ztest(s1, n1, s2, n2)
+    assert got.p_value == pytest.approx(p_value)
+    assert got.difference == pytest.approx(s2 / n2 - s1 / n1)
+
+
+def test_welch_ttest_matches_scipy() -> None:
+    control = [0, 1, 0, 2, 1, 0, 0, 3, 1, 0, 1, 1]
+    candidate = [0, 0, 1, 0, 0, 1, 0, 0]
+    expected = stats.ttest_ind(candidate, control, equal_var=False)
+    got = welch_ttest(control, candidate)
+    assert got.p_value == pytest.approx(expected.pvalue)
+    assert got.difference == pytest.approx(np.mean(candidate) - np.mean(control))
+
+
+def test_mixture_likelihood_ratio_matches_numerical_integration() -> None:
+    # Lambda = integral N(d; theta, V) N(theta; 0, tau^2) dtheta / N(d; 0, V).
+    d, v, tau = 0.07, 0.0009, 0.05
+    numerator, _ = integrate.quad(
+        lambda theta: stats.norm.pdf(d, theta, math.sqrt(v)) * stats.norm.pdf(theta, 0, tau),
+        -1,
+        1,
+        points=[0.0, d],
+    )
+    expected = numerator / stats.norm.pdf(d, 0, math.sqrt(v))
+    assert float(mixture_log_likelihood_ratio(d, v, tau)) == pytest.approx(math.log(expected))
+
+
+def test_sequential_p_values_only_go_down_and_detect_a_real_difference() -> None:
+    rng = np.random.default_rng(2)
+    arms = rng.random((200, 2000)) < 0.5
+    correct = rng.random((200, 2000)) < np.where(arms, 0.78, 0.65)
+    p = sequential_p_values(arms, correct, mixture_sd=0.05)
+    assert (np.diff(p, axis=-1) <= 0).all()
+    assert (p[:, -1] < 0.05).mean() > 0.9
+
+
+def test_sequential_and_fixed_horizon_under_continuous_monitoring() -> None:
+    """A/A experiments peeked at after every 50 feedbacks: only the sequential test holds 5%."""
+    rng = np.random.default_rng(3)
+    experiments, horizon = 1000, 2000
+    arms = rng.random((experiments, horizon)) < 0.5
+    correct = (rng.random((experiments, horizon)) < 0.7).astype(np.float64)
+    looks = np.arange(49, horizon, 50)
+
+    sequential = sequential_p_values(arms, correct, mixture_sd=0.05)
+    sequential_rate = float((sequential[:, looks] < 0.05).any(axis=1).mean())
+
+    n_b = np.cumsum(arms, axis=1)[:, looks]
+    n_a = np.cumsum(~arms, axis=1)[:, looks]
+    s_b = np.cumsum(correct * arms, axis=1)[:, looks]
+    s_a = np.cumsum(correct * ~arms, axis=1)[:, looks]
+    pooled = (s_a + s_b) / (n_a + n_b)
+    z = (s_b / n_b - s_a / n_a) / np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    naive_rate = float((2 * stats.norm.sf(np.abs(z)) < 0.05).any(axis=1).mean())
+
+    print(
+        f"A/A false-positive rate over {experiments} experiments, {len(looks)} looks: "
+        f"sequential {sequential_rate:.3f}, naive fixed-horizon {naive_rate:.3f}"
+    )
+    assert sequential_rate <= 0.05
+    assert naive_rate >= 0.15
+    # The z-test at the last look is the same test as ours, checked once.
+    i = 0
+    ours = two_proportion_ztest(int(s_a[i, -1]), int(n_a[i, -1]), int(s_b[i, -1]), int(n_b[i, -1]))
+    assert ours.p_value == pytest.approx(2 * stats.norm.sf(abs(z[i, -1])))
+
+
+def test_sequential_test_on_empty_or_one_sided_data_is_not_significant() -> None:
+    assert sequential_test([], [], mixture_sd=0.1).p_value == 1.0
+    assert sequential_test([True] * 50, [1.0] * 50, mixture_sd=0.1).p_value == 1.0
+
+
+def test_sample_ratio_check_matches_scipy_chisquare() -> None:
+    observed = {"a": 5210, "b": 4790}
+    check = sample_ratio_check(observed, {"a": 1, "b": 1})
+    expected = stats.chisquare([5210, 4790], [5000, 5000])
+    assert check.p_value == pytest.approx(expected.pvalue)
+    assert check.mismatch  # p ~ 2.7e-5
+    fine = sample_ratio_check({"a": 7010, "b": 2990}, {"a": 0.7, "b": 0.3})
+    assert not fine.mismatch
+    assert fine.expected == {"a": pytest.approx(7000), "b": pytest.approx(3000)}
+
+
+def test_sample_ratio_check_flags_traffic_to_a_zero_weight_variant() -> None:
+    assert sample_ratio_check({"a": 100, "b": 3}, {"a": 1, "b": 0}).mismatch
+    assert not sample_ratio_check({"a": 100, "b": 0}, {"a": 1, "b": 0}).mismatch
+    with pytest.raises(ValueError, match="no weight"):
+        sample_ratio_check({"c": 1}, {"a": 1})
+
+
+def test_sample_sizes_match_statsmodels_power() -> None:
+    # statsmodels also counts the (negligible) power of the wrong-sided tail: equal to ~1e-5.
+    power = NormalIndPower()
+    h = proportion_effectsize(0.75, 0.70)
+    expected = power.solve_power(effect_size=h, alpha=0.05, power=0.8, ratio=0.5)
+    assert proportions_sample_size(0.70, 0.75, ratio=0.5) == pytest.approx(expected, rel=1e-4)
+    expected_means = power.solve_power(effect_size=0.1 / 0.8, alpha=0.05, power=0.8, ratio=1.0)
+    assert means_sample_size(0.1, 0.8) == pytest.approx(expected_means, rel=1e-4)
+
+
+def test_sequential_sample_size_is_about_the_median_stopping_time() -> None:
+    total = sequential_sample_size(0.1, 0.46, 0.40, 0.5, mixture_sd=0.05)
+    assert total is not None
+    rng = np.random.default_rng(4)
+    arms = rng.random((400, total)) < 0.5
+    correct = rng.random((400, total)) < np.where(arms, 0.8, 0.7)
+    stopped = (sequential_p_values(arms, correct, mixture_sd=0.05)[:, -1] < 0.05).mean()
+    assert 0.3 <= stopped <= 0.85
+    assert sequential_sample_size(0.0, 0.4, 0.4, 0.5, mixture_sd=0.05) is None
+
+
+def test_verdict_names_the_better_candidate_and_the_metric() -> None:
+    comparisons = [
+        Comparison("B", "accuracy", 0.08, 0.002, None),
+        Comparison("B", "mae", -0.2, 0.0004, None),
+    ]
+    text = verdict("A", comparisons, None)
+    assert text == "B is better than A on accuracy (p=0.002), MAE (p=<0.001)"
+
+
+def test_verdict_asks_for_more_data_or_warns_about_the_split() -> None:
+    waiting = [Comparison("B", "accuracy", 0.01, 0.4, 1800), Comparison("B", "mae", 0, 1, 950)]
+    assert verdict("A", waiting, None) == "B vs A: not enough data: need ~950 more feedbacks"
+    worse = [Comparison("B", "mae", 0.3, 0.01, None)]
+    assert verdict("A", worse, None) == "B is worse than A on MAE (p=0.010)"
+    srm = sample_ratio_check({"A": 600, "B": 400}, {"A": 1, "B": 1})
+    assert verdict("A", worse, srm).startswith("sample ratio mismatch")
