@@ -145,3 +145,32 @@ def test_embedded_cut_points(mean: float, stars: int) -> None:
 )
 def test_parse_stars(value: object, stars: int | None) -> None:
     assert parse_stars(value) == stars
+
+
+def test_embedded_data_fails_clearly_when_registry_unreachable_and_nothing_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from training.data import embedded
+
+    def no_registry(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
+
+    monkeypatch.setattr(embedded.subprocess, "run", no_registry)
+    with pytest.raises(embedded.EmbeddedDataError, match=r"could not fetch.*nothing is cached"):
+        list(embedded.read_embedded(tmp_path))
+
+
+def test_corrupt_cached_embedded_data_is_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.data import embedded
+
+    cached = tmp_path / "embedded" / embedded.CACHE_NAME
+    cached.parent.mkdir(parents=True)
+    cached.write_text("1_1\t-0.9\ttampered\n")
+    fetched: list[Path] = []
+    monkeypatch.setattr(embedded, "_download", fetched.append)
+    assert embedded.fetch(tmp_path) == cached
+    assert fetched == [cached]
