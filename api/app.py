@@ -1,0 +1,93 @@
+"""The gateway application: ``create_app()`` assembles settings, middleware and routers.
+
+Served by uvicorn as a factory: ``uvicorn api.app:create_app --factory``. The lifespan creates
+the one pooled TorchServe client and closes it at shutdown; tests pass their own client,
+chooser or recorder instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import metrics
+from api.errors import install_error_handlers
+from api.logging import configure_logging
+from api.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestObserverMiddleware
+from api.routes import health, models, predictions
+from api.routing import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
+from api.settings import Settings
+from api.torchserve import TorchServeClient
+from starrating import __version__
+
+
+def _torchserve_client(settings: Settings) -> TorchServeClient:
+    # Retrying a connection attempt is always safe (nothing was sent); a failed prediction is
+    # not retried: the gateway answers 503/504 and the client decides.
+    pool = httpx.Limits(max_connections=settings.upstream_max_connections)
+    transport = httpx.AsyncHTTPTransport(retries=settings.upstream_connect_retries, limits=pool)
+    return TorchServeClient(
+        str(settings.torchserve_url),
+        str(settings.torchserve_management_url),
+        model_name=settings.model_name,
+        key_file=settings.torchserve_key_file,
+        timeout=settings.upstream_timeout_s,
+        connect_timeout=settings.upstream_connect_timeout_s,
+        transport=transport,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    client: TorchServeClient | None = None,
+    chooser: VariantChooser | None = None,
+    recorder: PredictionRecorder | None = None,
+) -> FastAPI:
+    """The gateway. Without arguments everything comes from ``STARRATING_*`` variables."""
+    settings = settings if settings is not None else Settings()
+    if settings.json_logs:
+        configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = client is None
+        app.state.client = _torchserve_client(settings) if owned else client
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.client.aclose()
+
+    app = FastAPI(
+        title="starrating gateway",
+        version=__version__,
+        description="Star ratings (1-5) for customer reviews, served by TorchServe versions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.chooser = chooser if chooser is not None else DefaultChooser()
+    app.state.recorder = recorder if recorder is not None else NoRecorder()
+
+    install_error_handlers(app)
+    # Added innermost first: the observer sees every answer, 413s included.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Authorization", "Content-Type", "X-Model-Version", "X-User-Id"],
+            expose_headers=[REQUEST_ID_HEADER],
+        )
+    app.add_middleware(RequestObserverMiddleware)
+
+    app.include_router(predictions.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app

@@ -1,0 +1,156 @@
+"""Every error the gateway answers, mapped to an HTTP status in one place.
+
+Clients always get ``{"error": {"code", "message"}}``: domain errors raised anywhere (the
+gateway's own and the TorchServe client's), request validation errors, unknown routes and
+unexpected failures alike. Nothing of a stack trace or of the submitted input is echoed back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import metrics, torchserve
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A failure the client should hear about, with its status and a stable code."""
+
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ApiError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ApiError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_large"
+
+
+class NotReady(ApiError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "not_ready"
+
+
+class Unauthorized(ApiError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"
+
+
+# The TorchServe client's errors, most specific first: status, code (also the "kind" label of
+# the upstream error metric) and what the client is told. The exception's own message, with
+# TorchServe's addresses in it, goes to the log only.
+UPSTREAM_ERRORS: tuple[tuple[type[torchserve.TorchServeError], HTTPStatus, str, str], ...] = (
+    (torchserve.UnknownVersion, HTTPStatus.NOT_FOUND, "unknown_version", ""),
+    (
+        torchserve.ModelNotReady,
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "model_not_ready",
+        "no worker of the model is ready to answer; try again shortly",
+    ),
+    (
+        torchserve.UpstreamUnavailable,
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+        "the model server is unavailable; try again shortly",
+    ),
+    (
+        torchserve.UpstreamTimeout,
+        HTTPStatus.GATEWAY_TIMEOUT,
+        "upstream_timeout",
+        "the model server did not answer in time",
+    ),
+    (torchserve.ManagementRefused, HTTPStatus.CONFLICT, "refused", ""),
+    (
+        torchserve.TorchServeError,
+        HTTPStatus.BAD_GATEWAY,
+        "bad_upstream_response",
+        "the model server answered something unexpected",
+    ),
+)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one error body every failure is answered with."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, torchserve.InvalidInput):
+        # The handler refused the content: the client's fault, not TorchServe's.
+        status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large" else 422
+        return error_response(status, exc.code, exc.message)
+    status, code, message = next(
+        (s, c, m) for kind, s, c, m in UPSTREAM_ERRORS if isinstance(exc, kind)
+    )
+    if isinstance(exc, torchserve.UnknownVersion):
+        message = f"model version {exc.version!r} is not registered"
+    metrics.UPSTREAM_ERRORS.labels(kind=code).inc()
+    logger.warning("upstream error %s on %s: %s", code, request.url.path, exc)
+    return error_response(status, code, message or str(exc))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Locations and reasons only: pydantic's "input" would echo the review text back.
+    problems = [
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
+        for error in exc.errors()
+    ]
+    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_request", "; ".join(problems))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = HTTPStatus(exc.status_code)
+    code = status.phrase.lower().replace(" ", "_").replace("-", "_")
+    message = exc.detail if isinstance(exc.detail, str) else status.phrase
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the gateway failed to answer this request; it has been logged",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapping on an app."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(torchserve.TorchServeError, _upstream_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

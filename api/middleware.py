@@ -1,0 +1,140 @@
+"""ASGI middleware around every request: request ids, metrics and the access log; body limit.
+
+``RequestObserverMiddleware`` gives each request an id (the client's ``X-Request-Id`` when it
+is sane), returns it as a header, and when the answer is sent counts it in metrics and writes
+the one JSON access line. Routes add what only they know (version, variant, text lengths) to
+``request.state``.
+
+``BodySizeLimitMiddleware`` refuses bodies over the limit with 413 before anything parses
+them: at once when ``Content-Length`` says so, and while reading when a chunked body grows too
+large.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import metrics
+from api.errors import PayloadTooLarge, error_response
+
+logger = logging.getLogger("api.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+UNMATCHED_ROUTE = "unmatched"
+
+
+def _request_id(headers: Headers) -> str:
+    offered = headers.get(REQUEST_ID_HEADER, "")
+    return offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
+class RequestObserverMiddleware:
+    """Request id, in-flight gauge, request metrics and one access log line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(Headers(scope=scope))
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500  # what the client sees if the app fails before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            self._observe(scope, state, status, time.perf_counter() - started)
+
+    @staticmethod
+    def _observe(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        # Templates, not raw paths: label values must stay few.
+        template = getattr(route, "path", UNMATCHED_ROUTE)
+        version = state.get("version") or metrics.NO_VERSION
+        metrics.REQUESTS.labels(
+            route=template, method=scope["method"], status=str(status), version=version
+        ).inc()
+        metrics.REQUEST_LATENCY.labels(route=template).observe(elapsed)
+        lengths: list[int] = state.get("text_lengths", [])
+        logger.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "route": template,
+                    "status": status,
+                    "version": state.get("version"),
+                    "variant": state.get("variant"),
+                    "latency_ms": round(elapsed * 1000, 2),
+                    "text_count": len(lengths),
+                    "text_lengths": lengths,
+                }
+            },
+        )
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 for a body over ``max_body_bytes``, declared or chunked, before parsing."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        # Read the whole (bounded) body first, then replay it: the app never sees a partial one.
+        body = bytearray()
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more_body = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                await self._refuse(scope, receive, send)
+                return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
+        response = error_response(error.status, error.code, error.message)
+        await response(scope, receive, send)

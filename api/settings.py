@@ -1,0 +1,104 @@
+"""The gateway's settings, read once from ``STARRATING_*`` environment variables.
+
+Limits are generous defaults for review text; every one can be changed without code. Unsafe or
+nonsensical values (a blank admin token, a limit of zero, a CORS wildcard) are refused or
+normalised here, so the rest of the gateway can trust what it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+
+from starrating.settings import CoreSettings
+
+logger = logging.getLogger(__name__)
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=600)]
+
+
+class Settings(CoreSettings):
+    """Everything the gateway process needs to know; tests build one and pass it to the app."""
+
+    # TorchServe (the serving engineer's ``TorchServeClient`` reads these).
+    torchserve_url: HttpUrl = Field(
+        default=HttpUrl("http://127.0.0.1:8080"), description="TorchServe inference API"
+    )
+    torchserve_management_url: HttpUrl = Field(
+        default=HttpUrl("http://127.0.0.1:8081"),
+        description="TorchServe management API (never exposed through the gateway)",
+    )
+    torchserve_key_file: Path | None = Field(
+        default=None,
+        description="TorchServe's key_file.json; None when TorchServe token auth is off",
+    )
+    model_name: str = Field(default="stars", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    upstream_timeout_s: PositiveSeconds = Field(
+        default=10.0, description="whole-request timeout for a prediction; past it: 504"
+    )
+    upstream_connect_timeout_s: PositiveSeconds = Field(
+        default=0.5, description="TorchServe down must answer 503 quickly, not after a hang"
+    )
+    upstream_connect_retries: int = Field(
+        default=1, ge=0, le=5, description="connection attempts retried (never a sent request)"
+    )
+    upstream_max_connections: int = Field(default=100, ge=1, le=10_000)
+    readiness_timeout_s: PositiveSeconds = Field(
+        default=1.0, description="/readyz gives up (not ready) after this long"
+    )
+
+    # Request limits: past them a request is refused with 413 before it reaches TorchServe.
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)
+    max_batch_size: int = Field(default=64, ge=1, le=10_000)
+    max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    # Admin routes (experiment changes): closed while no token is configured.
+    admin_token: SecretStr | None = Field(default=None, description="bearer token; None = closed")
+
+    database_url: str | None = Field(
+        default=None, description="the A/B store; default: SQLite under STARRATING_HOME/db"
+    )
+
+    # The server process (read by `starrating serve`).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    limit_concurrency: int | None = Field(
+        default=None, ge=1, description="uvicorn answers 503 past this many open connections"
+    )
+
+    cors_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed to call the API; none by default"
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    json_logs: bool = Field(default=True, description="configure JSON log lines at startup")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_token_closes(cls, value: SecretStr | None) -> SecretStr | None:
+        # A blank token would let an empty Authorization header in: treat it as "closed".
+        if value is not None and not value.get_secret_value().strip():
+            logger.warning("STARRATING_ADMIN_TOKEN is blank: admin routes stay closed")
+            return None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_cors_wildcard(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError("a CORS wildcard is refused: list the allowed origins")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Self:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{(self.home / 'db' / 'starrating.db').as_posix()}"
+        return self
