@@ -1,0 +1,130 @@
+"""The in-process limit: how many reviews per second the model rates with no HTTP in the way.
+
+The same path as the TorchServe handler (``starrating.encode_batch`` per batch, forward pass,
+calibrated probabilities) is timed for each batch size, with plain dynamic padding (batches in
+arrival order, padded to their longest text) and with length-sorted batches (similar lengths
+together, so little padding). The best of these is the ceiling the stack is compared against.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from starrating.artifacts import Artifacts
+from starrating.labels import id_to_star
+from starrating.text import encode_batch
+
+logger = logging.getLogger(__name__)
+
+Padding = Literal["plain", "sorted"]
+PADDINGS: tuple[Padding, ...] = ("plain", "sorted")
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class LimitRun:
+    """Throughput of one in-process configuration."""
+
+    batch_size: int
+    padding: Padding
+    reviews: int
+    seconds: float
+
+    @property
+    def reviews_per_s(self) -> float:
+        return self.reviews / self.seconds if self.seconds > 0 else 0.0
+
+
+def make_batches(
+    artifacts: Artifacts, texts: Sequence[str], batch_size: int, padding: Padding
+) -> list[list[str]]:
+    """Split ``texts`` into batches; ``sorted`` groups texts of similar token length.
+
+    The batch order is shuffled (seeded) so that a time-bounded run sees a representative mix
+    of lengths rather than only the shortest texts.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    ordered = list(texts)
+    if padding == "sorted":
+        lengths = [len(ids) for ids in artifacts.tokenizer(ordered, truncation=True)["input_ids"]]
+        ordered = [text for _, text in sorted(zip(lengths, ordered, strict=True))]
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(0).shuffle(batches)
+    return batches
+
+
+def rate_batch(artifacts: Artifacts, texts: Sequence[str]) -> torch.Tensor:
+    """Calibrated probabilities for one batch, as the handler computes them."""
+    encoded = encode_batch(artifacts.tokenizer, texts, artifacts.max_length)
+    with torch.inference_mode():
+        logits = artifacts.model(**encoded).logits
+    return artifacts.probabilities(logits)
+
+
+def time_configuration(
+    artifacts: Artifacts,
+    texts: Sequence[str],
+    batch_size: int,
+    padding: Padding,
+    seconds: float,
+) -> LimitRun:
+    """Rate batches round-robin for about ``seconds`` (at least one batch) after one warm-up."""
+    batches = make_batches(artifacts, texts, batch_size, padding)
+    if not batches:
+        raise ValueError("no texts to rate")
+    rate_batch(artifacts, batches[0])
+    reviews = 0
+    start = time.perf_counter()
+    elapsed = 0.0
+    index = 0
+    while index == 0 or elapsed < seconds:
+        batch = batches[index % len(batches)]
+        rate_batch(artifacts, batch)
+        reviews += len(batch)
+        index += 1
+        elapsed = time.perf_counter() - start
+    return LimitRun(batch_size, padding, reviews, elapsed)
+
+
+def measure_limit(
+    artifacts: Artifacts,
+    texts: Sequence[str],
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    seconds: float = 5.0,
+) -> list[LimitRun]:
+    """Every batch size x padding configuration; the best is ``max(runs, key=reviews_per_s)``."""
+    runs = []
+    for batch_size in batch_sizes:
+        for padding in PADDINGS:
+            run = time_configuration(artifacts, texts, batch_size, padding, seconds)
+            logger.info(
+                "in-process batch %d %s padding: %.1f reviews/s",
+                batch_size,
+                padding,
+                run.reviews_per_s,
+            )
+            runs.append(run)
+    return runs
+
+
+def accuracy(
+    artifacts: Artifacts, texts: Sequence[str], stars: Sequence[int], batch_size: int = 32
+) -> float:
+    """Share of ``texts`` whose predicted star equals the true one."""
+    if len(texts) != len(stars) or not texts:
+        raise ValueError("need as many true stars as texts, and at least one text")
+    correct = 0
+    for start in range(0, len(texts), batch_size):
+        predicted = rate_batch(artifacts, texts[start : start + batch_size]).argmax(dim=-1)
+        truth = stars[start : start + batch_size]
+        correct += sum(id_to_star(int(p)) == t for p, t in zip(predicted, truth, strict=True))
+    return correct / len(texts)
