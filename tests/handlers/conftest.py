@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ts
 import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -16,7 +17,7 @@ from handlers.star_handler import MODEL_SUBDIR, StarHandler
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = REPO / "handlers" / "model-config.yaml"
-TS_METRICS_YAML = Path(__import__("ts").__file__).parent / "configs" / "metrics.yaml"
+TS_METRICS_YAML = Path(str(ts.__file__)).parent / "configs" / "metrics.yaml"
 
 
 def make_context(model_dir: Path, version: str = "1.0", yaml_config: Any = None) -> Context:

@@ -114,8 +114,12 @@ def test_a_batch_of_only_bad_requests_answers_each_with_an_error(run_batch: RunB
 
 
 def test_multi_text_request_answers_a_list_matching_single_requests(run_batch: RunBatch) -> None:
-    singles_rows = [{"body": {"text": t}} for t in TALK]
-    rows = [{"body": {"texts": TALK}}, *singles_rows, {"body": {"texts": TALK[:1]}}]
+    singles_rows: list[dict[str, Any]] = [{"body": {"text": t}} for t in TALK]
+    rows: list[dict[str, Any]] = [
+        {"body": {"texts": TALK}},
+        *singles_rows,
+        {"body": {"texts": TALK[:1]}},
+    ]
     answers, _ = run_batch(rows)
     many, singles, one = answers[0], answers[1:4], answers[4]
     assert isinstance(many, list) and len(many) == 3
