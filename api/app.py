@@ -31,8 +31,8 @@ def _torchserve_client(settings: Settings) -> TorchServeClient:
     pool = httpx.Limits(max_connections=settings.upstream_max_connections)
     transport = httpx.AsyncHTTPTransport(retries=settings.upstream_connect_retries, limits=pool)
     return TorchServeClient(
-        str(settings.torchserve_url),
-        str(settings.torchserve_management_url),
+        settings.torchserve_url,
+        settings.torchserve_management_url,
         model_name=settings.model_name,
         key_file=settings.torchserve_key_file,
         timeout=settings.upstream_timeout_s,

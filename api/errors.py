@@ -132,6 +132,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == HTTPStatus.BAD_REQUEST:
+        # FastAPI's answer to a body it cannot decode (invalid UTF-8, nesting too deep): to the
+        # client that is an invalid body like any other.
+        return error_response(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body is not valid JSON (UTF-8, reasonably nested)",
+        )
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase

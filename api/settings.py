@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from starrating.settings import CoreSettings
 
@@ -20,15 +20,24 @@ logger = logging.getLogger(__name__)
 PositiveSeconds = Annotated[float, Field(gt=0, le=600)]
 
 
+def _http_url(value: str) -> str:
+    # Validated as a URL, kept as the plain string (without a trailing slash) that clients use.
+    HttpUrl(value)
+    return value.rstrip("/")
+
+
+HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
+
+
 class Settings(CoreSettings):
     """Everything the gateway process needs to know; tests build one and pass it to the app."""
 
     # TorchServe (the serving engineer's ``TorchServeClient`` reads these).
-    torchserve_url: HttpUrl = Field(
-        default=HttpUrl("http://127.0.0.1:8080"), description="TorchServe inference API"
+    torchserve_url: HttpUrlStr = Field(
+        default="http://127.0.0.1:8080", description="TorchServe inference API"
     )
-    torchserve_management_url: HttpUrl = Field(
-        default=HttpUrl("http://127.0.0.1:8081"),
+    torchserve_management_url: HttpUrlStr = Field(
+        default="http://127.0.0.1:8081",
         description="TorchServe management API (never exposed through the gateway)",
     )
     torchserve_key_file: Path | None = Field(
