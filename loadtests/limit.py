@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -36,6 +36,7 @@ class LimitRun:
     padding: Padding
     reviews: int
     seconds: float
+    batch_seconds: list[float] = field(default_factory=list, repr=False)
 
     @property
     def reviews_per_s(self) -> float:
@@ -82,16 +83,15 @@ def time_configuration(
         raise ValueError("no texts to rate")
     rate_batch(artifacts, batches[0])
     reviews = 0
-    start = time.perf_counter()
-    elapsed = 0.0
-    index = 0
-    while index == 0 or elapsed < seconds:
-        batch = batches[index % len(batches)]
+    batch_seconds: list[float] = []
+    start = now = time.perf_counter()
+    while not batch_seconds or now - start < seconds:
+        batch = batches[len(batch_seconds) % len(batches)]
         rate_batch(artifacts, batch)
         reviews += len(batch)
-        index += 1
-        elapsed = time.perf_counter() - start
-    return LimitRun(batch_size, padding, reviews, elapsed)
+        batch_seconds.append(time.perf_counter() - now)
+        now = time.perf_counter()
+    return LimitRun(batch_size, padding, reviews, now - start, batch_seconds)
 
 
 def measure_limit(

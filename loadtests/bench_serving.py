@@ -1,0 +1,287 @@
+"""``starrating bench serving``: the stack against the in-process limit and the naive server.
+
+One invocation measures, on the same model and the same review texts:
+
+- ``limit``: the model in-process (no HTTP) with the stack's numerics, best of batch sizes and
+  of plain vs length-sorted dynamic padding;
+- ``naive``: FastAPI + ``transformers.pipeline`` per request, fp32, one uvicorn worker;
+- ``stack``: gateway -> TorchServe -> handler;
+- ``direct``: the same load straight at TorchServe, to isolate the gateway's cost;
+
+and the ratios ``stack/limit`` and ``stack/naive`` (throughput, reviews/s) and the gateway
+overhead (stack p50 - direct p50 with one user). All HTTP setups get the same closed-loop load
+(``loadtests.loadgen``): one review per request, a fixed number of users, no think time.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from starrating.settings import CoreSettings
+
+logger = logging.getLogger(__name__)
+
+SETUPS = ("limit", "naive", "stack", "direct")
+# Where `starrating archive` keeps the save_artifacts folder inside a .mar.
+MAR_MODEL_SUBDIR = "model"
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """Throughput (reviews/s) and latency (ms) of one setup.
+
+    For ``limit`` the latencies are per batch of the best configuration; for the HTTP setups
+    they are per request.
+    """
+
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServingBenchConfig:
+    """What ``starrating bench serving`` was asked to do."""
+
+    model: Path | None = None
+    data: Path | None = None
+    duration: float = 20.0
+    warmup: float = 3.0
+    users: int = 16
+    precision: str = "fp32"
+    setups: tuple[str, ...] = SETUPS
+    limit_seconds: float | None = None  # per in-process configuration; default duration / 4
+
+
+@dataclass
+class ServingBenchReport:
+    """Everything one run measured, with the ratios the goals are stated in."""
+
+    model: str
+    precision: str
+    users: int
+    duration: float
+    setups: dict[str, SetupResult] = field(default_factory=dict)
+    low_load: dict[str, SetupResult] = field(default_factory=dict)
+    limit_runs: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stack_over_limit(self) -> float | None:
+        return _ratio(self.setups.get("stack"), self.setups.get("limit"))
+
+    @property
+    def stack_over_naive(self) -> float | None:
+        return _ratio(self.setups.get("stack"), self.setups.get("naive"))
+
+    @property
+    def gateway_overhead_ms(self) -> float | None:
+        stack, direct = self.low_load.get("stack"), self.low_load.get("direct")
+        if stack is None or direct is None:
+            return None
+        return stack.p50_ms - direct.p50_ms
+
+    @property
+    def accuracy_change_points(self) -> float | None:
+        """Test accuracy of the chosen precision minus fp32's, in percentage points."""
+        if "fp32" not in self.accuracy or self.precision not in self.accuracy:
+            return None
+        return 100.0 * (self.accuracy[self.precision] - self.accuracy["fp32"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "precision": self.precision,
+            "users": self.users,
+            "duration_s": self.duration,
+            "stack_over_limit": self.stack_over_limit,
+            "stack_over_naive": self.stack_over_naive,
+            "gateway_overhead_ms": self.gateway_overhead_ms,
+            "accuracy": self.accuracy,
+            "accuracy_change_points": self.accuracy_change_points,
+            **{name: asdict(result) for name, result in self.setups.items()},
+            "low_load": {name: asdict(result) for name, result in self.low_load.items()},
+            "limit_runs": self.limit_runs,
+        }
+
+
+def _ratio(top: SetupResult | None, bottom: SetupResult | None) -> float | None:
+    if top is None or bottom is None or bottom.rps <= 0:
+        return None
+    return top.rps / bottom.rps
+
+
+# --- the model under test -------------------------------------------------------------------
+
+
+def newest_mar(model_store: Path) -> Path | None:
+    """The most recently written ``stars-*.mar`` in ``model_store``, if any."""
+    mars = sorted(model_store.glob("stars-*.mar"), key=lambda p: p.stat().st_mtime)
+    return mars[-1] if mars else None
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """A saved model directory and, where one exists, the .mar it came from."""
+
+    label: str
+    model_dir: Path
+    mar: Path | None
+
+
+@contextmanager
+def model_under_test(model: Path | None) -> Iterator[ModelUnderTest]:
+    """Resolve ``--model``: a .mar, a run directory, a model directory, or the default.
+
+    The default is the newest .mar in the model store, else the bundled encoder with an
+    untrained head (throughput does not depend on the weights).
+    """
+    with tempfile.TemporaryDirectory(prefix="starrating-bench-model-") as tmp:
+        work = Path(tmp)
+        if model is None:
+            model = newest_mar(CoreSettings().model_store)
+        if model is None:
+            from starrating.artifacts import save_artifacts
+            from starrating.models import DEFAULT_MODEL, load_pretrained
+
+            encoder, tokenizer = load_pretrained(DEFAULT_MODEL)
+            directory = save_artifacts(work / "model", encoder, tokenizer)
+            del encoder
+            yield ModelUnderTest(f"{DEFAULT_MODEL} (untrained head)", directory, None)
+        elif model.is_file() and model.suffix == ".mar":
+            with zipfile.ZipFile(model) as archive:
+                archive.extractall(work / "mar")
+            directory = work / "mar" / MAR_MODEL_SUBDIR
+            if not (directory / "config.json").is_file():
+                raise BenchError(f"{model} holds no {MAR_MODEL_SUBDIR}/config.json")
+            yield ModelUnderTest(str(model), directory, model)
+        elif (model / "model" / "config.json").is_file():
+            yield ModelUnderTest(str(model), model / "model", None)
+        elif (model / "config.json").is_file():
+            yield ModelUnderTest(str(model), model, None)
+        else:
+            raise BenchError(
+                f"{model} is neither a .mar, a run directory nor a saved model directory"
+            )
+
+
+# --- the setups ---------------------------------------------------------------------------
+
+
+def _percentiles_ms(seconds: Sequence[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    p50, p95, p99 = np.percentile(1000.0 * np.asarray(seconds, dtype=float), [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def run_limit(
+    model_dir: Path,
+    texts: Sequence[str],
+    test: Any,
+    precision: str,
+    seconds: float,
+    report: ServingBenchReport,
+) -> None:
+    """In-process throughput with ``precision``, and test accuracy of fp32 vs ``precision``."""
+    from handlers.numerics import apply_precision
+    from loadtests.limit import accuracy, measure_limit
+    from starrating.artifacts import load_artifacts
+
+    artifacts = load_artifacts(model_dir)
+    report.accuracy["fp32"] = accuracy(artifacts, test.texts, test.stars)
+    if precision != "fp32":
+        artifacts = replace(artifacts, model=apply_precision(artifacts.model, precision))
+        report.accuracy[precision] = accuracy(artifacts, test.texts, test.stars)
+    runs = measure_limit(artifacts, texts, seconds=seconds)
+    best = max(runs, key=lambda run: run.reviews_per_s)
+    report.limit_runs = [
+        {"batch_size": r.batch_size, "padding": r.padding, "rps": r.reviews_per_s} for r in runs
+    ]
+    p50, p95, p99 = _percentiles_ms(best.batch_seconds)
+    report.setups["limit"] = SetupResult(
+        best.reviews_per_s,
+        p50,
+        p95,
+        p99,
+        {"batch_size": best.batch_size, "padding": best.padding},
+    )
+    del artifacts
+    gc.collect()
+
+
+def load_result(result: Any, **detail: Any) -> SetupResult:
+    """A ``loadtests.loadgen.LoadResult`` as a setup result."""
+    return SetupResult(
+        result.rps,
+        result.p50_ms,
+        result.p95_ms,
+        result.p99_ms,
+        {"users": result.users, "requests": result.requests, "errors": result.errors, **detail},
+    )
+
+
+def run_naive(
+    model_dir: Path, texts: Sequence[str], config: ServingBenchConfig, workdir: Path
+) -> SetupResult:
+    from loadtests.loadgen import run_load
+    from loadtests.servers import naive_server
+
+    with naive_server(model_dir, workdir / "logs") as url:
+        result = run_load(
+            url,
+            "/v1/predictions",
+            texts,
+            users=config.users,
+            duration=config.duration,
+            warmup=config.warmup,
+        )
+    return load_result(result)
+
+
+# Filled in by the stack runner: (model under test, texts, config, workdir, report) -> None.
+StackRunner = Callable[[ModelUnderTest, Sequence[str], ServingBenchConfig, Path, Any], None]
+
+
+def run_serving_bench(
+    config: ServingBenchConfig, stack_runner: StackRunner | None = None
+) -> ServingBenchReport:
+    """Run every requested setup in turn and return the report."""
+    from loadtests.reviews import load_reviews
+
+    unknown = set(config.setups) - set(SETUPS)
+    if unknown:
+        raise BenchError(f"unknown setups {sorted(unknown)}; choose from {SETUPS}")
+    reviews = load_reviews(config.data)
+    test = load_reviews(config.data, splits=("test",))
+    texts = reviews.texts
+    with (
+        model_under_test(config.model) as model,
+        tempfile.TemporaryDirectory(prefix="starrating-bench-") as tmp,
+    ):
+        workdir = Path(tmp)
+        report = ServingBenchReport(model.label, config.precision, config.users, config.duration)
+        if "limit" in config.setups:
+            seconds = config.limit_seconds or max(config.duration / 4, 1.0)
+            run_limit(model.model_dir, texts, test, config.precision, seconds, report)
+        if "naive" in config.setups:
+            report.setups["naive"] = run_naive(model.model_dir, texts, config, workdir)
+        if {"stack", "direct"} & set(config.setups):
+            if stack_runner is None:
+                raise BenchError("the stack setups need TorchServe and the gateway")
+            stack_runner(model, texts, config, workdir, report)
+    return report

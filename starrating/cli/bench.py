@@ -1,0 +1,148 @@
+"""``starrating bench serving|training``: benchmarks against baselines run in the same call."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from starrating.cli.app import app, console, fail
+
+bench_app = typer.Typer(
+    help="Benchmarks: the serving stack and the training loop against their baselines.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+# The goals of the performance issue, printed beside each ratio.
+GOAL_STACK_OVER_LIMIT = 0.70
+GOAL_STACK_OVER_NAIVE = 3.0
+GOAL_GATEWAY_OVERHEAD_MS = 2.0
+GOAL_ACCURACY_POINTS = 0.5
+GOAL_LOOP_OVER_TRAINER = 1.0
+GOAL_FIRST_STEP_RATIO = 1.2
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]meets goal[/]" if ok else "[red]misses goal[/]"
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    console.print(f"results written to {path}")
+
+
+@bench_app.command("serving")
+def serving_command(
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="A .mar, a run directory or a saved model directory. Default: the newest .mar "
+        "in the model store, else the bundled encoder with an untrained head.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Review texts: a `starrating data prepare` directory or a .jsonl file with "
+        "text/stars. Default: the embedded data set.",
+    ),
+    duration: float = typer.Option(20.0, "--duration", min=1.0, help="Seconds per load run."),
+    users: int = typer.Option(16, "--users", min=1, help="Concurrent users of the load runs."),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="Numerics of the stack and the limit: fp32, bf16 or int8 (dynamic, CPU).",
+    ),
+    setup: list[str] = typer.Option(
+        [],
+        "--setup",
+        help="Run only these setups (repeatable): limit, naive, stack, direct. Default: all.",
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Reviews/s and p50/p95/p99 of the stack, the in-process limit, the naive server and
+    TorchServe direct, with the ratios stack/limit, stack/naive and the gateway overhead."""
+    from handlers.numerics import PRECISIONS
+    from loadtests.bench_serving import (
+        SETUPS,
+        BenchError,
+        ServingBenchConfig,
+        run_serving_bench,
+    )
+    from loadtests.loadgen import LoadError
+    from loadtests.reviews import ReviewSourceError
+    from loadtests.servers import ServerStartError
+
+    if precision not in PRECISIONS:
+        raise fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    unknown = sorted(set(setup) - set(SETUPS))
+    if unknown:
+        raise fail(f"unknown --setup {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
+    config = ServingBenchConfig(
+        model=model,
+        data=data,
+        duration=duration,
+        users=users,
+        precision=precision,
+        setups=tuple(s for s in SETUPS if s in setup) if setup else SETUPS,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are noise here
+    try:
+        with console.status("benchmarking (see the log for each step)…"):
+            report = run_serving_bench(config)
+    except (BenchError, LoadError, ReviewSourceError, ServerStartError) as exc:
+        raise fail(str(exc)) from exc
+
+    table = Table(title=f"serving: {report.model}, {report.precision}, {report.users} users")
+    for column in ("setup", "reviews/s", "p50 ms", "p95 ms", "p99 ms", "notes"):
+        table.add_column(column, justify="left" if column in ("setup", "notes") else "right")
+    rows = [(name, result) for name, result in report.setups.items()]
+    rows += [(f"{name} (1 user)", result) for name, result in report.low_load.items()]
+    for name, result in rows:
+        notes = ", ".join(f"{k}={v}" for k, v in result.detail.items())
+        table.add_row(
+            name,
+            f"{result.rps:,.1f}",
+            f"{result.p50_ms:,.1f}",
+            f"{result.p95_ms:,.1f}",
+            f"{result.p99_ms:,.1f}",
+            notes,
+        )
+    console.print(table)
+    if report.stack_over_limit is not None:
+        console.print(
+            f"stack/limit  = {report.stack_over_limit:.2f}  (goal ≥ {GOAL_STACK_OVER_LIMIT}) "
+            + _verdict(report.stack_over_limit >= GOAL_STACK_OVER_LIMIT)
+        )
+    if report.stack_over_naive is not None:
+        stack, naive = report.setups["stack"], report.setups["naive"]
+        console.print(
+            f"stack/naive  = {report.stack_over_naive:.2f}  (goal ≥ {GOAL_STACK_OVER_NAIVE} at "
+            f"equal or better p95: {stack.p95_ms:.0f} vs {naive.p95_ms:.0f} ms) "
+            + _verdict(
+                report.stack_over_naive >= GOAL_STACK_OVER_NAIVE and stack.p95_ms <= naive.p95_ms
+            )
+        )
+    if report.gateway_overhead_ms is not None:
+        console.print(
+            f"gateway overhead = {report.gateway_overhead_ms:.2f} ms at p50, 1 user "
+            f"(goal ≤ {GOAL_GATEWAY_OVERHEAD_MS}) "
+            + _verdict(report.gateway_overhead_ms <= GOAL_GATEWAY_OVERHEAD_MS)
+        )
+    for name, value in report.accuracy.items():
+        console.print(f"test accuracy {name}: {100 * value:.2f}%")
+    change = report.accuracy_change_points
+    if change is not None:
+        console.print(
+            f"accuracy change {report.precision} vs fp32 = {change:+.2f} points "
+            f"(goal within ±{GOAL_ACCURACY_POINTS}) "
+            + _verdict(abs(change) <= GOAL_ACCURACY_POINTS)
+        )
+    _write_json(json_path, report.to_json())
