@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -95,7 +95,7 @@ class ModelVersion:
     """One registered version as the management API describes it."""
 
     version: str
-    is_default: bool
+    is_default: bool  # filled in by list_versions; TorchServe's description has no such field
     workers: int
     ready_workers: int
     batch_size: int
@@ -218,7 +218,13 @@ class TorchServeClient:
         body = _json(response)
         if not isinstance(body, list):
             raise BadUpstreamResponse(f"expected a list of versions, got {_shape(body)}")
-        return [_model_version(item) for item in body]
+        versions = [_model_version(item) for item in body]
+        # TorchServe's descriptions carry no default flag: the unversioned one is the default.
+        try:
+            default = (await self.describe()).version
+        except ModelNotReady:
+            return versions
+        return [replace(v, is_default=v.version == default) for v in versions]
 
     async def describe(self, version: str | None = None) -> ModelVersion:
         """One version (the default when ``version`` is None)."""
@@ -473,7 +479,7 @@ def _model_version(item: Any) -> ModelVersion:
         workers = item.get("workers") or []
         return ModelVersion(
             version=str(item["modelVersion"]),
-            is_default=bool(item.get("isDefault", item.get("defaultVersion", False))),
+            is_default=False,
             workers=len(workers),
             ready_workers=sum(1 for w in workers if w.get("status") == "READY"),
             batch_size=int(item.get("batchSize", 1)),

@@ -19,171 +19,37 @@ Review text is never logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers import MODEL_SUBDIR
+from handlers.batch import (
+    PreparedBatch,
+    RequestError,
+    RequestSlot,
+    ScoredBatch,
+    parse_request,
+    sub_batches,
+)
+from handlers.config import HandlerConfig
 from starrating.artifacts import Artifacts, load_artifacts
 from starrating.labels import ID2LABEL, NUM_LABELS, id_to_star
-from starrating.text import encode_batch, normalize_text
+from starrating.text import encode_batch
 
 logger = logging.getLogger(__name__)
 
-# Where the archive keeps the save_artifacts folder, relative to TorchServe's model_dir.
-MODEL_SUBDIR = "model"
 BATCH_METRIC = "StarsHandlerBatches"
-Strategy = Literal["padded", "sorted"]
-_STRATEGIES: tuple[Strategy, ...] = ("padded", "sorted")
-_ENV_PREFIX = "STARRATING_HANDLER_"
-
-
-class RequestError(ValueError):
-    """A request of the batch that cannot be answered; only that request gets the error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def as_answer(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
-
-
-@dataclass(frozen=True)
-class HandlerConfig:
-    """Run-time knobs of the handler (``handler:`` section of model-config.yaml, env overrides)."""
-
-    threads: int | None = None
-    strategy: Strategy = "padded"
-    sub_batch_size: int = 8
-    max_texts_per_request: int = 64
-    max_text_chars: int = 20_000
-
-    @classmethod
-    def resolve(
-        cls, section: Mapping[str, Any] | None, device_type: str, env: Mapping[str, str]
-    ) -> HandlerConfig:
-        """Values from ``section`` (batching per device type), overridden by the environment."""
-        section = section or {}
-        batching = section.get("batching", {}) or {}
-        per_device = batching.get(device_type, batching.get("default", {})) or {}
-        raw: dict[str, Any] = {
-            "threads": section.get("threads"),
-            "strategy": per_device.get("strategy", "padded"),
-            "sub_batch_size": per_device.get("sub_batch_size", 8),
-            "max_texts_per_request": section.get("max_texts_per_request", 64),
-            "max_text_chars": section.get("max_text_chars", 20_000),
-        }
-        for name in raw:
-            value = env.get(_ENV_PREFIX + name.upper())
-            if value:
-                raw[name] = value
-        try:
-            threads = int(raw["threads"]) if raw["threads"] not in (None, "") else None
-            config = cls(
-                threads=threads,
-                strategy=str(raw["strategy"]),  # type: ignore[arg-type]
-                sub_batch_size=int(raw["sub_batch_size"]),
-                max_texts_per_request=int(raw["max_texts_per_request"]),
-                max_text_chars=int(raw["max_text_chars"]),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid handler configuration {raw}: {exc}") from exc
-        if config.strategy not in _STRATEGIES:
-            raise ValueError(f"handler batching strategy must be one of {_STRATEGIES}")
-        if min(config.sub_batch_size, config.max_texts_per_request, config.max_text_chars) < 1:
-            raise ValueError(f"handler sizes must be positive: {config}")
-        if config.threads is not None and config.threads < 1:
-            raise ValueError(f"handler threads must be positive, got {config.threads}")
-        return config
-
-
-@dataclass(frozen=True)
-class RequestSlot:
-    """Where one request's texts sit in the batch's flat list of texts, or why it failed."""
-
-    start: int = 0
-    count: int = 0
-    many: bool = False
-    error: RequestError | None = None
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """The output of ``preprocess``: one encoding for all valid texts, one slot per request."""
-
-    slots: list[RequestSlot]
-    encoding: Mapping[str, torch.Tensor] | None
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """The output of ``inference``: the slots and one probability row per valid text."""
-
-    slots: list[RequestSlot]
-    probabilities: torch.Tensor | None
-
-
-def parse_request(row: Mapping[str, Any], config: HandlerConfig) -> tuple[list[str], bool]:
-    """The normalised texts of one TorchServe request and whether it asked for a list."""
-    body = row.get("body", row.get("data"))
-    if isinstance(body, (bytes, bytearray)):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError("invalid_encoding", "request body must be UTF-8 JSON") from exc
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise RequestError("invalid_json", f"request body is not JSON: {exc.msg}") from exc
-    if not isinstance(body, Mapping) or ("text" in body) == ("texts" in body):
-        raise RequestError(
-            "invalid_request", 'request body must be {"text": str} or {"texts": [str, ...]}'
-        )
-    many = "texts" in body
-    texts = body["texts"] if many else [body["text"]]
-    if not isinstance(texts, list) or not texts:
-        raise RequestError("invalid_request", '"texts" must be a non-empty list of strings')
-    if len(texts) > config.max_texts_per_request:
-        raise RequestError(
-            "too_many_texts",
-            f"at most {config.max_texts_per_request} texts per request, got {len(texts)}",
-        )
-    cleaned: list[str] = []
-    for i, text in enumerate(texts):
-        where = f"texts[{i}]" if many else "text"
-        if not isinstance(text, str):
-            raise RequestError("invalid_request", f"{where} must be a string")
-        if len(text) > config.max_text_chars:
-            raise RequestError(
-                "text_too_long", f"{where} has more than {config.max_text_chars} characters"
-            )
-        text = normalize_text(text)
-        if not text:
-            raise RequestError("empty_text", f"{where} is empty")
-        cleaned.append(text)
-    return cleaned, many
-
-
-def sub_batches(lengths: torch.Tensor, config: HandlerConfig) -> list[torch.Tensor]:
-    """Row indices of each forward pass: all rows, or length-sorted chunks of sub_batch_size."""
-    if config.strategy == "padded":
-        return [torch.arange(len(lengths))]
-    order = torch.argsort(lengths, stable=True)
-    return list(torch.split(order, config.sub_batch_size))
 
 
 class StarHandler(BaseHandler):  # type: ignore[misc]
-    """TorchServe handler for the ``stars`` model."""
+    """TorchServe handler for the ``stars`` model (TorchServe wants it alone in its module)."""
 
     def __init__(self) -> None:
         super().__init__()

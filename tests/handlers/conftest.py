@@ -13,7 +13,8 @@ import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from handlers.star_handler import MODEL_SUBDIR, StarHandler
+from handlers import MODEL_SUBDIR
+from handlers.star_handler import StarHandler
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = REPO / "handlers" / "model-config.yaml"

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from handlers.star_handler import HandlerConfig, StarHandler
+from handlers.config import HandlerConfig
+from handlers.star_handler import StarHandler
 from starrating.artifacts import load_artifacts
 from starrating.text import encode_batch
 from tests.handlers.conftest import MODEL_CONFIG, make_context, start_batch

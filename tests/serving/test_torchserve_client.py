@@ -58,14 +58,13 @@ def answer(request: httpx.Request) -> list[dict[str, Any]]:
     return [{"stars": 5, "probabilities": PROBS, "model_version": version} for _ in texts]
 
 
-def describe(version: str, default: bool, ready: bool = True) -> dict[str, Any]:
+def describe(version: str, ready: bool = True) -> dict[str, Any]:
     return {
         "modelName": "stars",
         "modelVersion": version,
         "modelUrl": f"stars-{version}.mar",
         "batchSize": 8,
         "maxBatchDelay": 5,
-        "isDefault": default,
         "workers": [{"id": "9000", "status": "READY" if ready else "UNLOADING"}],
     }
 
@@ -106,7 +105,7 @@ async def test_bearer_keys_come_from_key_file_per_port(tmp_path: Path) -> None:
         auth[request.url.host + str(request.url.port)] = request.headers["authorization"]
         if request.url.port == 8080:
             return httpx.Response(200, json=answer(request))
-        return httpx.Response(200, json=[describe("1.0", True)])
+        return httpx.Response(200, json=[describe("1.0")])
 
     async with TorchServeClient(
         key_file=key_file, transport=httpx.MockTransport(handler)
@@ -228,10 +227,12 @@ async def test_versions_readiness_and_management_calls() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append((request.method, request.url.path, dict(request.url.params)))
         path = request.url.path
+        if path == "/models/stars":
+            return httpx.Response(200, json=[describe("2.0")])
         if path == "/models/stars/all":
-            return httpx.Response(200, json=[describe("1.0", False), describe("2.0", True)])
+            return httpx.Response(200, json=[describe("1.0"), describe("2.0")])
         if path == "/models/stars/3.0":
-            return httpx.Response(200, json=[describe("3.0", False, ready=False)])
+            return httpx.Response(200, json=[describe("3.0", ready=False)])
         if path == "/models/stars/9.0" and request.method == "DELETE":
             return httpx.Response(404, json={"code": 404, "message": "not found"})
         if path == "/models/stars/2.0" and request.method == "DELETE":

@@ -1,0 +1,66 @@
+"""Run-time settings of the stars handler: the ``handler:`` section of ``model-config.yaml``.
+
+Batching is chosen per device type (``batching.cpu``, ``batching.cuda``); every value can be
+overridden by an environment variable ``STARRATING_HANDLER_<NAME>`` (``THREADS``, ``STRATEGY``,
+``SUB_BATCH_SIZE``, ``MAX_TEXTS_PER_REQUEST``, ``MAX_TEXT_CHARS``), which TorchServe passes on
+to its workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Strategy = Literal["padded", "sorted"]
+STRATEGIES: tuple[Strategy, ...] = ("padded", "sorted")
+_ENV_PREFIX = "STARRATING_HANDLER_"
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """Run-time knobs of the handler (``handler:`` section of model-config.yaml, env overrides)."""
+
+    threads: int | None = None
+    strategy: Strategy = "padded"
+    sub_batch_size: int = 8
+    max_texts_per_request: int = 64
+    max_text_chars: int = 20_000
+
+    @classmethod
+    def resolve(
+        cls, section: Mapping[str, Any] | None, device_type: str, env: Mapping[str, str]
+    ) -> HandlerConfig:
+        """Values from ``section`` (batching per device type), overridden by the environment."""
+        section = section or {}
+        batching = section.get("batching", {}) or {}
+        per_device = batching.get(device_type, batching.get("default", {})) or {}
+        raw: dict[str, Any] = {
+            "threads": section.get("threads"),
+            "strategy": per_device.get("strategy", "padded"),
+            "sub_batch_size": per_device.get("sub_batch_size", 8),
+            "max_texts_per_request": section.get("max_texts_per_request", 64),
+            "max_text_chars": section.get("max_text_chars", 20_000),
+        }
+        for name in raw:
+            value = env.get(_ENV_PREFIX + name.upper())
+            if value:
+                raw[name] = value
+        try:
+            threads = int(raw["threads"]) if raw["threads"] not in (None, "") else None
+            config = cls(
+                threads=threads,
+                strategy=str(raw["strategy"]),  # type: ignore[arg-type]
+                sub_batch_size=int(raw["sub_batch_size"]),
+                max_texts_per_request=int(raw["max_texts_per_request"]),
+                max_text_chars=int(raw["max_text_chars"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid handler configuration {raw}: {exc}") from exc
+        if config.strategy not in STRATEGIES:
+            raise ValueError(f"handler batching strategy must be one of {STRATEGIES}")
+        if min(config.sub_batch_size, config.max_texts_per_request, config.max_text_chars) < 1:
+            raise ValueError(f"handler sizes must be positive: {config}")
+        if config.threads is not None and config.threads < 1:
+            raise ValueError(f"handler threads must be positive, got {config.threads}")
+        return config
