@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from handlers import MODEL_SUBDIR
 from starrating.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
 
 SETUPS = ("limit", "naive", "stack", "direct")
-# Where `starrating archive` keeps the save_artifacts folder inside a .mar.
-MAR_MODEL_SUBDIR = "model"
 
 
 class BenchError(RuntimeError):
@@ -165,9 +164,9 @@ def model_under_test(model: Path | None) -> Iterator[ModelUnderTest]:
         elif model.is_file() and model.suffix == ".mar":
             with zipfile.ZipFile(model) as archive:
                 archive.extractall(work / "mar")
-            directory = work / "mar" / MAR_MODEL_SUBDIR
+            directory = work / "mar" / MODEL_SUBDIR
             if not (directory / "config.json").is_file():
-                raise BenchError(f"{model} holds no {MAR_MODEL_SUBDIR}/config.json")
+                raise BenchError(f"{model} holds no {MODEL_SUBDIR}/config.json")
             yield ModelUnderTest(str(model), directory, model)
         elif (model / "model" / "config.json").is_file():
             yield ModelUnderTest(str(model), model / "model", None)

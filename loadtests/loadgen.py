@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-# What a request body looks like and where the stars are in the answer, per kind of server.
+# The answer formats: the gateway's (the naive server speaks it too) and TorchServe's.
 TARGETS = ("gateway", "torchserve")
 
 
@@ -123,11 +123,19 @@ def run_load(
     return summarize(raw["latencies_ms"], raw["errors"], users, duration)
 
 
-def _stars_of(target: str, body: Any) -> Any:
+def request_body(target: str, text: str) -> dict[str, Any]:
+    """One review as each server takes it; TorchServe gets exactly what the gateway sends it."""
+    return {"texts": [text]} if target == "torchserve" else {"text": text}
+
+
+def stars_of(target: str, body: Any) -> Any:
+    """The predicted stars in an answer of ``target``, or None when the answer has none."""
     if target == "torchserve":
-        return body.get("stars") if isinstance(body, dict) else None
-    predictions = body.get("predictions") if isinstance(body, dict) else None
-    return predictions[0].get("stars") if predictions else None
+        first = body[0] if isinstance(body, list) and body else None
+    else:
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        first = predictions[0] if isinstance(predictions, list) and predictions else None
+    return first.get("stars") if isinstance(first, dict) else None
 
 
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +163,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
         def rate(self) -> None:
             with self.client.post(
                 args.path,
-                json={"text": next(cycle)},
+                json=request_body(target, next(cycle)),
                 headers=headers,
                 name="rate",
                 catch_response=True,
@@ -164,7 +172,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
                     response.failure(f"status {response.status_code}")
                     return
                 try:
-                    stars = _stars_of(target, response.json())
+                    stars = stars_of(target, response.json())
                 except ValueError:
                     stars = None
                 if stars not in (1, 2, 3, 4, 5):

@@ -1,0 +1,115 @@
+"""``starrating bench serving``: model resolution, the report's ratios, the command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loadtests.bench_serving import (
+    BenchError,
+    ServingBenchReport,
+    SetupResult,
+    model_under_test,
+    newest_mar,
+)
+from starrating.cli import app
+
+runner = CliRunner()
+
+
+def setup(rps: float, p50: float = 10.0) -> SetupResult:
+    return SetupResult(rps=rps, p50_ms=p50, p95_ms=2 * p50, p99_ms=3 * p50)
+
+
+def test_report_ratios_follow_the_measured_setups():
+    report = ServingBenchReport("m", "int8", users=8, duration=5.0)
+    report.setups = {"limit": setup(200.0), "naive": setup(40.0), "stack": setup(150.0)}
+    report.low_load = {"stack": setup(90.0, p50=13.5), "direct": setup(110.0, p50=12.0)}
+    report.accuracy = {"fp32": 0.61, "int8": 0.6055}
+    assert report.stack_over_limit == pytest.approx(0.75)
+    assert report.stack_over_naive == pytest.approx(3.75)
+    assert report.gateway_overhead_ms == pytest.approx(1.5)
+    assert report.accuracy_change_points == pytest.approx(-0.45)
+    payload = report.to_json()
+    assert payload["stack_over_limit"] == pytest.approx(0.75)
+    assert payload["stack_over_naive"] == pytest.approx(3.75)
+    assert payload["gateway_overhead_ms"] == pytest.approx(1.5)
+    for name in ("limit", "naive", "stack"):
+        assert set(payload[name]) >= {"rps", "p50_ms", "p95_ms", "p99_ms"}
+    assert payload["low_load"]["direct"]["p50_ms"] == 12.0
+    json.dumps(payload)
+
+
+def test_ratios_are_null_when_a_setup_did_not_run():
+    report = ServingBenchReport("m", "fp32", users=1, duration=1.0)
+    report.setups = {"limit": setup(100.0)}
+    payload = report.to_json()
+    assert payload["stack_over_limit"] is None
+    assert payload["stack_over_naive"] is None
+    assert payload["gateway_overhead_ms"] is None
+
+
+def test_model_resolution(tiny_model_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "model")
+    with model_under_test(run) as model:
+        assert model.model_dir == run / "model" and model.mar is None
+    with model_under_test(tiny_model_dir) as model:
+        assert model.model_dir == tiny_model_dir
+    mar = tmp_path / "stars-1.0.mar"
+    with zipfile.ZipFile(mar, "w") as archive:
+        for path in tiny_model_dir.iterdir():
+            archive.write(path, f"model/{path.name}")
+    with model_under_test(mar) as model:
+        assert model.mar == mar
+        assert (model.model_dir / "config.json").is_file()
+    with pytest.raises(BenchError, match="neither"), model_under_test(tmp_path / "nothing"):
+        pass
+
+
+def test_newest_mar_picks_the_latest_written(tmp_path: Path):
+    assert newest_mar(tmp_path) is None
+    for name, age in (("stars-1.0.mar", 100), ("stars-2.0.mar", 10), ("other-3.0.mar", 0)):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    assert newest_mar(tmp_path) == tmp_path / "stars-2.0.mar"
+
+
+def test_bad_options_fail_with_a_message():
+    result = runner.invoke(app, ["bench", "serving", "--precision", "fp8"])
+    assert result.exit_code == 2
+    assert "fp32, bf16, int8" in result.output
+    result = runner.invoke(app, ["bench", "serving", "--setup", "gpu"])
+    assert result.exit_code == 2
+    assert "unknown --setup gpu" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_limit_and_naive_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "serving", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir)]
+    args += ["--setup", "limit", "--setup", "naive", "--duration", "2", "--users", "2"]
+    args += ["--precision", "int8", "--json", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "limit" in result.output and "naive" in result.output
+    payload = json.loads(out.read_text())
+    assert payload["precision"] == "int8"
+    assert payload["limit"]["rps"] > 0 and payload["naive"]["rps"] > 0
+    assert payload["limit"]["detail"]["batch_size"] in (1, 8, 32)
+    assert len(payload["limit_runs"]) == 6
+    best = max(run["rps"] for run in payload["limit_runs"])
+    assert payload["limit"]["rps"] == pytest.approx(best)
+    assert set(payload["accuracy"]) == {"fp32", "int8"}
+    change = 100 * (payload["accuracy"]["int8"] - payload["accuracy"]["fp32"])
+    assert payload["accuracy_change_points"] == pytest.approx(change)
+    assert payload["stack_over_limit"] is None  # the stack did not run
+    assert payload["naive"]["detail"]["errors"] == 0

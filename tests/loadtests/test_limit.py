@@ -1,0 +1,92 @@
+"""The in-process limit: batching, padding strategies, throughput bookkeeping, accuracy."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+from handlers.numerics import apply_precision
+from loadtests.limit import accuracy, make_batches, measure_limit, rate_batch
+from starrating.labels import id_to_star
+
+
+def token_lengths(artifacts: Any, texts: Any) -> list[int]:
+    return [len(ids) for ids in artifacts.tokenizer(list(texts), truncation=True)["input_ids"]]
+
+
+def test_sorted_batches_group_similar_lengths_and_keep_every_text(tiny_artifacts, tiny_reviews):
+    texts = tiny_reviews.texts
+    batches = make_batches(tiny_artifacts, texts, 8, "sorted")
+    assert Counter(t for b in batches for t in b) == Counter(texts)
+    assert all(1 <= len(b) <= 8 for b in batches)
+    lengths = [token_lengths(tiny_artifacts, b) for b in batches]
+    ranges = sorted((min(ls), max(ls)) for ls in lengths)
+    # Length ranges of sorted batches never interleave: each batch starts where the last ended.
+    assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(ranges))
+
+
+def test_plain_batches_are_consecutive_chunks_of_the_input(tiny_artifacts, tiny_reviews):
+    texts = tiny_reviews.texts[:20]
+    batches = make_batches(tiny_artifacts, texts, 8, "plain")
+    expected = [texts[0:8], texts[8:16], texts[16:20]]
+    assert sorted(batches) == sorted(expected)
+
+
+def test_batch_size_must_be_positive(tiny_artifacts):
+    with pytest.raises(ValueError, match="batch size"):
+        make_batches(tiny_artifacts, ["good"], 0, "plain")
+
+
+def test_measure_limit_times_every_batch_size_and_padding(tiny_artifacts, tiny_reviews):
+    runs = measure_limit(tiny_artifacts, tiny_reviews.texts, batch_sizes=(1, 4), seconds=0.2)
+    assert [(r.batch_size, r.padding) for r in runs] == [
+        (1, "plain"),
+        (1, "sorted"),
+        (4, "plain"),
+        (4, "sorted"),
+    ]
+    for run in runs:
+        assert run.reviews >= run.batch_size
+        assert run.seconds >= 0.2
+        assert run.reviews_per_s == pytest.approx(run.reviews / run.seconds)
+        assert len(run.batch_seconds) >= 1
+        assert sum(run.batch_seconds) <= run.seconds
+
+
+def test_rate_batch_gives_calibrated_probabilities(tiny_artifacts):
+    probabilities = rate_batch(tiny_artifacts, ["really bad", "i loved it, great product"])
+    assert probabilities.shape == (2, 5)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
+
+
+def test_accuracy_counts_matching_stars(tiny_artifacts, tiny_reviews):
+    texts = tiny_reviews.texts[:30]
+    predicted = [id_to_star(int(i)) for i in rate_batch(tiny_artifacts, texts).argmax(dim=1)]
+    truth = [p if i % 3 else p % 5 + 1 for i, p in enumerate(predicted)]  # every third wrong
+    assert accuracy(tiny_artifacts, texts, truth, batch_size=7) == pytest.approx(20 / 30)
+    with pytest.raises(ValueError, match="as many"):
+        accuracy(tiny_artifacts, texts, truth[:-1])
+
+
+def test_int8_and_bf16_numerics_keep_the_answer_shape(tiny_model_dir):
+    from dataclasses import replace
+
+    from starrating.artifacts import load_artifacts
+
+    base = load_artifacts(tiny_model_dir)
+    int8 = apply_precision(load_artifacts(tiny_model_dir).model, "int8")
+    quantized = torch.ao.nn.quantized.dynamic.Linear
+    assert not any(type(m) is torch.nn.Linear for m in int8.modules())
+    assert any(isinstance(m, quantized) for m in int8.modules())
+    bf16 = apply_precision(load_artifacts(tiny_model_dir).model, "bf16")
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    for model in (int8, bf16):
+        probabilities = rate_batch(replace(base, model=model), ["good value", "awful"])
+        assert probabilities.dtype == torch.float32
+        assert torch.allclose(probabilities.sum(dim=1), torch.ones(2), atol=1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        apply_precision(base.model, "fp8")
