@@ -3,7 +3,7 @@ libraries (torch, the gateway, TorchServe tooling) are imported inside the comma
 
 from __future__ import annotations
 
-from starrating.cli import bench, data, demo  # noqa: F401  (registers commands)
+from starrating.cli import bench, data, demo, serving  # noqa: F401  (registers commands)
 from starrating.cli.app import app
 
 

@@ -1,0 +1,124 @@
+"""``starrating archive``, ``starrating serve`` and ``starrating stop``: from a trained run to a
+running TorchServe + gateway and back."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import typer
+
+from starrating.cli.app import app, console, fail
+from starrating.settings import CoreSettings
+
+
+@app.command()
+def archive(
+    run: Path = typer.Option(..., "--run", help="Run directory written by `starrating train`."),
+    version: str = typer.Option(..., "--version", help="Model version, e.g. 1.0."),
+    model_store: Path | None = typer.Option(
+        None, "--model-store", help="Where .mar files go [default: STARRATING_MODEL_STORE]."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing version."),
+) -> None:
+    """Pack a trained run into model_store/stars-VERSION.mar (handler, core, model, metrics)."""
+    from training.archive import ArchiveError, archive_run
+
+    store = model_store if model_store is not None else CoreSettings().model_store
+    try:
+        result = archive_run(run, version, store, force=force)
+    except ArchiveError as exc:
+        raise fail(str(exc)) from exc
+    extras = f" with {', '.join(result.run_files)}" if result.run_files else ""
+    console.print(
+        f"wrote [bold]{result.path}[/] (version {result.version}, "
+        f"{result.size_bytes / 1e6:.1f} MB){extras}"
+    )
+
+
+@app.command()
+def serve(
+    model_store: Path | None = typer.Option(
+        None, "--model-store", help="Archives to serve [default: STARRATING_MODEL_STORE]."
+    ),
+    insecure_dev: bool = typer.Option(
+        False,
+        "--insecure-dev",
+        help="Turn TorchServe token authorization off (local work only, never deployed).",
+    ),
+    default_version: str | None = typer.Option(
+        None, "--default-version", help="Version for unversioned requests [default: newest]."
+    ),
+    metrics_port: int = typer.Option(8082, help="TorchServe's Prometheus metrics port."),
+    gateway: bool = typer.Option(True, "--gateway/--no-gateway", help="Start the gateway too."),
+) -> None:
+    """Start TorchServe with every archived version, then the gateway; return once both answer.
+
+    Addresses come from STARRATING_TORCHSERVE_URL, STARRATING_TORCHSERVE_MANAGEMENT_URL,
+    STARRATING_HOST and STARRATING_PORT; logs and pid files go under STARRATING_HOME.
+    """
+    from api.lifecycle import LifecycleError, ServingPaths, TorchServeOptions
+    from api.lifecycle import serve as start_stack
+    from api.settings import Settings
+    from api.torchserve import TorchServeError
+
+    # One line per polling request would drown the progress shown while the stack starts.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    store = model_store if model_store is not None else settings.model_store
+    options = TorchServeOptions(
+        model_store=store,
+        inference_url=settings.torchserve_url,
+        management_url=settings.torchserve_management_url,
+        metrics_port=metrics_port,
+        token_auth=not insecure_dev,
+        model_name=settings.model_name,
+    )
+    paths = ServingPaths.under(settings.home)
+    for url in (options.inference_url, options.management_url):
+        if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]note:[/] TorchServe will listen beyond loopback at {url}")
+    try:
+        with console.status("starting") as status:
+            stack = start_stack(
+                paths,
+                options,
+                gateway_host=settings.host if gateway else None,
+                gateway_port=settings.port,
+                default_version=default_version,
+                env=os.environ,
+                progress=lambda message: status.update(message),
+            )
+    except (LifecycleError, TorchServeError) as exc:
+        raise fail(
+            f"{exc}\nlogs: {paths.torchserve_logs} (model_log.log for the handler), "
+            f"{paths.gateway_log}"
+        ) from exc
+    if insecure_dev:
+        console.print("[yellow]TorchServe token authorization is OFF (--insecure-dev)[/]")
+    console.print(
+        f"TorchServe: {stack.inference_url} (versions {', '.join(stack.versions)}; "
+        f"default {stack.default_version}), management {stack.management_url}, "
+        f"metrics {stack.metrics_url}/metrics"
+    )
+    if stack.key_file is not None:
+        console.print(f"TorchServe tokens: {stack.key_file}")
+    if stack.gateway_url is not None:
+        console.print(
+            f"gateway: [bold]{stack.gateway_url}[/] (dashboard {stack.gateway_url}/dashboard)"
+        )
+    console.print(f"logs: {paths.home / 'logs'}; stop with `starrating stop`")
+
+
+@app.command()
+def stop() -> None:
+    """Stop the gateway and TorchServe started by `starrating serve` (same STARRATING_HOME)."""
+    from api.lifecycle import ServingPaths
+    from api.lifecycle import stop as stop_stack
+
+    paths = ServingPaths.under(CoreSettings().home)
+    gateway_was_up, torchserve_was_up = stop_stack(paths)
+    for name, was_up in (("gateway", gateway_was_up), ("TorchServe", torchserve_was_up)):
+        console.print(f"{name}: {'stopped' if was_up else 'was not running'}")
