@@ -116,7 +116,13 @@ async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, torchserve.UnknownVersion):
         message = f"model version {exc.version!r} is not registered"
     metrics.UPSTREAM_ERRORS.labels(kind=code).inc()
-    logger.warning("upstream error %s on %s: %s", code, request.url.path, exc)
+    logger.warning(
+        "upstream error %s on %s: %s",
+        code,
+        request.url.path,
+        exc,
+        extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+    )
     return error_response(status, code, message or str(exc))
 
 
@@ -147,7 +153,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    logger.error(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+    )
     return error_response(
         HTTPStatus.INTERNAL_SERVER_ERROR,
         "internal_error",

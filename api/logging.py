@@ -53,5 +53,7 @@ def configure_logging(level: str = "INFO") -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
-    # The gateway writes its own access line with more fields; uvicorn's would be a duplicate.
+    # The gateway writes its own access line with more fields; uvicorn's would be a duplicate,
+    # and httpx's line per upstream call would double the volume for nothing.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -125,18 +125,20 @@ def test_access_line_has_request_fields_and_never_the_text(
 
 
 def test_configure_logging_writes_json_for_uvicorn_too(capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    level, handlers, httpx_level = root.level, list(root.handlers), httpx_logger.level
     try:
         configure_logging("INFO")
         configure_logging("INFO")  # a second call replaces, never duplicates
         logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
         logging.getLogger("uvicorn.access").info("duplicate access line")
+        httpx_logger.info("HTTP Request: POST http://torchserve/predictions/stars")
         lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.getLogger("uvicorn.access").disabled = False
+        httpx_logger.setLevel(httpx_level)
 
     assert [(line["logger"], line["message"]) for line in lines] == [
         ("uvicorn.error", "Started server process [42]")
