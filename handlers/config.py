@@ -2,8 +2,8 @@
 
 Batching is chosen per device type (``batching.cpu``, ``batching.cuda``); every value can be
 overridden by an environment variable ``STARRATING_HANDLER_<NAME>`` (``THREADS``, ``STRATEGY``,
-``SUB_BATCH_SIZE``, ``MAX_TEXTS_PER_REQUEST``, ``MAX_TEXT_CHARS``), which TorchServe passes on
-to its workers.
+``SUB_BATCH_SIZE``, ``PRECISION``, ``MAX_TEXTS_PER_REQUEST``, ``MAX_TEXT_CHARS``), which
+TorchServe passes on to its workers.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from handlers.numerics import PRECISIONS, Precision
 
 Strategy = Literal["padded", "sorted"]
 STRATEGIES: tuple[Strategy, ...] = ("padded", "sorted")
@@ -24,6 +26,7 @@ class HandlerConfig:
     threads: int | None = None
     strategy: Strategy = "padded"
     sub_batch_size: int = 8
+    precision: Precision = "fp32"
     max_texts_per_request: int = 64
     max_text_chars: int = 20_000
 
@@ -39,6 +42,7 @@ class HandlerConfig:
             "threads": section.get("threads"),
             "strategy": per_device.get("strategy", "padded"),
             "sub_batch_size": per_device.get("sub_batch_size", 8),
+            "precision": per_device.get("precision", "fp32"),
             "max_texts_per_request": section.get("max_texts_per_request", 64),
             "max_text_chars": section.get("max_text_chars", 20_000),
         }
@@ -52,6 +56,7 @@ class HandlerConfig:
                 threads=threads,
                 strategy=str(raw["strategy"]),  # type: ignore[arg-type]
                 sub_batch_size=int(raw["sub_batch_size"]),
+                precision=str(raw["precision"]),  # type: ignore[arg-type]
                 max_texts_per_request=int(raw["max_texts_per_request"]),
                 max_text_chars=int(raw["max_text_chars"]),
             )
@@ -59,6 +64,8 @@ class HandlerConfig:
             raise ValueError(f"invalid handler configuration {raw}: {exc}") from exc
         if config.strategy not in STRATEGIES:
             raise ValueError(f"handler batching strategy must be one of {STRATEGIES}")
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"handler precision must be one of {PRECISIONS}")
         if min(config.sub_batch_size, config.max_texts_per_request, config.max_text_chars) < 1:
             raise ValueError(f"handler sizes must be positive: {config}")
         if config.threads is not None and config.threads < 1:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from handlers.batch import (
     sub_batches,
 )
 from handlers.config import HandlerConfig
+from handlers.numerics import apply_precision
 from starrating.artifacts import Artifacts, load_artifacts
 from starrating.labels import ID2LABEL, NUM_LABELS, id_to_star
 from starrating.text import encode_batch
@@ -74,7 +76,10 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.manifest = context.manifest
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "unknown"))
         model_dir = Path(properties["model_dir"]) / MODEL_SUBDIR
-        self.artifacts = load_artifacts(model_dir, device=self.device)
+        artifacts = load_artifacts(model_dir, device=self.device)
+        self.artifacts = replace(
+            artifacts, model=apply_precision(artifacts.model, self.config.precision)
+        )
         self.model = self.artifacts.model
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
@@ -86,7 +91,7 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             )
         logger.info(
             "loaded stars model version %s on %s: max_length=%d temperature=%.3f "
-            "threads=%d strategy=%s sub_batch_size=%d",
+            "threads=%d strategy=%s sub_batch_size=%d precision=%s",
             self.model_version,
             self.device,
             self.artifacts.max_length,
@@ -94,6 +99,7 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             torch.get_num_threads(),
             self.config.strategy,
             self.config.sub_batch_size,
+            self.config.precision,
         )
         self.initialized = True
 

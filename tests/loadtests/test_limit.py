@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import torch
 
-from handlers.numerics import apply_precision
 from loadtests.limit import accuracy, make_batches, measure_limit, rate_batch
 from starrating.labels import id_to_star
 
@@ -70,23 +69,3 @@ def test_accuracy_counts_matching_stars(tiny_artifacts, tiny_reviews):
     assert accuracy(tiny_artifacts, texts, truth, batch_size=7) == pytest.approx(20 / 30)
     with pytest.raises(ValueError, match="as many"):
         accuracy(tiny_artifacts, texts, truth[:-1])
-
-
-def test_int8_and_bf16_numerics_keep_the_answer_shape(tiny_model_dir):
-    from dataclasses import replace
-
-    from starrating.artifacts import load_artifacts
-
-    base = load_artifacts(tiny_model_dir)
-    int8 = apply_precision(load_artifacts(tiny_model_dir).model, "int8")
-    quantized = torch.ao.nn.quantized.dynamic.Linear
-    assert not any(type(m) is torch.nn.Linear for m in int8.modules())
-    assert any(isinstance(m, quantized) for m in int8.modules())
-    bf16 = apply_precision(load_artifacts(tiny_model_dir).model, "bf16")
-    assert next(bf16.parameters()).dtype == torch.bfloat16
-    for model in (int8, bf16):
-        probabilities = rate_batch(replace(base, model=model), ["good value", "awful"])
-        assert probabilities.dtype == torch.float32
-        assert torch.allclose(probabilities.sum(dim=1), torch.ones(2), atol=1e-3)
-    with pytest.raises(ValueError, match="precision"):
-        apply_precision(base.model, "fp8")
