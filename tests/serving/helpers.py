@@ -1,0 +1,127 @@
+"""A real TorchServe for tests: tiny archived versions, free ports, its own home; always stopped.
+
+Importable from any test (``from tests.serving.helpers import running_torchserve``)::
+
+    store = build_tiny_archives(tmp / "store", tmp / "runs", {"1.0": 0, "2.0": 1})
+    with running_torchserve(tmp / "home", tmp / "store") as ts:
+        client = ts.client()          # an api.torchserve.TorchServeClient with the right keys
+        ...                           # ts.inference_url, ts.management_url, ts.metrics_url
+
+``tests/serving/conftest.py`` wraps this in a module-scoped ``torchserve`` fixture.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.lifecycle import (
+    ServingPaths,
+    TorchServeOptions,
+    discover_archives,
+    register_versions,
+    start_torchserve,
+    stop_torchserve,
+)
+from api.torchserve import TorchServeClient, TorchServeKeys, TorchServeSyncClient
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def build_tiny_archives(
+    model_store: Path, runs: Path, seeds_by_version: Mapping[str, int]
+) -> dict[str, Path]:
+    """Archive one tiny DistilBERT per version (weights from its seed); the run dirs by version."""
+    from starrating.artifacts import save_artifacts
+    from tests.conftest import build_tiny_model
+    from training.archive import archive_run
+
+    run_dirs: dict[str, Path] = {}
+    for version, seed in seeds_by_version.items():
+        run = runs / f"run-{version}"
+        model, tokenizer = build_tiny_model(seed=seed)
+        save_artifacts(run / "model", model, tokenizer, max_length=64)
+        archive_run(run, version, model_store)
+        run_dirs[version] = run
+    return run_dirs
+
+
+@dataclass(frozen=True)
+class RunningTorchServe:
+    """Where a test's TorchServe answers and how to authenticate."""
+
+    options: TorchServeOptions
+    paths: ServingPaths
+    default_version: str
+
+    @property
+    def inference_url(self) -> str:
+        return self.options.inference_url
+
+    @property
+    def management_url(self) -> str:
+        return self.options.management_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.options.metrics_url
+
+    @property
+    def key_file(self) -> Path | None:
+        return self.paths.key_file if self.options.token_auth else None
+
+    def keys(self) -> TorchServeKeys:
+        if not self.options.token_auth:
+            return TorchServeKeys()
+        return TorchServeKeys.read(self.paths.key_file)
+
+    def client(self, **kwargs: Any) -> TorchServeClient:
+        return TorchServeClient(
+            self.inference_url, self.management_url, key_file=self.key_file, **kwargs
+        )
+
+    def sync_client(self, **kwargs: Any) -> TorchServeSyncClient:
+        return TorchServeSyncClient(
+            self.inference_url, self.management_url, key_file=self.key_file, **kwargs
+        )
+
+
+@contextmanager
+def running_torchserve(
+    home: Path,
+    model_store: Path,
+    *,
+    token_auth: bool = True,
+    default_version: str | None = None,
+) -> Iterator[RunningTorchServe]:
+    """Start TorchServe on free loopback ports with every archive registered; stop it after."""
+    options = TorchServeOptions(
+        model_store=model_store,
+        inference_url=f"http://127.0.0.1:{free_port()}",
+        management_url=f"http://127.0.0.1:{free_port()}",
+        metrics_port=free_port(),
+        token_auth=token_auth,
+    )
+    paths = ServingPaths.under(home)
+    archives = discover_archives(model_store)
+    try:
+        start_torchserve(paths, options, archives)
+        with TorchServeSyncClient(
+            options.inference_url,
+            options.management_url,
+            key_file=paths.key_file if token_auth else None,
+            timeout=120.0,
+        ) as client:
+            default = register_versions(client, archives, default_version=default_version)
+        yield RunningTorchServe(options, paths, default)
+    finally:
+        stop_torchserve(paths)
