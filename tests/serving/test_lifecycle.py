@@ -1,0 +1,146 @@
+"""TorchServe config, archive discovery and the archive command, without starting servers."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from api.lifecycle import (
+    ArchiveInfo,
+    LifecycleError,
+    ServingPaths,
+    TorchServeOptions,
+    discover_archives,
+    gateway_env,
+    version_key,
+)
+from starrating.cli import app
+
+
+def fake_mar(path: Path, name: str, version: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        manifest = {"model": {"modelName": name, "modelVersion": version}}
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
+    return path
+
+
+def properties(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {key: value for key, value in pairs}
+
+
+def test_config_is_loopback_prometheus_and_token_auth_on_by_default(tmp_path: Path) -> None:
+    options = TorchServeOptions(model_store=tmp_path / "store")
+    config = properties(options.config_properties([]))
+    assert config["inference_address"] == "http://127.0.0.1:8080"
+    assert config["management_address"] == "http://127.0.0.1:8081"
+    assert config["metrics_address"] == "http://127.0.0.1:8082"
+    assert config["metrics_mode"] == "prometheus"
+    assert config["disable_token_authorization"] == "false"
+    assert config["enable_model_api"] == "true"
+    store = (tmp_path / "store").resolve()
+    assert re.fullmatch(config["allowed_urls"], f"file://{store}/stars-1.0.mar")
+    assert not re.fullmatch(config["allowed_urls"], "file:///etc/passwd")
+    assert not re.fullmatch(config["allowed_urls"], "https://example.com/evil.mar")
+    assert "load_models" not in config
+
+
+def test_insecure_dev_turns_token_auth_off(tmp_path: Path) -> None:
+    options = TorchServeOptions(model_store=tmp_path, token_auth=False)
+    assert properties(options.config_properties([]))["disable_token_authorization"] == "true"
+    env = gateway_env({"STARRATING_TORCHSERVE_KEY_FILE": "stale"}, ServingPaths(tmp_path), options)
+    assert "STARRATING_TORCHSERVE_KEY_FILE" not in env
+
+
+def test_gateway_gets_the_key_file_and_addresses(tmp_path: Path) -> None:
+    paths = ServingPaths.under(tmp_path)
+    options = TorchServeOptions(model_store=tmp_path, inference_url="http://127.0.0.1:9080")
+    env = gateway_env({"PATH": "/bin"}, paths, options)
+    assert env["STARRATING_TORCHSERVE_KEY_FILE"] == str(paths.key_file)
+    assert env["STARRATING_TORCHSERVE_URL"] == "http://127.0.0.1:9080"
+    assert env["STARRATING_HOME"] == str(paths.home)
+    assert env["PATH"] == "/bin"
+
+
+def test_model_api_stays_off_when_management_leaves_loopback(tmp_path: Path) -> None:
+    options = TorchServeOptions(model_store=tmp_path, management_url="http://0.0.0.0:8081")
+    archives = [ArchiveInfo(tmp_path / "stars-1.0.mar", "stars", "1.0")]
+    config = properties(options.config_properties(archives))
+    assert config["enable_model_api"] == "false"
+    assert config["load_models"] == "stars-1.0.mar"
+
+
+def test_archives_are_found_by_manifest_and_ordered_by_version(tmp_path: Path) -> None:
+    fake_mar(tmp_path / "stars-1.9.mar", "stars", "1.9")
+    fake_mar(tmp_path / "stars-1.10.mar", "stars", "1.10")
+    fake_mar(tmp_path / "renamed.mar", "stars", "2.0")
+    fake_mar(tmp_path / "other-5.0.mar", "other", "5.0")
+    (tmp_path / "broken.mar").write_text("not a zip")
+    found = discover_archives(tmp_path)
+    assert [a.version for a in found] == ["1.9", "1.10", "2.0"]
+    assert found[-1].path.name == "renamed.mar"
+    assert version_key("1.10") > version_key("1.9")
+
+
+def test_two_archives_of_one_version_are_refused(tmp_path: Path) -> None:
+    fake_mar(tmp_path / "a.mar", "stars", "1.0")
+    fake_mar(tmp_path / "b.mar", "stars", "1.0")
+    with pytest.raises(LifecycleError, match="both hold"):
+        discover_archives(tmp_path)
+
+
+def test_archive_command_writes_a_mar_and_refuses_to_overwrite(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for item in tiny_model_dir.iterdir():
+        (run / "model" / item.name).write_bytes(item.read_bytes())
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.4}))
+    store = tmp_path / "store"
+    args = ["archive", "--run", str(run), "--version", "1.0", "--model-store", str(store)]
+    runner = CliRunner()
+
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    mar = store / "stars-1.0.mar"
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"] == {
+        "modelName": "stars",
+        "handler": "star_handler.py",
+        "modelVersion": "1.0",
+        "configFile": "model-config.yaml",
+    }
+    assert {
+        "star_handler.py",
+        "model-config.yaml",
+        "model/config.json",
+        "starrating/text.py",
+        "starrating/artifacts.py",
+        "handlers/batch.py",
+        "run/metrics.json",
+    } <= names
+    assert not any(n.startswith("starrating/cli/") or "__pycache__" in n for n in names)
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_archive_command_explains_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    no_model = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "1.0"])
+    assert no_model.exit_code == 2
+    assert "no loadable model" in " ".join(no_model.output.split())
+    bad_version = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "../x"])
+    assert bad_version.exit_code == 2
+    assert "must be 1-64 letters" in " ".join(bad_version.output.split())
