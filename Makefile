@@ -30,5 +30,13 @@ test: lint
 unit: venv
 	$(BIN)/pytest -m "not slow"
 
+# Container images (needs a Docker engine): one per Dockerfile target, e.g. starrating-serve:latest.
+IMAGE_PREFIX ?= starrating
+IMAGE_TAG    ?= latest
+images:
+	for target in serve gateway train; do \
+	  docker build --target $$target --tag $(IMAGE_PREFIX)-$$target:$(IMAGE_TAG) . || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

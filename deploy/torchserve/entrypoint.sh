@@ -1,0 +1,30 @@
+#!/bin/sh
+# Entry point of the `serve` image: TorchServe in the foreground with every .mar registered.
+#   start (default)  compose and Kubernetes: config $TS_CONFIG_FILE, archives $STARRATING_MODEL_STORE
+#   serve            SageMaker hosting (SageMaker runs `docker run IMAGE serve`): archives from
+#                    /opt/ml/model, TorchServe's /ping and /invocations on port 8080
+#   anything else    run as a command (e.g. `sh` to look around)
+set -eu
+
+mode="${1:-start}"
+case "$mode" in
+  start)
+    store="${STARRATING_MODEL_STORE:?STARRATING_MODEL_STORE must name the model store}"
+    config="${TS_CONFIG_FILE:?TS_CONFIG_FILE must name a TorchServe config.properties}"
+    ;;
+  serve)
+    store="${SAGEMAKER_MODEL_DIR:-/opt/ml/model}"
+    config="/etc/starrating/torchserve/sagemaker.properties"
+    # torchserve reads TS_CONFIG_FILE before --ts-config: this mode must use its own file.
+    unset TS_CONFIG_FILE
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac
+
+if ! ls "$store"/*.mar >/dev/null 2>&1; then
+  echo "starrating-torchserve: no .mar archive in $store (build one with 'starrating archive')" >&2
+  exit 1
+fi
+exec torchserve --foreground --ts-config "$config" --model-store "$store"
