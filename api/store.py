@@ -1,0 +1,467 @@
+"""The durable A/B store: predictions, feedback, shadow answers and the experiment config.
+
+SQLAlchemy 2 over SQLite (default, WAL journal with ``synchronous=FULL`` so an acknowledged
+write survives a crash) or PostgreSQL (``postgresql+psycopg://…``). The methods are synchronous;
+the gateway calls them through ``asyncio.to_thread`` (see the ``a``-prefixed methods) so a write
+never blocks the event loop.
+
+What is stored: request id, experiment, revision, variant, version, a salted hash of the user id
+(HMAC-SHA256 with a random salt kept in the database, so every replica on one database hashes
+alike and the raw id is never written), predicted stars and probabilities, latency and time.
+Never the review text.
+
+Feedback: one true rating per predicted item (``item`` is the position in a ``texts`` batch, 0
+for a single text). A repeat with the same stars is accepted as a retry and changes nothing; a
+repeat with different stars is refused (``FeedbackConflict``): each observation enters the
+sequential test once, in arrival order, and letting labels change after people have seen the
+report would let them steer it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from starrating.labels import STARS
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SALT_KEY = "user_hash_salt"
+
+
+class StoreError(Exception):
+    """Base of the store's domain errors."""
+
+
+class UnknownRequest(StoreError, LookupError):
+    """Feedback names a request id (or item) the store has no prediction for."""
+
+
+class FeedbackConflict(StoreError):
+    """A different rating was already recorded for this prediction."""
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Prediction(_Base):
+    __tablename__ = "predictions"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    experiment: Mapped[str | None] = mapped_column(String(128), index=True)
+    revision: Mapped[int | None] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    stars: Mapped[list[int]] = mapped_column(JSON)
+    probabilities: Mapped[list[dict[str, float]]] = mapped_column(JSON)
+    latency_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Feedback(_Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("request_id", "item"),)
+
+    # The autoincrement id is the arrival order the sequential test reads observations in.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("predictions.request_id"), index=True)
+    item: Mapped[int] = mapped_column(Integer)
+    stars: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _ShadowPrediction(_Base):
+    __tablename__ = "shadow_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("predictions.request_id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    stars: Mapped[list[int] | None] = mapped_column(JSON)
+    latency_s: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _ExperimentConfig(_Base):
+    __tablename__ = "experiment_configs"
+
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Meta(_Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One answered prediction request as the store keeps it."""
+
+    request_id: str
+    experiment: str | None
+    revision: int | None
+    variant: str
+    version: str
+    user_hash: str | None
+    stars: tuple[int, ...]
+    probabilities: tuple[Mapping[str, float], ...]
+    latency_s: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """A true rating for one predicted item, joined with what was predicted for it."""
+
+    request_id: str
+    item: int
+    stars: int
+    predicted: int
+    variant: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """A shadow answer next to the live answer it copied."""
+
+    variant: str
+    live_stars: tuple[int, ...]
+    shadow_version: str
+    shadow_stars: tuple[int, ...] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredExperiment:
+    revision: int
+    config: dict[str, Any]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _enable_sqlite_durability(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the report read while predictions are written; FULL fsyncs every commit.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets its directory created and its durability pragmas."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _enable_sqlite_durability)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class ExperimentStore:
+    """Predictions, feedback, shadow answers and experiment configs in one database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        _Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._salt = self._load_or_create_salt()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def _load_or_create_salt(self) -> bytes:
+        with self._session() as session:
+            row = session.get(_Meta, _SALT_KEY)
+            if row is not None:
+                return bytes.fromhex(row.value)
+        try:
+            with self._session() as session:
+                session.add(_Meta(key=_SALT_KEY, value=secrets.token_hex(32)))
+        except IntegrityError:
+            pass  # another replica created it first: use theirs
+        with self._session() as session:
+            row = session.get(_Meta, _SALT_KEY)
+            assert row is not None
+            return bytes.fromhex(row.value)
+
+    def hash_user(self, user_id: str | None) -> str | None:
+        """The salted hash stored in place of a user id."""
+        if user_id is None:
+            return None
+        return hmac.new(self._salt, user_id.encode(), hashlib.sha256).hexdigest()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add_prediction(self, record: PredictionRecord) -> None:
+        with self._session() as session:
+            session.add(
+                _Prediction(
+                    request_id=record.request_id,
+                    experiment=record.experiment,
+                    revision=record.revision,
+                    variant=record.variant,
+                    version=record.version,
+                    user_hash=record.user_hash,
+                    stars=list(record.stars),
+                    probabilities=[dict(p) for p in record.probabilities],
+                    latency_s=record.latency_s,
+                    created_at=record.created_at,
+                )
+            )
+
+    def add_shadow(
+        self,
+        request_id: str,
+        version: str,
+        stars: Sequence[int] | None,
+        latency_s: float,
+        error: str | None = None,
+    ) -> None:
+        with self._session() as session:
+            session.add(
+                _ShadowPrediction(
+                    request_id=request_id,
+                    version=version,
+                    stars=None if stars is None else list(stars),
+                    latency_s=latency_s,
+                    error=error,
+                    created_at=_now(),
+                )
+            )
+
+    def add_feedback(self, request_id: str, stars: int, item: int = 0) -> FeedbackRecord:
+        """Record the true rating of one predicted item; returns it joined with the prediction.
+
+        Raises ``UnknownRequest`` for an unknown request id or item, ``FeedbackConflict`` when a
+        different rating is already recorded, ``ValueError`` for stars outside 1-5.
+        """
+        if isinstance(stars, bool) or stars not in STARS:
+            raise ValueError(f"stars must be one of {STARS}, got {stars!r}")
+        try:
+            with self._session() as session:
+                prediction = session.get(_Prediction, request_id)
+                if prediction is None:
+                    raise UnknownRequest(f"no prediction with request id {request_id!r}")
+                if not 0 <= item < len(prediction.stars):
+                    raise UnknownRequest(
+                        f"request {request_id!r} has {len(prediction.stars)} predictions, "
+                        f"no item {item}"
+                    )
+                existing = session.scalar(
+                    select(_Feedback).where(
+                        _Feedback.request_id == request_id, _Feedback.item == item
+                    )
+                )
+                if existing is None:
+                    session.add(
+                        _Feedback(request_id=request_id, item=item, stars=stars, created_at=_now())
+                    )
+                elif existing.stars != stars:
+                    raise FeedbackConflict(
+                        f"request {request_id!r} item {item} already has feedback "
+                        f"({existing.stars} stars); feedback cannot be changed"
+                    )
+                return FeedbackRecord(
+                    request_id=request_id,
+                    item=item,
+                    stars=stars,
+                    predicted=prediction.stars[item],
+                    variant=prediction.variant,
+                    version=prediction.version,
+                )
+        except IntegrityError:
+            # A concurrent duplicate won the race: answer as if it had come first.
+            with self._session() as session:
+                existing = session.scalar(
+                    select(_Feedback).where(
+                        _Feedback.request_id == request_id, _Feedback.item == item
+                    )
+                )
+                prediction = session.get(_Prediction, request_id)
+            if existing is None or prediction is None:
+                raise
+            if existing.stars != stars:
+                raise FeedbackConflict(
+                    f"request {request_id!r} item {item} already has feedback "
+                    f"({existing.stars} stars); feedback cannot be changed"
+                ) from None
+            return FeedbackRecord(
+                request_id,
+                item,
+                stars,
+                prediction.stars[item],
+                prediction.variant,
+                prediction.version,
+            )
+
+    def save_experiment(self, name: str, config: Mapping[str, Any]) -> int:
+        """Store a new experiment config; returns its revision (increasing)."""
+        with self._session() as session:
+            row = _ExperimentConfig(name=name, config=dict(config), created_at=_now())
+            session.add(row)
+            session.flush()
+            return row.revision
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def latest_experiment(self) -> StoredExperiment | None:
+        with self._session() as session:
+            row = session.scalar(
+                select(_ExperimentConfig).order_by(_ExperimentConfig.revision.desc()).limit(1)
+            )
+            return None if row is None else StoredExperiment(row.revision, dict(row.config))
+
+    def experiment_weights(self, name: str) -> dict[int, dict[str, float]]:
+        """Variant weights of every stored revision of experiment ``name``."""
+        with self._session() as session:
+            rows = session.execute(
+                select(_ExperimentConfig.revision, _ExperimentConfig.config).where(
+                    _ExperimentConfig.name == name
+                )
+            ).all()
+        return {
+            revision: {v["name"]: float(v["weight"]) for v in config["variants"]}
+            for revision, config in rows
+        }
+
+    def get_prediction(self, request_id: str) -> PredictionRecord | None:
+        with self._session() as session:
+            row = session.get(_Prediction, request_id)
+            if row is None:
+                return None
+            return PredictionRecord(
+                request_id=row.request_id,
+                experiment=row.experiment,
+                revision=row.revision,
+                variant=row.variant,
+                version=row.version,
+                user_hash=row.user_hash,
+                stars=tuple(row.stars),
+                probabilities=tuple(row.probabilities),
+                latency_s=row.latency_s,
+                created_at=row.created_at,
+            )
+
+    def predictions(self, experiment: str) -> list[tuple[str, str, list[int], float]]:
+        """(variant, version, predicted stars, latency) of every prediction of ``experiment``."""
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    _Prediction.variant,
+                    _Prediction.version,
+                    _Prediction.stars,
+                    _Prediction.latency_s,
+                ).where(_Prediction.experiment == experiment)
+            ).all()
+        return [(v, ver, list(s), lat) for v, ver, s, lat in rows]
+
+    def assigned_units(self, experiment: str) -> dict[int, dict[str, int]]:
+        """Distinct assignment units (hashed user, else request) per revision and variant.
+
+        Units rather than requests: a sticky user sends many requests to one variant, so
+        counting requests would make a busy user look like a broken split.
+        """
+        unit = func.coalesce(_Prediction.user_hash, _Prediction.request_id)
+        with self._session() as session:
+            rows = session.execute(
+                select(_Prediction.revision, _Prediction.variant, func.count(unit.distinct()))
+                .where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
+                .group_by(_Prediction.revision, _Prediction.variant)
+            ).all()
+        counts: dict[int, dict[str, int]] = {}
+        for revision, variant, n in rows:
+            if revision is not None:
+                counts.setdefault(revision, {})[variant] = int(n)
+        return counts
+
+    def feedback(self, experiment: str) -> list[FeedbackRecord]:
+        """Every feedback of ``experiment`` joined with its prediction, in arrival order."""
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    _Feedback.request_id,
+                    _Feedback.item,
+                    _Feedback.stars,
+                    _Prediction.stars,
+                    _Prediction.variant,
+                    _Prediction.version,
+                )
+                .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
+                .where(_Prediction.experiment == experiment)
+                .order_by(_Feedback.id)
+            ).all()
+        return [
+            FeedbackRecord(rid, item, stars, predicted[item], variant, version)
+            for rid, item, stars, predicted, variant, version in rows
+        ]
+
+    def shadow_pairs(self, experiment: str) -> list[ShadowPair]:
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    _Prediction.variant,
+                    _Prediction.stars,
+                    _ShadowPrediction.version,
+                    _ShadowPrediction.stars,
+                    _ShadowPrediction.error,
+                )
+                .join(_Prediction, _Prediction.request_id == _ShadowPrediction.request_id)
+                .where(_Prediction.experiment == experiment)
+            ).all()
+        return [
+            ShadowPair(variant, tuple(live), version, None if shadow is None else tuple(shadow), e)
+            for variant, live, version, shadow, e in rows
+        ]
+
+    # -- async facade: the same calls on a worker thread ------------------------------------
+
+    async def run(self, func_: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of the methods above off the event loop."""
+        return await asyncio.to_thread(func_, *args, **kwargs)

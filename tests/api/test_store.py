@@ -1,0 +1,282 @@
+"""The A/B store against SQLite and a real PostgreSQL 15 server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from api.store import (
+    ExperimentStore,
+    FeedbackConflict,
+    PredictionRecord,
+    UnknownRequest,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 server on a free port (initdb refuses root: run as postgres)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail("PostgreSQL 15 is not installed: apt-get install -y postgresql (.ci/run does)")
+    root = Path(tempfile.mkdtemp(prefix="starrating-pg-"))
+    data, sockets = root / "data", root / "sock"
+    sockets.mkdir()
+    root.chmod(0o755)
+    shutil.chown(root, "postgres")
+    (root / "postgres.log").touch()
+    shutil.chown(root / "postgres.log", "postgres")
+    shutil.chown(sockets, "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    # -l: the server must not inherit our pipes, or waiting for pg_ctl's output never ends.
+    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        [*pg_ctl, "-l", str(root / "postgres.log"), "-o", options, "-w", "start"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*pg_ctl, "-m", "immediate", "stop"],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'starrating.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    name = f"t{os.getpid()}_{time.monotonic_ns()}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _prediction(
+    request_id: str, variant: str = "A", stars: tuple[int, ...] = (4,)
+) -> PredictionRecord:
+    return PredictionRecord(
+        request_id=request_id,
+        experiment="exp",
+        revision=1,
+        variant=variant,
+        version="1.0" if variant == "A" else "2.0",
+        user_hash=None,
+        stars=stars,
+        probabilities=tuple(
+            {str(s): 1.0 if s == star else 0.0 for s in range(1, 6)} for star in stars
+        ),
+        latency_s=0.012,
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_prediction_and_feedback_round_trip(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("r1", "A", stars=(4, 2)))
+    got = store.get_prediction("r1")
+    assert got is not None
+    assert (got.variant, got.version, got.stars) == ("A", "1.0", (4, 2))
+    assert got.probabilities[1]["2"] == 1.0
+
+    first = store.add_feedback("r1", 5)
+    second = store.add_feedback("r1", 2, item=1)
+    assert (first.predicted, first.stars) == (4, 5)
+    assert (second.predicted, second.stars) == (2, 2)
+    assert [(f.item, f.stars) for f in store.feedback("exp")] == [(0, 5), (1, 2)]
+    store.close()
+
+
+def test_feedback_for_unknown_request_or_item_is_refused(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    with pytest.raises(UnknownRequest, match="no prediction"):
+        store.add_feedback("nope", 3)
+    store.add_prediction(_prediction("r1"))
+    with pytest.raises(UnknownRequest, match="no item 1"):
+        store.add_feedback("r1", 3, item=1)
+    with pytest.raises(ValueError, match="stars"):
+        store.add_feedback("r1", 6)
+    assert store.feedback("exp") == []
+    store.close()
+
+
+def test_second_feedback_same_rating_is_a_retry_different_rating_is_refused(
+    database_url: str,
+) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("r1"))
+    store.add_feedback("r1", 3)
+    store.add_feedback("r1", 3)  # a client retry: accepted, nothing changes
+    with pytest.raises(FeedbackConflict, match="already has feedback"):
+        store.add_feedback("r1", 5)
+    assert [f.stars for f in store.feedback("exp")] == [3]
+    store.close()
+
+
+def test_user_ids_are_stored_only_as_salted_hashes_shared_by_replicas(database_url: str) -> None:
+    one = ExperimentStore(database_url)
+    two = ExperimentStore(database_url)  # a second replica on the same database
+    hashed = one.hash_user("alice@example.com")
+    assert hashed == two.hash_user("alice@example.com")
+    assert hashed is not None and "alice" not in hashed
+    assert hashed != one.hash_user("bob@example.com")
+    one.close()
+    two.close()
+    # Another database has another salt: hashes can't be joined across deployments.
+    other = ExperimentStore("sqlite://")
+    assert other.hash_user("alice@example.com") != hashed
+    other.close()
+
+
+def test_experiment_config_survives_a_restart(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    assert store.latest_experiment() is None
+    variant = {"name": "A", "version": "1.0", "weight": 0.7}
+    first = store.save_experiment("exp", {"name": "exp", "variants": [variant]})
+    second = store.save_experiment("exp", {"name": "exp", "variants": [{**variant, "weight": 1}]})
+    assert second > first
+    store.close()
+    reopened = ExperimentStore(database_url)
+    latest = reopened.latest_experiment()
+    assert latest is not None and latest.revision == second
+    assert latest.config["variants"][0]["weight"] == 1
+    assert reopened.experiment_weights("exp") == {first: {"A": 0.7}, second: {"A": 1.0}}
+    reopened.close()
+
+
+def test_assigned_units_count_users_once_and_anonymous_requests_each(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    for i in range(3):  # one sticky user, three requests
+        store.add_prediction(
+            PredictionRecord(**{**_prediction(f"u{i}").__dict__, "user_hash": "h1"})
+        )
+    for i in range(2):
+        store.add_prediction(_prediction(f"anon{i}", "B"))
+    assert store.assigned_units("exp") == {1: {"A": 1, "B": 2}}
+    store.close()
+
+
+def test_shadow_answers_are_paired_with_live_answers(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("r1", stars=(4,)))
+    store.add_shadow("r1", "3.0", (4,), 0.02)
+    store.add_shadow("r1", "3.0", None, 0.5, error="upstream_timeout")
+    pairs = store.shadow_pairs("exp")
+    assert {(p.live_stars, p.shadow_stars, p.error) for p in pairs} == {
+        ((4,), (4,), None),
+        ((4,), None, "upstream_timeout"),
+    }
+    store.close()
+
+
+def test_async_calls_run_off_the_event_loop(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+
+    async def main() -> None:
+        assert await store.run(threading.get_ident) != threading.get_ident()
+        await asyncio.gather(
+            *(store.run(store.add_prediction, _prediction(f"r{i}")) for i in range(20))
+        )
+        await asyncio.gather(*(store.run(store.add_feedback, f"r{i}", 4) for i in range(20)))
+
+    asyncio.run(main())
+    assert len(store.feedback("exp")) == 20
+    store.close()
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'a' / 'b.db'}")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    store.close()
+
+
+WRITER = """
+import sys
+from datetime import UTC, datetime
+from api.store import ExperimentStore, PredictionRecord
+
+store = ExperimentStore(sys.argv[1])
+i = 0
+while True:
+    rid = f"k{i}"
+    store.add_prediction(PredictionRecord(rid, "exp", 1, "A", "1.0", None, (3,),
+        ({"1": 0.0, "2": 0.0, "3": 1.0, "4": 0.0, "5": 0.0},), 0.01, datetime.now(UTC)))
+    store.add_feedback(rid, 1 + i % 5)
+    print(rid, flush=True)  # the acknowledgement: only after the commit returned
+    i += 1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_acknowledged_feedback_survives_kill_9_of_the_writer(database_url: str) -> None:
+    ExperimentStore(database_url).close()  # schema in place before the race starts
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, database_url],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    acknowledged = [writer.stdout.readline().strip() for _ in range(40)]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+
+    store = ExperimentStore(database_url)
+    stored = {f.request_id: f.stars for f in store.feedback("exp")}
+    store.close()
+    missing = [rid for rid in acknowledged if rid not in stored]
+    assert missing == []
+    assert all(stored[f"k{i}"] == 1 + i % 5 for i in range(40))
