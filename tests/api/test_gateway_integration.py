@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,21 +21,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.lifecycle import (
-    ServingPaths,
-    ServingStack,
-    TorchServeOptions,
     discover_archives,
+    gateway_env,
     register_versions,
-    serve,
+    start_gateway,
     start_torchserve,
-    stop,
+    stop_gateway,
     stop_torchserve,
 )
 from api.settings import Settings
-from api.torchserve import TorchServeSyncClient
-from starrating.artifacts import save_artifacts
-from tests.conftest import build_tiny_model
-from training.archive import archive_run
+from tests.serving.helpers import (
+    RunningTorchServe,
+    build_tiny_archives,
+    free_port,
+    running_torchserve,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -48,27 +47,11 @@ LIMITS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Stack:
-    served: ServingStack
-    options: TorchServeOptions
+    torchserve: RunningTorchServe
+    gateway_pid: int
     http: httpx.Client
-
-    @property
-    def paths(self) -> ServingPaths:
-        return self.served.paths
-
-    def direct(self) -> TorchServeSyncClient:
-        """A client straight to TorchServe, to compare the gateway's answers with."""
-        return TorchServeSyncClient(
-            self.options.inference_url, self.options.management_url, key_file=self.paths.key_file
-        )
 
     def metric(self, name: str, **labels: str) -> float:
         for family in text_string_to_metric_families(self.http.get("/metrics").text):
@@ -82,38 +65,25 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Two tiny versions (1.0 the default) in TorchServe, and the gateway as its own process."""
     root = tmp_path_factory.mktemp("gateway-stack")
     store = root / "model_store"
-    for seed, version in ((0, "1.0"), (1, "2.0")):
-        model, tokenizer = build_tiny_model(seed=seed)
-        save_artifacts(root / f"run-{version}" / "model", model, tokenizer, max_length=64)
-        archive_run(root / f"run-{version}", version, store)
-    options = TorchServeOptions(
-        model_store=store,
-        inference_url=f"http://127.0.0.1:{free_port()}",
-        management_url=f"http://127.0.0.1:{free_port()}",
-        metrics_port=free_port(),
-    )
-    paths = ServingPaths.under(root / "home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
-    served = serve(
-        paths,
-        options,
-        gateway_port=free_port(),
-        default_version="1.0",
-        env={**env, **LIMITS},
-    )
-    try:
-        assert served.gateway_url is not None
-        with httpx.Client(base_url=served.gateway_url, timeout=30.0) as http:
-            yield Stack(served, options, http)
-    finally:
-        stop(paths)
+    build_tiny_archives(store, root / "runs", {"1.0": 0, "2.0": 1})
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
+    with running_torchserve(root / "home", store, default_version="1.0") as torchserve:
+        port = free_port()
+        env = gateway_env({**base, **LIMITS}, torchserve.paths, torchserve.options)
+        pid = start_gateway(torchserve.paths, env, host="127.0.0.1", port=port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
+                yield Stack(torchserve, pid, http)
+        finally:
+            stop_gateway(torchserve.paths)
 
 
 def test_predictions_match_torchserve_for_each_version(stack: Stack) -> None:
     texts = ["I loved it! I will recommend this to everyone.", "It's OK.", "Really bad."]
-    with stack.direct() as direct:
+    with stack.torchserve.sync_client() as direct:
         expected = {version: direct.predict(texts, version) for version in ("1.0", "2.0")}
 
     default = stack.http.post("/v1/predictions", json={"texts": texts})
@@ -202,8 +172,8 @@ def test_client_errors_get_their_statuses(stack: Stack) -> None:
 
 
 def test_version_without_a_ready_worker_is_503_until_scaled_back(stack: Stack) -> None:
-    management = httpx.Client(base_url=stack.options.management_url, timeout=60.0)
-    key = json.loads(stack.paths.key_file.read_text())["management"]["key"]
+    management = httpx.Client(base_url=stack.torchserve.options.management_url, timeout=60.0)
+    key = json.loads(stack.torchserve.paths.key_file.read_text())["management"]["key"]
     scale = {"synchronous": "true"}
     headers = {"Authorization": f"Bearer {key}"}
     with management:
@@ -235,9 +205,9 @@ def test_version_without_a_ready_worker_is_503_until_scaled_back(stack: Stack) -
 def test_upstream_slower_than_the_timeout_is_504(stack: Stack) -> None:
     # A second gateway (in-process) whose patience is shorter than TorchServe's 5 ms batch delay.
     settings = Settings(
-        torchserve_url=stack.options.inference_url,
-        torchserve_management_url=stack.options.management_url,
-        torchserve_key_file=stack.paths.key_file,
+        torchserve_url=stack.torchserve.options.inference_url,
+        torchserve_management_url=stack.torchserve.options.management_url,
+        torchserve_key_file=stack.torchserve.paths.key_file,
         upstream_timeout_s=0.001,
         json_logs=False,
     )
@@ -292,7 +262,9 @@ def test_each_request_is_one_json_log_line_without_the_text(stack: Stack) -> Non
     )
     assert response.status_code == 200
 
-    lines = [json.loads(line) for line in stack.paths.gateway_log.read_text().splitlines()]
+    lines = [
+        json.loads(line) for line in stack.torchserve.paths.gateway_log.read_text().splitlines()
+    ]
     (line,) = [entry for entry in lines if entry.get("request_id") == "integration-log-0001"]
     assert line["logger"] == "api.access"
     assert (line["route"], line["status"], line["version"], line["variant"]) == (
@@ -305,7 +277,7 @@ def test_each_request_is_one_json_log_line_without_the_text(stack: Stack) -> Non
     assert line["latency_ms"] > 0
     assert any(entry["logger"].startswith("uvicorn") for entry in lines)
     # Nowhere in any log of the stack: the gateway's, TorchServe's, the handler's.
-    for log_file in (stack.paths.home / "logs").rglob("*"):
+    for log_file in (stack.torchserve.paths.home / "logs").rglob("*"):
         if log_file.is_file():
             assert "Wombat-saxophone" not in log_file.read_text(errors="replace"), log_file
 
@@ -323,9 +295,8 @@ def test_openapi_of_the_running_gateway(stack: Stack) -> None:
 
 
 def test_torchserve_stopped_and_started_under_a_running_gateway(stack: Stack) -> None:
-    gateway_pid = stack.served.gateway_pid
-    assert gateway_pid is not None
-    assert stop_torchserve(stack.paths)
+    gateway_pid = stack.gateway_pid
+    assert stop_torchserve(stack.torchserve.paths)
 
     down = {
         "predict": stack.http.post("/v1/predictions", json={"text": "ok"}),
@@ -334,14 +305,10 @@ def test_torchserve_stopped_and_started_under_a_running_gateway(stack: Stack) ->
     }
     alive = stack.http.get("/healthz")
 
-    archives = discover_archives(stack.options.model_store)
-    start_torchserve(stack.paths, stack.options, archives)
-    with TorchServeSyncClient(
-        stack.options.inference_url,
-        stack.options.management_url,
-        key_file=stack.paths.key_file,
-        timeout=300.0,
-    ) as client:
+    torchserve = stack.torchserve
+    archives = discover_archives(torchserve.options.model_store)
+    start_torchserve(torchserve.paths, torchserve.options, archives)
+    with torchserve.sync_client(timeout=120.0) as client:
         register_versions(client, archives, default_version="1.0")
     back = stack.http.post("/v1/predictions", json={"text": "ok"})
 
