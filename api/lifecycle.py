@@ -112,14 +112,21 @@ class TorchServeOptions:
     inference_url: str = "http://127.0.0.1:8080"
     management_url: str = "http://127.0.0.1:8081"
     metrics_port: int = 8082
+    # TorchServe 0.12 always starts its gRPC servers too (no switch to turn them off); a second
+    # instance on the default ports exits at startup, so each instance needs its own.
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
     token_auth: bool = True
     token_expiration_min: int = 60
     model_name: str = DEFAULT_MODEL_NAME
 
     @property
     def metrics_url(self) -> str:
-        host = urlsplit(self.inference_url).hostname or "127.0.0.1"
-        return f"http://{_url_host(host)}:{self.metrics_port}"
+        return f"http://{_url_host(self._host(self.inference_url))}:{self.metrics_port}"
+
+    @staticmethod
+    def _host(url: str) -> str:
+        return urlsplit(url).hostname or "127.0.0.1"
 
     @property
     def model_api_enabled(self) -> bool:
@@ -135,6 +142,10 @@ class TorchServeOptions:
             f"management_address={self.management_url}",
             f"metrics_address={self.metrics_url}",
             "metrics_mode=prometheus",
+            f"grpc_inference_address={self._host(self.inference_url)}",
+            f"grpc_inference_port={self.grpc_inference_port}",
+            f"grpc_management_address={self._host(self.management_url)}",
+            f"grpc_management_port={self.grpc_management_port}",
             # The handler's own metrics (batch sizes) reach :8082 without a metrics yaml.
             "model_metrics_auto_detect=true",
             f"model_store={store}",
@@ -261,10 +272,12 @@ def start_torchserve(
     ) as client:
         deadline = time.monotonic() + timeout_s
         while not client.ping():
-            if not psutil.pid_exists(jvm_pid) or time.monotonic() > deadline:
+            exited = not psutil.pid_exists(jvm_pid)
+            if exited or time.monotonic() > deadline:
                 stop_torchserve(paths)
+                why = "it exited" if exited else f"no healthy /ping in {timeout_s:.0f} s"
                 raise LifecycleError(
-                    f"TorchServe did not come up on {options.inference_url}; see "
+                    f"TorchServe did not come up on {options.inference_url} ({why}); see "
                     f"{paths.torchserve_logs / 'ts_log.log'}:\n"
                     + _tail(paths.torchserve_logs / "ts_log.log")
                 )

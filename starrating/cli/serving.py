@@ -52,6 +52,9 @@ def serve(
         None, "--default-version", help="Version for unversioned requests [default: newest]."
     ),
     metrics_port: int = typer.Option(8082, help="TorchServe's Prometheus metrics port."),
+    grpc_ports: tuple[int, int] = typer.Option(
+        (7070, 7071), help="TorchServe's gRPC inference and management ports (always opened)."
+    ),
     gateway: bool = typer.Option(True, "--gateway/--no-gateway", help="Start the gateway too."),
 ) -> None:
     """Start TorchServe with every archived version, then the gateway; return once both answer.
@@ -73,6 +76,8 @@ def serve(
         inference_url=settings.torchserve_url,
         management_url=settings.torchserve_management_url,
         metrics_port=metrics_port,
+        grpc_inference_port=grpc_ports[0],
+        grpc_management_port=grpc_ports[1],
         token_auth=not insecure_dev,
         model_name=settings.model_name,
     )

@@ -109,6 +109,8 @@ def running_torchserve(
         inference_url=f"http://127.0.0.1:{free_port()}",
         management_url=f"http://127.0.0.1:{free_port()}",
         metrics_port=free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
         token_auth=token_auth,
     )
     paths = ServingPaths.under(home)

@@ -42,6 +42,8 @@ def test_config_is_loopback_prometheus_and_token_auth_on_by_default(tmp_path: Pa
     assert config["management_address"] == "http://127.0.0.1:8081"
     assert config["metrics_address"] == "http://127.0.0.1:8082"
     assert config["metrics_mode"] == "prometheus"
+    assert config["grpc_inference_address"] == "127.0.0.1"
+    assert config["grpc_management_address"] == "127.0.0.1"
     assert config["disable_token_authorization"] == "false"
     assert config["enable_model_api"] == "true"
     store = (tmp_path / "store").resolve()
