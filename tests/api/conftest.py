@@ -7,6 +7,7 @@ code that runs in production. It can be switched down, slow, or to answer garbag
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,16 +38,23 @@ def fake_probabilities(stars: int) -> dict[str, float]:
 
 @dataclass
 class FakeTorchServe:
-    """The ``stars`` model with some versions; ``ready[v]`` False means no ready worker."""
+    """The ``stars`` model with some versions; ``ready[v]`` False means no ready worker.
+
+    ``down`` refuses connections, ``slow`` times out reading, ``hang_s`` answers that late,
+    ``garbage`` answers predictions with a body of the wrong shape.
+    """
 
     ready: dict[str, bool] = field(default_factory=lambda: {"1.0": True, "2.0": True})
     default: str = "1.0"
     down: bool = False
     slow: bool = False
+    hang_s: float = 0.0
     garbage: bool = False
     predictions: list[tuple[str | None, list[str]]] = field(default_factory=list)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if self.slow:

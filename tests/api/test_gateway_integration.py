@@ -141,6 +141,9 @@ def test_client_errors_get_their_statuses(stack: Stack) -> None:
         "unknown version": stack.http.post(
             "/v1/predictions", json={"text": "ok"}, headers={"X-Model-Version": "9.9"}
         ),
+        "version not a version": stack.http.post(
+            "/v1/predictions", json={"text": "ok"}, headers={"X-Model-Version": "../../models"}
+        ),
         "no text": stack.http.post("/v1/predictions", json={"user_id": "u1"}),
         "empty text": stack.http.post("/v1/predictions", json={"text": " \t "}),
         "not json": stack.http.post(
@@ -157,6 +160,7 @@ def test_client_errors_get_their_statuses(stack: Stack) -> None:
     statuses = {name: response.status_code for name, response in cases.items()}
     assert statuses == {
         "unknown version": 404,
+        "version not a version": 422,
         "no text": 422,
         "empty text": 422,
         "not json": 422,
