@@ -41,6 +41,17 @@ def check_limits(texts: list[str], settings: Settings) -> None:
             )
         if not normalize_text(text):
             raise InvalidInput(f"text {index} is empty")
+        if not _is_encodable(text):
+            # JSON escapes can carry lone UTF-16 surrogates, which no UTF-8 request can hold.
+            raise InvalidInput(f"text {index} is not valid Unicode (it has a lone surrogate)")
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _record(recorder: PredictionRecorder, event: PredictionEvent) -> None:
