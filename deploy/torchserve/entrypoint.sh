@@ -14,7 +14,7 @@ case "$mode" in
     ;;
   serve)
     store="${SAGEMAKER_MODEL_DIR:-/opt/ml/model}"
-    config="/etc/starrating/torchserve/sagemaker.properties"
+    config="${STARRATING_TS_CONFIG_DIR:-/etc/starrating/torchserve}/sagemaker.properties"
     # torchserve reads TS_CONFIG_FILE before --ts-config: this mode must use its own file.
     unset TS_CONFIG_FILE
     ;;

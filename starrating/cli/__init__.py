@@ -3,7 +3,14 @@ libraries (torch, the gateway, TorchServe tooling) are imported inside the comma
 
 from __future__ import annotations
 
-from starrating.cli import bench, data, demo, serving  # noqa: F401  (registers commands)
+from starrating.cli import (  # noqa: F401  (registers commands)
+    bench,
+    data,
+    demo,
+    sagemaker,
+    serving,
+    training,
+)
 from starrating.cli.app import app
 
 
