@@ -1,0 +1,264 @@
+"""The training configuration: one typed dataclass, its command-line form and its JSON form.
+
+``python -m training``, ``torchrun ... -m training`` and SageMaker script mode
+(``training/train.py``) parse the same arguments into a ``TrainConfig``; ``starrating train``
+builds one directly and turns it back into arguments when it launches torchrun. The config used
+is saved as ``RUN/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from starrating.models import DEFAULT_MODEL
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot work, with what to change."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run does."""
+
+    out: Path = field(
+        metadata=_help("Run directory: model/, metrics.json, config.json, plots/, mlflow.db.")
+    )
+    data: Path | None = field(
+        default=None,
+        metadata=_help(
+            "Directory with train/validation/test .jsonl as written by `starrating data prepare`."
+        ),
+    )
+    train: Path | None = field(
+        default=None,
+        metadata=_help(
+            "Training split (a .jsonl[.gz] file or a directory of them); overrides "
+            "DATA/train.jsonl."
+        ),
+    )
+    validation: Path | None = field(
+        default=None, metadata=_help("Validation split; overrides DATA/validation.jsonl.")
+    )
+    test: Path | None = field(
+        default=None, metadata=_help("Test split; overrides DATA/test.jsonl.")
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=_help(
+            "'minilm' (bundled all-MiniLM-L6-v2), a hub id or a local save_pretrained folder."
+        ),
+    )
+    epochs: int = field(default=4, metadata=_help("Passes over the training split."))
+    max_steps: int | None = field(
+        default=None,
+        metadata=_help("Stop after this many optimizer steps (overrides the epoch count)."),
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_help(
+            "Global batch size: split evenly across processes, so results do not depend on how "
+            "many processes share it."
+        ),
+    )
+    lr: float = field(default=8e-5, metadata=_help("Peak learning rate of AdamW."))
+    weight_decay: float = field(
+        default=0.01, metadata=_help("AdamW weight decay (not on biases and LayerNorm).")
+    )
+    warmup_ratio: float = field(
+        default=0.1, metadata=_help("Share of the steps with a linear learning-rate warmup.")
+    )
+    max_length: int = field(
+        default=128, metadata=_help("Longest tokenised input; longer reviews are truncated.")
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata=_help(
+            "auto = bf16 on GPUs that support it, else fp16 with loss scaling; fp32 on CPU."
+        ),
+    )
+    seed: int = field(default=42, metadata=_help("Seed of weights init, dropout and data order."))
+    grad_clip: float = field(
+        default=1.0, metadata=_help("Clip the gradient norm to this (0 = off).")
+    )
+    num_workers: int = field(
+        default=1,
+        metadata=_help("DataLoader worker processes per training process that read and tokenise."),
+    )
+    shuffle_buffer: int = field(
+        default=10_000, metadata=_help("Reviews held in the seeded shuffle buffer.")
+    )
+    checkpoint_dir: Path | None = field(
+        default=None, metadata=_help("Where checkpoints go (default RUN/checkpoints).")
+    )
+    checkpoint_every: int = field(
+        default=100,
+        metadata=_help(
+            "Write a checkpoint every this many steps (0 = only at epoch ends and on SIGTERM)."
+        ),
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata=_help("How many of the newest checkpoints to keep.")
+    )
+    resume: bool = field(
+        default=False, metadata=_help("Continue from the newest valid checkpoint, if there is one.")
+    )
+    early_stop: bool = field(
+        default=False, metadata=_help("Stop when a training rule finds an issue.")
+    )
+    log_every: int = field(
+        default=10, metadata=_help("Log training metrics every this many steps.")
+    )
+    tracking_uri: str | None = field(
+        default=None,
+        metadata=_help(
+            "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else a SQLite store in the run "
+            "directory)."
+        ),
+    )
+    experiment: str = field(default="starrating", metadata=_help("MLflow experiment name."))
+    progress: bool = field(default=True, metadata=_help("Show a progress bar on rank 0."))
+
+    def split_path(self, name: str) -> Path | None:
+        """The file or directory of one split, explicit or under ``data``."""
+        explicit: Path | None = getattr(self, name)
+        if explicit is not None:
+            return explicit
+        if self.data is None:
+            return None
+        for candidate in (self.data / f"{name}.jsonl", self.data / f"{name}.jsonl.gz"):
+            if candidate.exists():
+                return candidate
+        directory = self.data / name
+        return directory if directory.is_dir() else None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.out / "checkpoints"
+
+    def validate(self) -> None:
+        """Refuse combinations that cannot train, saying what to change."""
+        if self.split_path("train") is None:
+            where = f"{self.data}/train.jsonl" if self.data else "--train"
+            raise ConfigError(
+                f"no training split: {where} not found. Prepare one with "
+                "`starrating data prepare --out DIR` and pass --data DIR."
+            )
+        if self.split_path("validation") is None:
+            raise ConfigError(
+                "no validation split: training needs one for evaluation, calibration and rules "
+                "(DATA/validation.jsonl or --validation)."
+            )
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        positive |= {"max_length": self.max_length, "log_every": self.log_every}
+        positive |= {"keep_checkpoints": self.keep_checkpoints}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("num_workers", "checkpoint_every", "shuffle_buffer", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def to_args(self) -> list[str]:
+        """The command-line arguments that parse back into this config."""
+        args: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            args += [f"--{f.name.replace('_', '-')}", str(value)]
+        return args
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_optional(inner: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in {"", "none", "null"} else inner(text)
+
+    return parse
+
+
+def _value_type(annotation: Any) -> tuple[Any, bool]:
+    """(parser, optional) for a field annotation such as ``int | None`` or ``Path``."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        return _value_type(inner[0])[0], True
+    if origin is Literal:
+        return str, False
+    return annotation, False
+
+
+def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    """An argparse parser for ``TrainConfig``: ``--max-steps`` and ``--max_steps`` both work
+    (SageMaker passes hyperparameters with the names they were given), booleans take an
+    optional true/false value."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Fine-tune an encoder to predict 1-5 stars."
+    )
+    hints = get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        names = [f"--{f.name.replace('_', '-')}"]
+        if "_" in f.name:
+            names.append(f"--{f.name}")
+        kind, optional = _value_type(hints[f.name])
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"]}
+        if kind is bool:
+            kwargs |= {"type": _parse_bool, "nargs": "?", "const": True}
+        else:
+            kwargs["type"] = _parse_optional(kind) if optional else kind
+        if get_origin(hints[f.name]) is Literal:
+            kwargs["choices"] = get_args(hints[f.name])
+        if f.default is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m training") -> TrainConfig:
+    """Parse command-line arguments into a validated ``TrainConfig``."""
+    parser = build_parser(prog)
+    namespace = parser.parse_args(argv)
+    config = TrainConfig(**vars(namespace))
+    try:
+        config.validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return config

@@ -1,0 +1,681 @@
+"""The training loop: DDP, mixed precision, checkpoints, rules, tracking, evaluation, saving.
+
+One code path for every setting: one process or many (torchrun), CPU or GPU, fp32/bf16/fp16
+(one autocast context; ``GradScaler(enabled=fp16)``; gradients unscaled before clipping).
+Processes move in lockstep: before each step they agree (one small CPU all-reduce) whether any
+of them still has a batch and whether any must stop. A process whose share of the epoch ran out
+one batch early steps with its previous batch at zero weight, so no review is dropped and DDP's
+all-reduce never waits on a process that left. Only rank 0 logs, tracks and writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from starrating.artifacts import save_artifacts
+from starrating.models import load_pretrained
+from training import checkpoint as ckpt
+from training.calibration import fit_temperature
+from training.config import ConfigError, TrainConfig
+from training.data.streaming import Batch, ReviewStream, StreamPosition, known_rows, split_files
+from training.distributed import (
+    DistributedContext,
+    agree_any,
+    all_gather_objects,
+    barrier,
+    distributed_context,
+    sum_across,
+)
+from training.evaluate import (
+    Predictions,
+    evaluate_predictions,
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_training_curves,
+    predict,
+    write_json,
+)
+from training.metric_lines import log_metrics
+from training.progress import TrainingProgress
+from training.rules import TrainingRules
+from training.tracking import RunTracker
+
+logger = logging.getLogger(__name__)
+
+ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + SIGTERM).
+INTERRUPTED_EXIT_CODE = 143
+EVAL_BATCH_SIZE = 64
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM stopped training after a checkpoint was written; ``--resume`` continues."""
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted; checkpoint {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+def resolve_precision(requested: str, device: torch.device) -> ResolvedPrecision:
+    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if requested in ("fp32", "bf16", "fp16"):
+        return requested  # type: ignore[return-value]
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast_for(device: torch.device, precision: ResolvedPrecision) -> Callable[[], Any]:
+    """A factory of the one autocast context every forward pass runs in."""
+    return lambda: torch.autocast(
+        device_type=device.type, dtype=DTYPES[precision], enabled=precision != "fp32"
+    )
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    batch: Batch,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    scaler: torch.amp.GradScaler,
+    weight: float = 1.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of a batch, backpropagated (scaled for fp16, times ``weight``)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+    with autocast():
+        logits = model(**inputs).logits
+    # The loss in fp32 whatever the autocast dtype: log-softmax in half precision loses digits.
+    loss = F.cross_entropy(logits.float(), batch["labels"])
+    scaler.scale(loss * weight).backward()  # type: ignore[no-untyped-call]
+    return loss.detach()
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> None:
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def build_optimizer(
+    model: torch.nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # Biases and normalisation weights are not regularised (as in BERT's recipe).
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cuda", "cpu"))
+
+
+@dataclass
+class Plan:
+    """How many steps the run takes, where known before reading the data."""
+
+    local_batch: int
+    steps_per_epoch: int | None
+    total_steps: int | None
+    warmup_steps: int
+
+    @classmethod
+    def make(cls, config: TrainConfig, ctx: DistributedContext, train_location: Path) -> Plan:
+        if config.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+                f"among {ctx.world_size} processes"
+            )
+        local_batch = config.batch_size // ctx.world_size
+        rows = known_rows(train_location)
+        steps_per_epoch = (
+            math.ceil(math.ceil(rows / ctx.world_size) / local_batch) if rows else None
+        )
+        total: int | None = config.max_steps
+        if total is None and steps_per_epoch:
+            total = config.epochs * steps_per_epoch
+        warmup = math.ceil(config.warmup_ratio * total) if total else 100
+        return cls(local_batch, steps_per_epoch, total, warmup)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, plan: Plan
+) -> torch.optim.lr_scheduler.LRScheduler:
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    if plan.total_steps is None:
+        logger.warning(
+            "the number of training rows is unknown (no summary.json beside the data): the "
+            "learning rate stays constant after warmup; pass --max-steps for a decaying schedule"
+        )
+        schedule = get_constant_schedule_with_warmup(optimizer, plan.warmup_steps)
+    else:
+        schedule = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
+            optimizer, plan.warmup_steps, plan.total_steps
+        )
+    return schedule
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    loss: float
+    samples: int
+    samples_per_sec: float
+
+
+class LossInterval:
+    """Training loss and throughput summed between two log lines, on the device so that adding
+    a step's loss never waits for the GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.steps = 0
+        self.samples = 0
+        self.started = time.monotonic()
+        self.last_loss = float("nan")
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.samples += samples
+
+    def flush(self, ctx: DistributedContext) -> IntervalStats:
+        """Totals over every rank (a collective: all ranks call it together), then reset.
+        With no step since the last flush the previous loss stands."""
+        loss, steps, samples = sum_across(ctx, float(self.loss), self.steps, self.samples)
+        if steps:
+            self.last_loss = loss / steps
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        self.loss.zero_()
+        self.steps = self.samples = 0
+        self.started = time.monotonic()
+        return IntervalStats(self.last_loss, int(samples), samples / seconds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loss": float(self.loss),
+            "steps": self.steps,
+            "samples": self.samples,
+            "last_loss": self.last_loss,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss.fill_(state["loss"])
+        self.steps, self.samples = state["steps"], state["samples"]
+        self.last_loss = state["last_loss"]
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the torch objects."""
+
+    step: int = 0
+    position: StreamPosition = field(default_factory=StreamPosition)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    tracking_run_id: str | None = None
+    train_time_s: float = 0.0
+    samples: int = 0
+
+
+class Trainer:
+    """Trains one configured run inside an initialised (or single) process group."""
+
+    def __init__(self, config: TrainConfig, ctx: DistributedContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.device = ctx.device
+        self.precision = resolve_precision(config.precision, ctx.device)
+        self.autocast = autocast_for(ctx.device, self.precision)
+        train_location = config.split_path("train")
+        validation_location = config.split_path("validation")
+        if train_location is None or validation_location is None:
+            config.validate()  # raises the explanatory error
+            raise AssertionError("unreachable")
+        self.train_files = split_files(train_location)
+        self.validation_files = split_files(validation_location)
+        test_location = config.split_path("test")
+        self.test_files = split_files(test_location) if test_location else None
+        self.plan = Plan.make(config, ctx, train_location)
+
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours is the one progress display
+        # Same seed on every rank: identical head init (DDP also broadcasts rank 0's weights).
+        torch.manual_seed(config.seed)
+        model, self.tokenizer = load_pretrained(config.model, config.max_length)
+        self.model = model
+        self.model.to(self.device)  # type: ignore[arg-type]
+        self.ddp: torch.nn.Module = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            if ctx.distributed
+            else self.model
+        )
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.scheduler = build_scheduler(self.optimizer, self.plan)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.rules = TrainingRules()
+        self.state = RunState()
+        self.tracker = RunTracker(config, enabled=ctx.is_main)
+        # Dropout differs per rank, as it would with one process over the global batch.
+        torch.manual_seed(config.seed + 1000 * (ctx.rank + 1))
+        self.last_validation: tuple[int, Predictions] | None = None
+        self.interval = LossInterval(self.device)
+        self.started = time.monotonic()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _resume(self) -> Path | None:
+        found = ckpt.load_latest_checkpoint(self.config.checkpoints)
+        if found is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.config.checkpoints)
+            return None
+        path, saved = found
+        if saved["world_size"] != self.ctx.world_size:
+            raise ckpt.CheckpointError(
+                f"{path} was written by {saved['world_size']} processes; resume with "
+                f"--nproc-per-node {saved['world_size']} (the data order depends on it)"
+            )
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.rules.load_state_dict(saved["rules"])
+        ckpt.restore_rng(saved["rng"][self.ctx.rank], self.device)
+        self.interval.load_state_dict(saved["interval"][self.ctx.rank])
+        self.state = RunState(
+            step=saved["step"],
+            position=StreamPosition(saved["epoch"], saved["batches"]),
+            history=list(saved["history"]),
+            tracking_run_id=saved["tracking_run_id"],
+            train_time_s=saved["train_time_s"],
+            samples=saved["samples"],
+        )
+        logger.info(
+            "resumed from %s: step %d, epoch %d, batch %d",
+            path,
+            self.state.step,
+            self.state.position.epoch + 1,
+            self.state.position.batches,
+        )
+        return path
+
+    def _checkpoint(self) -> Path | None:
+        """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
+        elapsed = time.monotonic() - self.started
+        rng = all_gather_objects(self.ctx, ckpt.capture_rng(self.device))
+        interval = all_gather_objects(self.ctx, self.interval.state_dict())
+        path = None
+        if self.ctx.is_main:
+            s = self.state
+            path = ckpt.save_checkpoint(
+                self.config.checkpoints,
+                {
+                    "step": s.step,
+                    "epoch": s.position.epoch,
+                    "batches": s.position.batches,
+                    "world_size": self.ctx.world_size,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng,
+                    "rules": self.rules.state_dict(),
+                    "history": s.history,
+                    "tracking_run_id": s.tracking_run_id,
+                    "train_time_s": s.train_time_s + elapsed,
+                    "samples": s.samples,
+                    "interval": interval,
+                },
+                keep=self.config.keep_checkpoints,
+            )
+        barrier(self.ctx)
+        return path
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _loader(self, stream: ReviewStream, workers: int) -> DataLoader[Batch]:
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=ckpt.ignore_sigterm if workers else None,
+            # Its own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run's dropout would differ from an uninterrupted one's.
+            generator=torch.Generator(),
+        )
+
+    def _train_batches(self, epoch: int, skip: int) -> Iterator[Batch]:
+        stream = ReviewStream(
+            self.train_files,
+            self.tokenizer,
+            batch_size=self.plan.local_batch,
+            max_length=self.config.max_length,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            seed=self.config.seed,
+            epoch=epoch,
+            buffer_size=self.config.shuffle_buffer,
+            skip_batches=skip,
+        )
+        return iter(self._loader(stream, self.config.num_workers))
+
+    def _predict(self, files: list[Path]) -> Predictions:
+        stream = ReviewStream(
+            files,
+            self.tokenizer,
+            batch_size=EVAL_BATCH_SIZE,
+            max_length=self.config.max_length,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            shuffle=False,
+        )
+        batches = self._loader(stream, min(self.config.num_workers, 1))
+        return predict(self.model, batches, self.ctx, self.autocast)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        """Keep a metrics entry for the curves, log its metric line and track it (rank 0)."""
+        self.state.history.append(entry)
+        if self.ctx.is_main:
+            log_metrics(entry)
+            metrics = {k: v for k, v in entry.items() if k not in ("step", "epoch")}
+            self.tracker.log_metrics(metrics, step=entry["step"])
+
+    def _validate(self, epoch: int, train_loss: float) -> list[str]:
+        predictions = self._predict(self.validation_files)
+        self.last_validation = (self.state.step, predictions)
+        metrics = evaluate_predictions(predictions)
+        self._record(
+            {"step": self.state.step, "epoch": epoch + 1}
+            | {
+                f"validation_{k}": metrics[k]
+                for k in ("loss", "accuracy", "macro_f1", "mae", "qwk")
+            }
+        )
+        return self.rules.observe_eval(self.state.step, train_loss, metrics["loss"])
+
+    def _move(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def run(self) -> dict[str, Any] | None:
+        """Train, evaluate, calibrate and save; the final summary on rank 0, None elsewhere."""
+        config, ctx = self.config, self.ctx
+        if config.resume:
+            self._resume()
+        if ctx.is_main:
+            config.save(config.out / "config.json")
+        run_id = self.tracker.start(self.state.tracking_run_id)
+        if run_id is not None and self.state.tracking_run_id is None:
+            self.state.tracking_run_id = run_id
+            self.tracker.log_params(self._params())
+        logger.info(
+            "training %s on %s: %d process(es), %s, global batch %d, %s steps",
+            config.model,
+            self.device,
+            ctx.world_size,
+            self.precision,
+            config.batch_size,
+            self.plan.total_steps or "unknown",
+        )
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.progress = TrainingProgress(
+            enabled=ctx.is_main and config.progress,
+            total=self.plan.total_steps,
+            completed=self.state.step,
+        )
+        self.started = time.monotonic()
+        try:
+            with ckpt.TerminationRequest() as self.termination, self.progress:
+                stop_reason = self._epochs()
+            self.state.train_time_s += time.monotonic() - self.started
+            return self._finish(stop_reason)
+        except TrainingInterrupted:
+            self.tracker.end("KILLED")
+            raise
+        except BaseException:
+            self.tracker.end("FAILED")
+            raise
+
+    def _epochs(self) -> str:
+        """Run epochs until done; return why training stopped (completed/max_steps/rules)."""
+        config = self.config
+        epoch = self.state.position.epoch
+        while config.max_steps is not None or epoch < config.epochs:
+            outcome = self._epoch(epoch, skip=self.state.position.batches)
+            if outcome == "terminated":
+                raise TrainingInterrupted(self._checkpoint())
+            train_loss = self.interval.flush(self.ctx).loss
+            if self._rules_say_stop(self._validate(epoch, train_loss)):
+                outcome = "rules"
+            if outcome != "epoch_end":
+                return outcome
+            epoch += 1
+            self.state.position = StreamPosition(epoch, 0)
+            self._checkpoint()
+        return "completed"
+
+    def _epoch(self, epoch: int, skip: int) -> str:
+        """One pass over this rank's share of the training split, from batch ``skip`` on.
+
+        Returns "epoch_end", "max_steps", "rules" (--early-stop) or "terminated" (SIGTERM)."""
+        config, ctx, state = self.config, self.ctx, self.state
+        batches = self._train_batches(epoch, skip)
+        state.position = StreamPosition(epoch, skip)
+        self.progress.epoch(epoch + 1, config.epochs if config.max_steps is None else None)
+        placeholder: Batch | None = None
+        rule_stop = False
+        while True:
+            batch = next(batches, None)
+            has_batch, stop = agree_any(ctx, batch is not None, self.termination.requested)
+            if stop:
+                return "terminated"
+            if not has_batch:
+                return "epoch_end"
+            weight = 1.0
+            if batch is None:  # this rank's share ran out a batch early: step along at weight 0
+                batch, weight = placeholder, 0.0
+            assert batch is not None
+            placeholder = batch
+            batch = self._move(batch)
+            loss = forward_backward(self.ddp, batch, self.autocast, self.scaler, weight)
+            optimizer_step(self.ddp, self.optimizer, self.scaler, config.grad_clip)
+            self.scheduler.step()
+            state.step += 1
+            state.position = StreamPosition(epoch, state.position.batches + 1)
+            if weight:
+                self.interval.add(loss, len(batch["labels"]))
+            self.progress.advance()
+            if state.step % config.log_every == 0:
+                rule_stop |= self._log_training(epoch)
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                self._checkpoint()
+            if config.max_steps is not None and state.step >= config.max_steps:
+                return "max_steps"
+            if rule_stop:
+                return "rules"
+
+    def _log_training(self, epoch: int) -> bool:
+        """Log the interval's training metrics; True when a rule says stop."""
+        stats = self.interval.flush(self.ctx)
+        self.state.samples += stats.samples
+        self._record(
+            {
+                "step": self.state.step,
+                "epoch": epoch + 1,
+                "train_loss": stats.loss,
+                "learning_rate": self.scheduler.get_last_lr()[0],
+                "samples_per_sec": stats.samples_per_sec,
+            }
+        )
+        self.progress.show(loss=stats.loss, samples_per_sec=stats.samples_per_sec)
+        return self._rules_say_stop(self.rules.observe_train(self.state.step, stats.loss))
+
+    def _rules_say_stop(self, findings: list[str]) -> bool:
+        for finding in findings:
+            if self.ctx.is_main:
+                logger.warning("training rule: %s", finding)
+        return bool(findings) and self.config.early_stop
+
+    def _params(self) -> dict[str, Any]:
+        params = self.config.to_json()
+        params |= {
+            "train_files": ",".join(map(str, self.train_files)),
+            "validation_files": ",".join(map(str, self.validation_files)),
+            "test_files": ",".join(map(str, self.test_files or [])),
+            "world_size": self.ctx.world_size,
+            "resolved_precision": self.precision,
+            "device": str(self.device),
+            "total_steps": self.plan.total_steps,
+        }
+        return params
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(self, stop_reason: str | None) -> dict[str, Any] | None:
+        config, ctx = self.config, self.ctx
+        if self.last_validation is not None and self.last_validation[0] == self.state.step:
+            validation = self.last_validation[1]
+        else:
+            validation = self._predict(self.validation_files)
+        test = self._predict(self.test_files) if self.test_files else None
+        if not ctx.is_main:
+            barrier(ctx)
+            return None
+        temperature = fit_temperature(validation.logits, validation.labels)
+        val_before = evaluate_predictions(validation)
+        val_after = evaluate_predictions(validation, temperature)
+        final_split, final = ("test", test) if test is not None else ("validation", validation)
+        before = evaluate_predictions(final, 1.0)
+        after = evaluate_predictions(final, temperature)
+        summary: dict[str, Any] = {
+            "split": final_split,
+            **{
+                k: after[k]
+                for k in ("n", "accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
+            },
+            "ece_before": before["ece"],
+            "ece_after": after["ece"],
+            "temperature": temperature,
+            "per_class": after["per_class"],
+            "confusion_matrix": after["confusion_matrix"],
+            "validation": {
+                k: val_after[k]
+                for k in ("n", "accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
+            }
+            | {"ece_before": val_before["ece"], "ece_after": val_after["ece"]},
+            "rules": self.rules.statuses(),
+            "stopped": stop_reason or "completed",
+            "steps": self.state.step,
+            "epochs": round(self.state.step / self.plan.steps_per_epoch, 2)
+            if self.plan.steps_per_epoch
+            else None,
+            "train_time_s": round(self.state.train_time_s, 1),
+            "world_size": ctx.world_size,
+            "precision": self.precision,
+            "device": str(self.device),
+            "model": config.model,
+        }
+        out = config.out
+        model_dir = save_artifacts(
+            out / "model",
+            self.model,
+            self.tokenizer,
+            max_length=config.max_length,
+            temperature=temperature,
+        )
+        files = [
+            write_json(out / "metrics.json", summary),
+            write_json(
+                out / "confusion_matrix.json",
+                {
+                    "split": final_split,
+                    "labels": [1, 2, 3, 4, 5],
+                    "rows": "true stars",
+                    "columns": "predicted stars",
+                    "matrix": summary["confusion_matrix"],
+                },
+            ),
+            write_json(out / "history.json", self.state.history),
+            config.out / "config.json",
+        ]
+        plots = [
+            plot_confusion_matrix(
+                summary["confusion_matrix"],
+                out / "plots" / "confusion_matrix.png",
+                f"{final_split} ({summary['n']} reviews)",
+            ),
+            plot_training_curves(self.state.history, out / "plots" / "training_curves.png"),
+            plot_reliability(final, temperature, out / "plots" / "reliability.png"),
+        ]
+        log_metrics(
+            {
+                f"{final_split}_{k}": summary[k]
+                for k in ("accuracy", "macro_f1", "mae", "off_by_one", "qwk")
+            }
+            | {
+                "ece_before": summary["ece_before"],
+                "ece_after": summary["ece_after"],
+                "temperature": temperature,
+            }
+        )
+        self.tracker.log_metrics(
+            {
+                f"{final_split}_{k}": summary[k]
+                for k in ("accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
+            }
+            | {
+                "ece_before": summary["ece_before"],
+                "ece_after": summary["ece_after"],
+                "temperature": temperature,
+                "train_time_s": summary["train_time_s"],
+            },
+            step=self.state.step,
+        )
+        self.tracker.set_tags(
+            {f"rule.{name}": r["status"] for name, r in summary["rules"].items()}
+            | {"stopped": summary["stopped"], "model_dir": str(model_dir.resolve())}
+        )
+        self.tracker.log_artifacts(files)
+        self.tracker.log_artifacts(plots, "plots")
+        self.tracker.end("FINISHED")
+        logger.info(
+            "saved the model to %s and the evaluation to %s", model_dir, out / "metrics.json"
+        )
+        barrier(ctx)
+        return summary
+
+
+def train(config: TrainConfig) -> dict[str, Any] | None:
+    """Run training in this process (joining torchrun's group when launched by it)."""
+    config.validate()
+    with distributed_context() as ctx:
+        return Trainer(config, ctx).run()
