@@ -19,13 +19,14 @@ import gc
 import logging
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from handlers import MODEL_SUBDIR
+from loadtests.stack import StackTuning
 from starrating.settings import CoreSettings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ServingBenchConfig:
     users: int = 16
     precision: str = "fp32"
     setups: tuple[str, ...] = SETUPS
+    tuning: StackTuning = field(default_factory=StackTuning)
     limit_seconds: float | None = None  # per in-process configuration; default duration / 4
 
 
@@ -252,13 +254,54 @@ def run_naive(
     return load_result(result)
 
 
-# Filled in by the stack runner: (model under test, texts, config, workdir, report) -> None.
-StackRunner = Callable[[ModelUnderTest, Sequence[str], ServingBenchConfig, Path, Any], None]
+def run_stack(
+    model: ModelUnderTest,
+    texts: Sequence[str],
+    config: ServingBenchConfig,
+    workdir: Path,
+    report: ServingBenchReport,
+) -> None:
+    """Saturating load on the gateway (stack) and on TorchServe (direct), then one user each."""
+    from loadtests.loadgen import run_load
+    from loadtests.stack import archive_for_bench, running_stack
+
+    mar = model.mar or archive_for_bench(model.model_dir, workdir)
+    tuning = replace(config.tuning, precision=config.precision)
+    with running_stack(mar, workdir / "stack", tuning) as stack:
+        targets = {
+            "stack": (stack.gateway_url, "/v1/predictions", "gateway", {}),
+            "direct": (
+                stack.torchserve_url,
+                stack.torchserve_path,
+                "torchserve",
+                stack.torchserve_headers,
+            ),
+        }
+
+        def drive(name: str, users: int, duration: float) -> SetupResult:
+            url, path, target, headers = targets[name]
+            result = run_load(
+                url,
+                path,
+                texts,
+                target=target,
+                users=users,
+                duration=duration,
+                warmup=config.warmup,
+                headers=headers,
+            )
+            return load_result(result, **tuning.describe())
+
+        for name in ("stack", "direct"):
+            if name in config.setups:
+                report.setups[name] = drive(name, config.users, config.duration)
+        if {"stack", "direct"} <= set(config.setups):
+            # One user: the latency a request pays with no queueing, for the gateway overhead.
+            for name in ("direct", "stack"):
+                report.low_load[name] = drive(name, 1, max(config.duration / 2, 1.0))
 
 
-def run_serving_bench(
-    config: ServingBenchConfig, stack_runner: StackRunner | None = None
-) -> ServingBenchReport:
+def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
     """Run every requested setup in turn and return the report."""
     from loadtests.reviews import load_reviews
 
@@ -280,7 +323,5 @@ def run_serving_bench(
         if "naive" in config.setups:
             report.setups["naive"] = run_naive(model.model_dir, texts, config, workdir)
         if {"stack", "direct"} & set(config.setups):
-            if stack_runner is None:
-                raise BenchError("the stack setups need TorchServe and the gateway")
-            stack_runner(model, texts, config, workdir, report)
+            run_stack(model, texts, config, workdir, report)
     return report

@@ -65,10 +65,30 @@ def serving_command(
         "--setup",
         help="Run only these setups (repeatable): limit, naive, stack, direct. Default: all.",
     ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="TorchServe workers (default: the archive's)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch threads per worker (default: the archive's)."
+    ),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="Handler batching: padded or sorted (default: the archive's)."
+    ),
+    sub_batch_size: int | None = typer.Option(
+        None, "--sub-batch-size", min=1, help="Texts per forward pass with --strategy sorted."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="TorchServe batch size (default: the archive's)."
+    ),
+    max_batch_delay: int | None = typer.Option(
+        None, "--max-batch-delay", min=0, help="TorchServe batch delay in ms."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Reviews/s and p50/p95/p99 of the stack, the in-process limit, the naive server and
     TorchServe direct, with the ratios stack/limit, stack/naive and the gateway overhead."""
+    from api.lifecycle import LifecycleError
+    from handlers.config import STRATEGIES
     from handlers.numerics import PRECISIONS
     from loadtests.bench_serving import (
         SETUPS,
@@ -79,9 +99,13 @@ def serving_command(
     from loadtests.loadgen import LoadError
     from loadtests.reviews import ReviewSourceError
     from loadtests.servers import ServerStartError
+    from loadtests.stack import StackTuning
+    from training.archive import ArchiveError
 
     if precision not in PRECISIONS:
         raise fail(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     unknown = sorted(set(setup) - set(SETUPS))
     if unknown:
         raise fail(f"unknown --setup {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
@@ -92,12 +116,28 @@ def serving_command(
         users=users,
         precision=precision,
         setups=tuple(s for s in SETUPS if s in setup) if setup else SETUPS,
+        tuning=StackTuning(
+            precision=precision,
+            strategy=strategy,
+            sub_batch_size=sub_batch_size,
+            threads=threads,
+            workers=workers,
+            batch_size=batch_size,
+            max_batch_delay_ms=max_batch_delay,
+        ),
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are noise here
     try:
         with console.status("benchmarking (see the log for each step)…"):
             report = run_serving_bench(config)
-    except (BenchError, LoadError, ReviewSourceError, ServerStartError) as exc:
+    except (
+        ArchiveError,
+        BenchError,
+        LifecycleError,
+        LoadError,
+        ReviewSourceError,
+        ServerStartError,
+    ) as exc:
         raise fail(str(exc)) from exc
 
     table = Table(title=f"serving: {report.model}, {report.precision}, {report.users} users")

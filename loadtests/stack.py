@@ -1,0 +1,185 @@
+"""The serving stack under benchmark: TorchServe + the gateway, started by ``api.lifecycle``.
+
+Each benchmark gets its own ``STARRATING_HOME``, model store and free loopback ports, so it never
+touches a stack the user is running. Token authorization stays on, as in deployment. Tuning
+knobs that the archive's ``model-config.yaml`` sets (workers, TorchServe batch size and delay,
+the handler's threads, batching strategy and numerics) can be overridden per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtests.servers import free_port
+
+logger = logging.getLogger(__name__)
+
+HANDLER_ENV_PREFIX = "STARRATING_HANDLER_"
+BENCH_VERSION = "bench"
+
+
+@dataclass(frozen=True)
+class StackTuning:
+    """Overrides of the archive's serving settings; None keeps the archive's value."""
+
+    precision: str = "fp32"
+    strategy: str | None = None
+    sub_batch_size: int | None = None
+    threads: int | None = None
+    workers: int | None = None
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+
+    def handler_env(self) -> dict[str, str]:
+        """The handler's ``STARRATING_HANDLER_*`` overrides (TorchServe passes them on)."""
+        values = {
+            "PRECISION": self.precision,
+            "STRATEGY": self.strategy,
+            "SUB_BATCH_SIZE": self.sub_batch_size,
+            "THREADS": self.threads,
+        }
+        return {HANDLER_ENV_PREFIX + k: str(v) for k, v in values.items() if v is not None}
+
+    @property
+    def reregisters(self) -> bool:
+        return any(v is not None for v in (self.workers, self.batch_size, self.max_batch_delay_ms))
+
+    def describe(self) -> dict[str, str | int]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class StackEndpoints:
+    """Where a running benchmark stack answers."""
+
+    gateway_url: str
+    torchserve_url: str
+    version: str
+    torchserve_headers: dict[str, str]
+
+    @property
+    def torchserve_path(self) -> str:
+        return f"/predictions/stars/{self.version}"
+
+
+@contextmanager
+def _environ(overrides: Mapping[str, str]) -> Iterator[None]:
+    """Set ``overrides`` in this process's environment (TorchServe copies it) and restore it."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def archive_for_bench(model_dir: Path, workdir: Path) -> Path:
+    """A .mar of ``model_dir`` (version ``bench``) built the way ``starrating archive`` does."""
+    from handlers import MODEL_SUBDIR
+    from training.archive import archive_run
+
+    run = workdir / "bench-run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / MODEL_SUBDIR).symlink_to(model_dir.resolve(), target_is_directory=True)
+    return archive_run(run, BENCH_VERSION, workdir / "archives").path
+
+
+START_ATTEMPTS = 2
+
+
+def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
+    """Start TorchServe with ``mar`` only and the gateway, under ``home``; apply ``tuning``."""
+    from api.lifecycle import (
+        ServingPaths,
+        TorchServeOptions,
+        discover_archives,
+        gateway_env,
+        serve,
+        wait_until_answers,
+    )
+    from api.torchserve import TorchServeKeys, TorchServeSyncClient
+
+    store = home / "model_store"
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(mar, store / mar.name)
+    archives = discover_archives(store)
+    if len(archives) != 1:
+        raise RuntimeError(f"{mar} is not a readable stars archive")
+    version = archives[0].version
+    paths = ServingPaths.under(home)
+    options = TorchServeOptions(
+        model_store=store,
+        inference_url=f"http://127.0.0.1:{free_port()}",
+        management_url=f"http://127.0.0.1:{free_port()}",
+        metrics_port=free_port(),
+        token_auth=True,
+    )
+    logger.info("starting TorchServe and the gateway in %s (%s)", home, tuning.describe())
+    with _environ(tuning.handler_env()):
+        stack = serve(
+            paths,
+            options,
+            gateway_host="127.0.0.1",
+            gateway_port=free_port(),
+            env=gateway_env(os.environ, paths, options),
+            progress=lambda message: logger.info("%s", message),
+        )
+        if tuning.reregisters:
+            with TorchServeSyncClient(
+                options.inference_url,
+                options.management_url,
+                key_file=paths.key_file,
+                timeout=300.0,
+            ) as client:
+                client.unregister(version)
+                client.register(
+                    archives[0].path.name,
+                    initial_workers=tuning.workers or 1,
+                    synchronous=True,
+                    batch_size=tuning.batch_size,
+                    max_batch_delay_ms=tuning.max_batch_delay_ms,
+                )
+                client.set_default(version)
+                wait_until_answers(client, version, timeout_s=300.0)
+    if stack.gateway_url is None:
+        raise RuntimeError("the gateway did not start")
+    key = TorchServeKeys.read(paths.key_file).inference
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return StackEndpoints(stack.gateway_url, stack.inference_url, version, headers)
+
+
+@contextmanager
+def running_stack(mar: Path, workdir: Path, tuning: StackTuning) -> Iterator[StackEndpoints]:
+    """TorchServe (only ``mar``) and the gateway, each in a fresh home; both stopped on exit.
+
+    A failed start is retried once in a new home: on a machine shared with other TorchServe
+    instances, a start is occasionally cut short from outside (see docs/performance.md).
+    """
+    from api.lifecycle import LifecycleError, ServingPaths, stop
+    from api.torchserve import TorchServeError
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        home = workdir / f"stack-{attempt}"
+        try:
+            endpoints = _start(mar, home, tuning)
+        except (LifecycleError, TorchServeError) as exc:
+            stop(ServingPaths.under(home))
+            if attempt == START_ATTEMPTS:
+                raise
+            logger.warning("stack start failed (%s); retrying in a fresh home", exc)
+            continue
+        try:
+            yield endpoints
+        finally:
+            stop(ServingPaths.under(home))
+        return
