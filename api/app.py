@@ -7,6 +7,7 @@ chooser or recorder instead.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import metrics
+from api.ab import ABTesting
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestObserverMiddleware
-from api.routes import health, models, predictions
+from api.routes import dashboard, experiment, feedback, health, models, predictions
 from api.routing import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
 from api.settings import Settings
 from api.torchserve import TorchServeClient
@@ -47,8 +49,14 @@ def create_app(
     client: TorchServeClient | None = None,
     chooser: VariantChooser | None = None,
     recorder: PredictionRecorder | None = None,
+    ab_testing: bool | None = None,
 ) -> FastAPI:
-    """The gateway. Without arguments everything comes from ``STARRATING_*`` variables."""
+    """The gateway. Without arguments everything comes from ``STARRATING_*`` variables.
+
+    ``ab_testing`` opens the A/B store at ``settings.database_url`` and routes and records by
+    its experiment (a chooser or recorder passed in still wins). None: only when the app makes
+    its own TorchServe client, so tests that inject one opt in explicitly.
+    """
     settings = settings if settings is not None else Settings()
     if settings.json_logs:
         configure_logging(settings.log_level)
@@ -57,9 +65,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = client is None
         app.state.client = _torchserve_client(settings) if owned else client
+        if owned if ab_testing is None else ab_testing:
+            app.state.ab = await asyncio.to_thread(ABTesting.open, settings, app.state.client)
+            app.state.chooser = chooser if chooser is not None else app.state.ab.router
+            app.state.recorder = recorder if recorder is not None else app.state.ab.recorder
         try:
             yield
         finally:
+            if app.state.ab is not None:
+                await app.state.ab.aclose()
             if owned:
                 await app.state.client.aclose()
 
@@ -72,6 +86,7 @@ def create_app(
     app.state.settings = settings
     app.state.chooser = chooser if chooser is not None else DefaultChooser()
     app.state.recorder = recorder if recorder is not None else NoRecorder()
+    app.state.ab = None
 
     install_error_handlers(app)
     # Added innermost first: the observer sees every answer, 413s included.
@@ -87,6 +102,9 @@ def create_app(
     app.add_middleware(RequestObserverMiddleware)
 
     app.include_router(predictions.router)
+    app.include_router(feedback.router)
+    app.include_router(experiment.router)
+    app.include_router(dashboard.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -199,6 +199,13 @@ def sequential_p_values(
         mean_a, mean_b = sum_a / n_a, sum_b / n_b
         var_a = np.maximum(sq_a / n_a - mean_a * mean_a, 0.0) * n_a / (n_a - 1)
         var_b = np.maximum(sq_b / n_b - mean_b * mean_b, 0.0) * n_b / (n_b - 1)
+        # An arm that is constant so far (all right, all wrong) has no variance of its own: the
+        # variance of all observations (its value under H0) stands in for it.
+        n = n_a + n_b
+        mean = (sum_a + sum_b) / n
+        var_all = np.maximum((sq_a + sq_b) / n - mean * mean, 0.0) * n / (n - 1)
+        var_a = np.where(var_a > 0, var_a, var_all)
+        var_b = np.where(var_b > 0, var_b, var_all)
         variance = var_a / n_a + var_b / n_b
         usable = (n_a >= burn_in) & (n_b >= burn_in) & (variance > 0)
         log_lr = mixture_log_likelihood_ratio(

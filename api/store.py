@@ -155,6 +155,8 @@ class FeedbackRecord:
     predicted: int
     variant: str
     version: str
+    recorded_now: bool = False
+    """True only for the call that stored it (not for a retry, nor when listed later)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,7 @@ class ExperimentStore:
                     predicted=prediction.stars[item],
                     variant=prediction.variant,
                     version=prediction.version,
+                    recorded_now=existing is None,
                 )
         except IntegrityError:
             # A concurrent duplicate won the race: answer as if it had come first.

@@ -156,6 +156,14 @@ def test_sequential_and_fixed_horizon_under_continuous_monitoring() -> None:
 def test_sequential_test_on_empty_or_one_sided_data_is_not_significant() -> None:
     assert sequential_test([], [], mixture_sd=0.1).p_value == 1.0
     assert sequential_test([True] * 50, [1.0] * 50, mixture_sd=0.1).p_value == 1.0
+    both_perfect = sequential_test([True, False] * 50, [1.0] * 100, mixture_sd=0.1)
+    assert both_perfect.p_value == 1.0
+
+
+def test_sequential_test_separates_an_always_right_from_an_always_wrong_variant() -> None:
+    result = sequential_test([True, False] * 100, [1.0, 0.0] * 100, mixture_sd=0.05)
+    assert result.difference == 1.0
+    assert result.p_value < 0.001
 
 
 def test_sample_ratio_check_matches_scipy_chisquare() -> None:

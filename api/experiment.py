@@ -1,0 +1,207 @@
+"""The A/B split: the experiment config and ``ExperimentRouter``, which assigns each request.
+
+Assignment is sticky and stateless: sha256(experiment name, user id) maps a user to a point in
+[0, 1) and the cumulative weights map the point to a variant, so every gateway replica (and the
+same replica after a restart) puts a user in the same variant without sharing any state.
+Requests without a user id, or with ``sticky`` off, draw a fresh point per request. A client's
+``X-Model-Version`` wins over the split and is counted apart, as variant ``override``.
+
+The first variant is the control; every other variant is a candidate compared with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.routing import DEFAULT_VARIANT, Assignment, DefaultChooser
+from api.schemas import VERSION_PATTERN
+from api.store import ExperimentStore
+from api.torchserve import TorchServeClient
+
+OVERRIDE_VARIANT = "override"
+"""The variant name of requests whose client forced a version with ``X-Model-Version``."""
+RESERVED_VARIANTS = frozenset({OVERRIDE_VARIANT, DEFAULT_VARIANT})
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class VariantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, description="how reports and metrics call it")
+    version: str = Field(pattern=VERSION_PATTERN, description="the TorchServe model version")
+    weight: float = Field(ge=0, le=1e6, allow_inf_nan=False, description="relative share")
+
+
+class ShadowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=VERSION_PATTERN, description="the version that gets copies")
+    sample: float = Field(ge=0, le=1, description="share of requests copied to it")
+
+
+class ExperimentConfig(BaseModel):
+    """What ``PUT /v1/experiment`` takes: the split between versions, and a shadow."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "minilm-vs-distilbert",
+                    "variants": [
+                        {"name": "A", "version": "1.0", "weight": 0.5},
+                        {"name": "B", "version": "2.0", "weight": 0.5},
+                    ],
+                    "sticky": True,
+                    "shadow": None,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(pattern=NAME_PATTERN, description="also salts the assignment hash")
+    variants: list[VariantConfig] = Field(
+        min_length=1, max_length=16, description="the first is the control"
+    )
+    sticky: bool = Field(default=True, description="a user id always gets the same variant")
+    shadow: ShadowConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if reserved := RESERVED_VARIANTS & set(names):
+            raise ValueError(f"variant names {sorted(reserved)} are reserved")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("variant weights must sum to more than 0")
+        return self
+
+    @property
+    def control(self) -> VariantConfig:
+        return self.variants[0]
+
+    def versions(self) -> set[str]:
+        """Every version the experiment sends traffic (or shadow copies) to."""
+        versions = {v.version for v in self.variants if v.weight > 0}
+        if self.shadow is not None and self.shadow.sample > 0:
+            versions.add(self.shadow.version)
+        return versions
+
+
+class ExperimentNotReady(ValueError):
+    """A config names versions TorchServe does not have, or has no ready worker for."""
+
+
+async def check_versions_ready(config: ExperimentConfig, client: TorchServeClient) -> None:
+    """Refuse a config whose versions (weighted or shadow) are unknown or not ready."""
+    known = {v.version: v for v in await client.list_versions()}
+    missing = sorted(config.versions() - set(known))
+    if missing:
+        raise ExperimentNotReady(
+            f"model versions {missing} are not registered in TorchServe "
+            f"(registered: {sorted(known) or 'none'})"
+        )
+    idle = sorted(v for v in config.versions() if not known[v].ready)
+    if idle:
+        raise ExperimentNotReady(f"model versions {idle} have no ready worker")
+
+
+@dataclass(frozen=True)
+class ExperimentAssignment(Assignment):
+    """An assignment made by the experiment, with the config revision it was made under."""
+
+    revision: int | None = None
+
+
+def unit_point(experiment: str, user_id: str) -> float:
+    """The user's fixed point in [0, 1) for this experiment (53 bits of sha256)."""
+    digest = hashlib.sha256(f"{experiment}\x00{user_id}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+
+
+@dataclass(frozen=True)
+class _Split:
+    config: ExperimentConfig
+    revision: int
+    bounds: tuple[float, ...]  # cumulative weights / total: variant i covers [b[i-1], b[i])
+
+
+class ExperimentRouter:
+    """Implements ``api.routing.VariantChooser`` for an experiment (or none: the default)."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig | None = None,
+        revision: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._rng = rng or random.Random()
+        self._split: _Split | None = None
+        if config is not None:
+            self.update(config, revision)
+
+    @property
+    def config(self) -> ExperimentConfig | None:
+        return None if self._split is None else self._split.config
+
+    @property
+    def revision(self) -> int | None:
+        return None if self._split is None else self._split.revision
+
+    def update(self, config: ExperimentConfig, revision: int) -> None:
+        """Switch to a new config (one reference swap: requests in flight keep the old one)."""
+        total = sum(v.weight for v in config.variants)
+        bounds = tuple(w / total for w in accumulate(v.weight for v in config.variants))
+        self._split = _Split(config, revision, bounds)
+
+    def reload(self, store: ExperimentStore) -> bool:
+        """Take the store's latest config if it is newer (blocking: call on a worker thread)."""
+        latest = store.latest_experiment()
+        if latest is None or (self.revision is not None and latest.revision <= self.revision):
+            return False
+        self.update(ExperimentConfig.model_validate(latest.config), latest.revision)
+        return True
+
+    def choose(self, user_id: str | None, forced_version: str | None) -> Assignment:
+        split = self._split
+        if split is None:
+            return DefaultChooser().choose(user_id, forced_version)
+        name = split.config.name
+        if forced_version is not None:
+            return ExperimentAssignment(OVERRIDE_VARIANT, forced_version, name, split.revision)
+        if user_id is not None and split.config.sticky:
+            point = unit_point(name, user_id)
+        else:
+            point = self._rng.random()
+        variant = self._variant_at(split, point)
+        return ExperimentAssignment(variant.name, variant.version, name, split.revision)
+
+    def served_versions(self) -> Sequence[str | None]:
+        split = self._split
+        if split is None:
+            return DefaultChooser().served_versions()
+        return sorted({v.version for v in split.config.variants if v.weight > 0})
+
+    def wants_shadow(self) -> str | None:
+        """The shadow version if this request is sampled for a shadow copy, else None."""
+        split = self._split
+        shadow = None if split is None else split.config.shadow
+        if shadow is None or self._rng.random() >= shadow.sample:
+            return None
+        return shadow.version
+
+    @staticmethod
+    def _variant_at(split: _Split, point: float) -> VariantConfig:
+        for variant, bound in zip(split.config.variants, split.bounds, strict=True):
+            if point < bound:  # a weight-0 variant has an empty range and is never picked
+                return variant
+        # Float rounding can leave the last bound a hair below 1: the last weighted variant.
+        return [v for v in split.config.variants if v.weight > 0][-1]

@@ -1,0 +1,109 @@
+"""``ExperimentRecorder``: what happens to a prediction after its response has been sent.
+
+Implements ``api.routing.PredictionRecorder``: counts the prediction in the per-variant metrics,
+writes it to the store on a worker thread, and, when the router samples the request for the
+shadow version, sends a copy of the texts there in its own task. The shadow answer is stored
+next to the live one and never reaches the user; at most ``max_shadow_in_flight`` copies run at
+once and the rest are dropped, so a slow or broken shadow version costs the live path nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from api import experiment_metrics as m
+from api.experiment import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
+from api.routing import PredictionEvent
+from api.store import ExperimentStore, PredictionRecord
+from api.torchserve import TorchServeClient, TorchServeError
+
+logger = logging.getLogger(__name__)
+
+
+class ExperimentRecorder:
+    """Records predictions of the experiment and sends sampled shadow copies."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        router: ExperimentRouter,
+        client: TorchServeClient,
+        max_shadow_in_flight: int = 8,
+        reload_every_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.client = client
+        self._max_shadow = max_shadow_in_flight
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._reload_every_s = reload_every_s
+        self._reloaded_at = time.monotonic()
+
+    async def record(self, event: PredictionEvent) -> None:
+        if time.monotonic() - self._reloaded_at >= self._reload_every_s:
+            # Another replica may have changed the experiment: pick it up within seconds.
+            self._reloaded_at = time.monotonic()
+            await self.store.run(self.router.reload, self.store)
+        variant = event.assignment.variant
+        m.AB_REQUESTS.labels(variant=variant, version=event.version).inc()
+        m.AB_LATENCY.labels(variant=variant).observe(event.latency_s)
+        for stars in event.stars:
+            m.AB_PREDICTED_STARS.labels(variant=variant, stars=str(stars)).inc()
+        assignment = event.assignment
+        revision = assignment.revision if isinstance(assignment, ExperimentAssignment) else None
+        record = PredictionRecord(
+            request_id=event.request_id,
+            experiment=assignment.experiment,
+            revision=revision,
+            variant=variant,
+            version=event.version,
+            user_hash=self.store.hash_user(event.user_id),
+            stars=event.stars,
+            probabilities=event.probabilities,
+            latency_s=event.latency_s,
+            created_at=datetime.now(UTC),
+        )
+        await self.store.run(self.store.add_prediction, record)
+        shadow_version = None
+        if revision is not None and assignment.variant != OVERRIDE_VARIANT:
+            shadow_version = self.router.wants_shadow()
+        if shadow_version is not None:
+            self._start_shadow(event, shadow_version)
+
+    def _start_shadow(self, event: PredictionEvent, version: str) -> None:
+        if len(self._shadows) >= self._max_shadow:
+            m.AB_SHADOW.labels(version=version, outcome="dropped").inc()
+            logger.warning(
+                "shadow copy of %s dropped: %d in flight", event.request_id, self._max_shadow
+            )
+            return
+        task = asyncio.create_task(self._shadow(event, version))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, event: PredictionEvent, version: str) -> None:
+        started = time.perf_counter()
+        stars: tuple[int, ...] | None = None
+        error: str | None = None
+        try:
+            stars = tuple(p.stars for p in await self.client.predict(event.texts, version))
+        except TorchServeError as exc:
+            error = type(exc).__name__
+            logger.warning("shadow copy of %s to %s failed: %s", event.request_id, version, error)
+        latency_s = time.perf_counter() - started
+        outcome = "error" if stars is None else "agree" if stars == event.stars else "disagree"
+        m.AB_SHADOW.labels(version=version, outcome=outcome).inc()
+        try:
+            await self.store.run(
+                self.store.add_shadow, event.request_id, version, stars, latency_s, error
+            )
+        except Exception:
+            logger.exception("storing the shadow answer of %s failed", event.request_id)
+
+    async def aclose(self) -> None:
+        """Let shadow copies in flight finish (they are bounded by the client's timeout)."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)

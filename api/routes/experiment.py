@@ -1,0 +1,88 @@
+"""``/v1/experiment``: read and change the A/B split, and its report.
+
+``PUT`` needs the admin token (``AdminDep``: 401 without it, 403 when wrong or when no token is
+configured). A new config is checked against TorchServe (every version registered and ready)
+before it is stored and routed by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from api.ab import ABTesting
+from api.deps import AdminDep
+from api.errors import ApiError, InvalidInput, NotReady
+from api.experiment import ExperimentConfig, ExperimentNotReady
+from api.report import ExperimentReport, build_report
+from api.schemas import error_responses
+
+router = APIRouter(prefix="/v1", tags=["experiment"])
+
+
+class NoExperiment(ApiError):
+    status = 404
+    code = "no_experiment"
+
+
+class ExperimentResponse(ExperimentConfig):
+    revision: int = Field(description="increases with every change")
+
+
+def get_ab(request: Request) -> ABTesting:
+    ab: ABTesting | None = getattr(request.app.state, "ab", None)
+    if ab is None:
+        raise NotReady("A/B testing is not configured on this gateway (no store)")
+    return ab
+
+
+ABDep = Annotated[ABTesting, Depends(get_ab)]
+
+
+async def current_experiment(ab: ABTesting) -> tuple[ExperimentConfig, int]:
+    """The experiment in force (another replica may have changed it: reload first)."""
+    await ab.reload()
+    config, revision = ab.router.config, ab.router.revision
+    if config is None or revision is None:
+        raise NoExperiment("no experiment is configured: PUT /v1/experiment sets one")
+    return config, revision
+
+
+@router.get(
+    "/experiment",
+    response_model=ExperimentResponse,
+    responses=error_responses(404, 503),
+    summary="The A/B split in force",
+)
+async def get_experiment(ab: ABDep) -> ExperimentResponse:
+    config, revision = await current_experiment(ab)
+    return ExperimentResponse(**config.model_dump(), revision=revision)
+
+
+@router.put(
+    "/experiment",
+    response_model=ExperimentResponse,
+    responses=error_responses(401, 403, 422, 502, 503, 504),
+    dependencies=[AdminDep],
+    summary="Change the A/B split (admin)",
+)
+async def put_experiment(config: ExperimentConfig, ab: ABDep) -> ExperimentResponse:
+    try:
+        revision = await ab.set_experiment(config)
+    except ExperimentNotReady as exc:
+        raise InvalidInput(str(exc)) from exc
+    return ExperimentResponse(**config.model_dump(), revision=revision)
+
+
+@router.get(
+    "/experiment/report",
+    response_model=ExperimentReport,
+    responses=error_responses(404, 503),
+    summary="Per-variant metrics with intervals, tests and a verdict",
+)
+async def get_report(ab: ABDep) -> ExperimentReport:
+    config, revision = await current_experiment(ab)
+    return await asyncio.to_thread(build_report, ab.store, config, revision)

@@ -1,0 +1,397 @@
+"""The A/B routes through the real app on a fake TorchServe: experiment, feedback, report,
+shadow traffic, per-variant metrics and the dashboard page."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from api.app import create_app
+from api.experiment import unit_point
+from api.settings import Settings
+from api.torchserve import TorchServeClient
+from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe, fake_stars
+
+TOKEN = "admin-s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SPLIT = {
+    "name": "exp-1",
+    "variants": [
+        {"name": "A", "version": "1.0", "weight": 0.5},
+        {"name": "B", "version": "2.0", "weight": 0.5},
+    ],
+    "sticky": True,
+    "shadow": None,
+}
+
+
+@pytest.fixture
+def ab_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(
+        update={
+            "home": tmp_path,
+            "database_url": f"sqlite:///{tmp_path / 'db' / 'starrating.db'}",
+            "admin_token": SecretStr(TOKEN),
+        }
+    )
+
+
+Handler = Callable[[httpx.Request], Any]
+GatewayFactory = Callable[..., TestClient]
+
+
+@pytest.fixture
+def open_gateway(ab_settings: Settings, torchserve: FakeTorchServe) -> Iterator[GatewayFactory]:
+    """``open_gateway(handler=None, **settings)``: a started gateway with A/B testing on."""
+    opened: list[TestClient] = []
+
+    def open_(handler: Handler | None = None, **overrides: Any) -> TestClient:
+        app_settings = ab_settings.model_copy(update=overrides)
+        transport = httpx.MockTransport(handler or torchserve)
+        client = TorchServeClient(INFERENCE, MANAGEMENT, transport=transport)
+        app = create_app(app_settings, client=client, ab_testing=True)
+        test_client = TestClient(app, raise_server_exceptions=False)
+        test_client.__enter__()
+        opened.append(test_client)
+        return test_client
+
+    yield open_
+    for test_client in opened:
+        test_client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gateway(open_gateway: GatewayFactory) -> TestClient:
+    gateway = open_gateway()
+    assert gateway.put("/v1/experiment", json=SPLIT, headers=AUTH).status_code == 200
+    return gateway
+
+
+def _predict(gateway: TestClient, text: str, user: str | None = None, **headers: str) -> Any:
+    body: dict[str, Any] = {"text": text}
+    if user is not None:
+        body["user_id"] = user
+    response = gateway.post("/v1/predictions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _metric(gateway: TestClient, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(gateway.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+# -- the experiment config ------------------------------------------------------------------
+
+
+def test_put_needs_the_admin_token(open_gateway: GatewayFactory) -> None:
+    gateway = open_gateway()
+    missing = gateway.put("/v1/experiment", json=SPLIT)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "unauthorized"
+    wrong = gateway.put("/v1/experiment", json=SPLIT, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert gateway.get("/v1/experiment").status_code == 404  # nothing was changed
+
+
+def test_put_is_closed_without_a_configured_token(open_gateway: GatewayFactory) -> None:
+    gateway = open_gateway(admin_token=None)
+    response = gateway.put("/v1/experiment", json=SPLIT, headers=AUTH)
+    assert response.status_code == 403
+    assert "closed" in response.json()["error"]["message"]
+
+
+def test_put_then_get_returns_the_split_with_a_revision(gateway: TestClient) -> None:
+    got = gateway.get("/v1/experiment")
+    assert got.status_code == 200
+    assert got.json() == {**SPLIT, "revision": 1}
+    changed = {**SPLIT, "variants": [{**SPLIT["variants"][0], "weight": 0.9}, SPLIT["variants"][1]]}  # type: ignore[index]
+    put = gateway.put("/v1/experiment", json=changed, headers=AUTH)
+    assert put.json()["revision"] == 2
+    assert gateway.get("/v1/experiment").json()["variants"][0]["weight"] == 0.9
+
+
+def test_put_refuses_versions_torchserve_cannot_serve(
+    gateway: TestClient, torchserve: FakeTorchServe
+) -> None:
+    unknown = {**SPLIT, "variants": [{"name": "C", "version": "3.0", "weight": 1}]}
+    response = gateway.put("/v1/experiment", json=unknown, headers=AUTH)
+    assert response.status_code == 422
+    assert "['3.0'] are not registered" in response.json()["error"]["message"]
+    torchserve.ready["2.0"] = False
+    response = gateway.put("/v1/experiment", json=SPLIT, headers=AUTH)
+    assert response.status_code == 422
+    assert "no ready worker" in response.json()["error"]["message"]
+    assert gateway.get("/v1/experiment").json()["revision"] == 1
+
+
+def test_put_refuses_malformed_splits(gateway: TestClient) -> None:
+    zero = {**SPLIT, "variants": [{"name": "A", "version": "1.0", "weight": 0}]}
+    response = gateway.put("/v1/experiment", json=zero, headers=AUTH)
+    assert response.status_code == 422
+    assert "sum to more than 0" in response.json()["error"]["message"]
+
+
+def test_split_and_weights_survive_a_gateway_restart(
+    open_gateway: GatewayFactory, gateway: TestClient
+) -> None:
+    users = [f"u{i}" for i in range(40)]
+    before = [_predict(gateway, "good", u)["variant"] for u in users]
+    restarted = open_gateway()  # same database, new app
+    assert restarted.get("/v1/experiment").json() == {**SPLIT, "revision": 1}
+    assert [_predict(restarted, "good", u)["variant"] for u in users] == before
+
+
+def test_predictions_follow_the_sticky_split(
+    gateway: TestClient, torchserve: FakeTorchServe
+) -> None:
+    for i in range(30):
+        user = f"user-{i}"
+        expected = "A" if unit_point("exp-1", user) < 0.5 else "B"
+        answer = _predict(gateway, "fine product", user)
+        assert answer["variant"] == expected
+        assert answer["version"] == ("1.0" if expected == "A" else "2.0")
+
+
+def test_version_override_is_answered_and_reported_apart(gateway: TestClient) -> None:
+    answer = _predict(gateway, "good", "user-1", **{"X-Model-Version": "2.0"})
+    assert (answer["variant"], answer["version"]) == ("override", "2.0")
+    report = gateway.get("/v1/experiment/report").json()
+    assert report["override_requests"] == 1
+    assert sum(v["requests"] for v in report["variants"]) == 0
+
+
+def test_without_a_store_the_ab_routes_say_so(open_gateway: GatewayFactory, make_app: Any) -> None:
+    with TestClient(make_app(), raise_server_exceptions=False) as plain:
+        response = plain.get("/v1/experiment")
+        assert response.status_code == 503
+        assert "not configured" in response.json()["error"]["message"]
+
+
+# -- feedback ------------------------------------------------------------------------------
+
+
+def test_feedback_is_stored_and_answers_what_was_predicted(gateway: TestClient) -> None:
+    answer = _predict(gateway, "great", "user-1")
+    predicted = answer["predictions"][0]["stars"]
+    response = gateway.post("/v1/feedback", json={"request_id": answer["request_id"], "stars": 2})
+    assert response.status_code == 200
+    assert response.json() == {
+        "request_id": answer["request_id"],
+        "index": 0,
+        "stars": 2,
+        "predicted": predicted,
+        "variant": answer["variant"],
+        "version": answer["version"],
+    }
+
+
+def test_feedback_for_an_unknown_request_is_404(gateway: TestClient) -> None:
+    response = gateway.post("/v1/feedback", json={"request_id": "no-such-request", "stars": 3})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_request"
+
+
+def test_second_feedback_retry_is_accepted_change_is_409(gateway: TestClient) -> None:
+    request_id = _predict(gateway, "great", "user-1")["request_id"]
+    assert (
+        gateway.post("/v1/feedback", json={"request_id": request_id, "stars": 4}).status_code == 200
+    )
+    assert (
+        gateway.post("/v1/feedback", json={"request_id": request_id, "stars": 4}).status_code == 200
+    )
+    conflict = gateway.post("/v1/feedback", json={"request_id": request_id, "stars": 1})
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "feedback_conflict"
+    report = gateway.get("/v1/experiment/report").json()
+    assert sum(v["feedback"] for v in report["variants"]) == 1
+
+
+def test_feedback_for_each_text_of_a_batch(gateway: TestClient) -> None:
+    response = gateway.post("/v1/predictions", json={"texts": ["good", "bad one"]})
+    request_id = response.json()["request_id"]
+    second = gateway.post("/v1/feedback", json={"request_id": request_id, "stars": 1, "index": 1})
+    assert second.json()["predicted"] == fake_stars("bad one")
+    missing = gateway.post("/v1/feedback", json={"request_id": request_id, "stars": 1, "index": 2})
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"request_id": "r", "stars": 0},
+        {"request_id": "r", "stars": 6},
+        {"request_id": "r", "stars": "4"},
+        {"request_id": "r", "stars": 4.5},
+        {"request_id": "", "stars": 4},
+        {"stars": 4},
+        {"request_id": "r", "stars": 4, "text": "sneaky"},
+    ],
+)
+def test_invalid_feedback_is_422(gateway: TestClient, body: dict[str, Any]) -> None:
+    response = gateway.post("/v1/feedback", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def test_report_names_the_variant_whose_predictions_match_the_feedback(gateway: TestClient) -> None:
+    # The fake model rates by text length; users tell A it was right and B it was 2 stars off.
+    for i in range(240):
+        answer = _predict(gateway, f"review number {i}", f"user-{i}")
+        predicted = answer["predictions"][0]["stars"]
+        truth = predicted if answer["variant"] == "A" else (predicted + 2 - 1) % 5 + 1
+        feedback = {"request_id": answer["request_id"], "stars": truth}
+        assert gateway.post("/v1/feedback", json=feedback).status_code == 200
+
+    report = gateway.get("/v1/experiment/report").json()
+    a, b = report["variants"]
+    assert a["requests"] + b["requests"] == 240
+    assert a["units"] == a["requests"]
+    assert a["feedback"] == a["requests"]
+    assert a["accuracy"]["value"] == 1.0 and b["accuracy"]["value"] == 0.0
+    assert a["accuracy"]["low"] < 1.0  # an interval, not a point
+    assert b["mae"]["value"] > 1.0
+    assert a["latency_p50_ms"]["value"] > 0
+    assert sum(a["stars"].values()) == a["requests"]
+    by_metric = {c["metric"]: c for c in report["comparisons"]}
+    assert by_metric["accuracy"]["difference"] == -1.0
+    assert by_metric["accuracy"]["p_value"] < 0.05
+    assert by_metric["accuracy"]["p_value_fixed"] < by_metric["accuracy"]["p_value"]
+    assert by_metric["mae"]["fixed_test"] == "Welch t-test"
+    assert report["sample_ratio"]["mismatch"] is False
+    assert report["verdict"].startswith("B is worse than A on accuracy (p=")
+
+
+def test_report_asks_for_more_data_early(gateway: TestClient) -> None:
+    for i in range(6):
+        answer = _predict(gateway, f"review {i}", f"user-{i}")
+        gateway.post("/v1/feedback", json={"request_id": answer["request_id"], "stars": 3})
+    report = gateway.get("/v1/experiment/report").json()
+    assert "not enough data: need ~" in report["verdict"]
+    needed = [c["feedback_needed"] for c in report["comparisons"]]
+    assert all(n is not None and n > 0 for n in needed)
+
+
+def test_report_without_an_experiment_is_404(open_gateway: GatewayFactory) -> None:
+    response = open_gateway().get("/v1/experiment/report")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "no_experiment"
+
+
+# -- shadow traffic -------------------------------------------------------------------------
+
+
+def _shadow_split(version: str, sample: float = 1.0) -> dict[str, Any]:
+    return {**SPLIT, "shadow": {"version": version, "sample": sample}}
+
+
+def test_shadow_copies_are_recorded_and_never_returned(
+    gateway: TestClient, torchserve: FakeTorchServe
+) -> None:
+    torchserve.ready["3.0"] = True
+    assert gateway.put("/v1/experiment", json=_shadow_split("3.0"), headers=AUTH).status_code == 200
+    answers = [_predict(gateway, f"text {i}", f"user-{i}") for i in range(10)]
+    assert {a["version"] for a in answers} <= {"1.0", "2.0"}
+    report = _wait_for_shadow(gateway, copies=10)
+    assert report["shadow"][0]["version"] == "3.0"
+    assert report["shadow"][0]["agreement"]["value"] == 1.0  # the fake answers alike
+    assert sum(1 for version, _ in torchserve.predictions if version == "3.0") == 10
+
+
+def test_a_failing_shadow_fails_no_request(gateway: TestClient, torchserve: FakeTorchServe) -> None:
+    torchserve.ready["3.0"] = True
+    gateway.put("/v1/experiment", json=_shadow_split("3.0"), headers=AUTH)
+    torchserve.ready["3.0"] = False  # its worker dies after the experiment started
+    answers = [_predict(gateway, f"text {i}", f"user-{i}") for i in range(5)]
+    assert all(len(a["predictions"]) == 1 for a in answers)
+    report = _wait_for_shadow(gateway, copies=5)
+    assert report["shadow"][0]["errors"] == 5
+    assert _metric(gateway, "starrating_ab_shadow_total", version="3.0", outcome="error") >= 5
+
+
+def test_a_slow_shadow_does_not_hold_up_the_answer(
+    open_gateway: GatewayFactory, torchserve: FakeTorchServe
+) -> None:
+    torchserve.ready["3.0"] = True
+    release = threading.Event()
+    waiting: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/stars/3.0"):
+            waiting.append(request.url.path)
+            while not release.is_set():  # the shadow version hangs until the test lets it go
+                await asyncio.sleep(0.01)
+        return await torchserve(request)
+
+    gateway = open_gateway(handler)
+    gateway.put("/v1/experiment", json=_shadow_split("3.0"), headers=AUTH)
+    answers = [_predict(gateway, f"text {i}", f"user-{i}") for i in range(4)]
+    # Every user got the live answer while all the shadow copies were still hanging.
+    assert [a["version"] in {"1.0", "2.0"} for a in answers] == [True] * 4
+    assert not release.is_set() and len(waiting) == 4
+    release.set()
+    report = _wait_for_shadow(gateway, copies=4)
+    assert report["shadow"][0]["errors"] == 0
+
+
+def _wait_for_shadow(gateway: TestClient, copies: int) -> dict[str, Any]:
+    for _ in range(200):
+        report: dict[str, Any] = gateway.get("/v1/experiment/report").json()
+        if report["shadow"] and report["shadow"][0]["copies"] >= copies:
+            return report
+        threading.Event().wait(0.02)
+    raise AssertionError(f"shadow copies never reached {copies}: {report['shadow']}")
+
+
+# -- metrics and the dashboard ---------------------------------------------------------------
+
+
+def test_per_variant_metrics_count_requests_stars_and_feedback(gateway: TestClient) -> None:
+    labels = {"variant": "A", "version": "1.0"}
+    before = _metric(gateway, "starrating_ab_requests_total", **labels)
+    correct_before = _metric(gateway, "starrating_ab_correct_total", variant="A")
+    user = next(f"user-{i}" for i in range(100) if unit_point("exp-1", f"user-{i}") < 0.5)
+    answer = _predict(gateway, "abc", user)
+    gateway.post(
+        "/v1/feedback", json={"request_id": answer["request_id"], "stars": fake_stars("abc")}
+    )
+    assert _metric(gateway, "starrating_ab_requests_total", **labels) == before + 1
+    assert _metric(gateway, "starrating_ab_correct_total", variant="A") == correct_before + 1
+    assert (
+        _metric(
+            gateway,
+            "starrating_ab_predicted_stars_total",
+            variant="A",
+            stars=str(fake_stars("abc")),
+        )
+        >= 1
+    )
+    assert _metric(gateway, "starrating_ab_upstream_duration_seconds_count", variant="A") >= 1
+
+
+def test_dashboard_page_and_assets_are_served_self_contained(gateway: TestClient) -> None:
+    page = gateway.get("/dashboard")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    script = gateway.get("/dashboard/dashboard.js")
+    assert script.status_code == 200
+    assert "innerHTML" not in script.text
+    assert "/v1/experiment/report" in script.text
+    assert gateway.get("/dashboard/dashboard.css").status_code == 200
