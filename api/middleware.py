@@ -1,7 +1,7 @@
 """ASGI middleware around every request: request ids, metrics and the access log; body limit.
 
 ``RequestObserverMiddleware`` gives each request an id (the client's ``X-Request-Id`` when it
-is sane), returns it as a header, and when the answer is sent counts it in metrics and writes
+is sane), returns it as a header, and as the answer goes out counts it in metrics and writes
 the one JSON access line. Routes add what only they know (version, variant, text lengths) to
 ``request.state``.
 
@@ -50,21 +50,28 @@ class RequestObserverMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500  # what the client sees if the app fails before answering
+        observed = False
+        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, observed
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted and logged before the last byte leaves: whoever has the answer can
+                # already see it in /metrics and the log (background work is not timed).
+                observed = True
+                self._observe(scope, state, status, time.perf_counter() - started)
             await send(message)
 
-        started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             metrics.IN_FLIGHT.dec()
-            self._observe(scope, state, status, time.perf_counter() - started)
+            if not observed:
+                self._observe(scope, state, status, time.perf_counter() - started)
 
     @staticmethod
     def _observe(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:

@@ -9,33 +9,17 @@ TorchServe under the running gateway and starts it again.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from api.lifecycle import (
-    discover_archives,
-    gateway_env,
-    register_versions,
-    start_gateway,
-    start_torchserve,
-    stop_gateway,
-    stop_torchserve,
-)
+from api.lifecycle import discover_archives, register_versions, start_torchserve, stop_torchserve
 from api.settings import Settings
-from tests.serving.helpers import (
-    RunningTorchServe,
-    build_tiny_archives,
-    free_port,
-    running_torchserve,
-)
+from tests.api.live import LiveGateway, running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -47,41 +31,13 @@ LIMITS = {
 }
 
 
-@dataclass
-class Stack:
-    torchserve: RunningTorchServe
-    gateway_pid: int
-    http: httpx.Client
-
-    def metric(self, name: str, **labels: str) -> float:
-        for family in text_string_to_metric_families(self.http.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return sample.value
-        return 0.0
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two tiny versions (1.0 the default) in TorchServe, and the gateway as its own process."""
-    root = tmp_path_factory.mktemp("gateway-stack")
-    store = root / "model_store"
-    build_tiny_archives(store, root / "runs", {"1.0": 0, "2.0": 1})
-    base = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
-    with running_torchserve(root / "home", store, default_version="1.0") as torchserve:
-        port = free_port()
-        env = gateway_env({**base, **LIMITS}, torchserve.paths, torchserve.options)
-        pid = start_gateway(torchserve.paths, env, host="127.0.0.1", port=port)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as http:
-                yield Stack(torchserve, pid, http)
-        finally:
-            stop_gateway(torchserve.paths)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    with running_gateway(tmp_path_factory.mktemp("gateway-stack"), LIMITS) as live:
+        yield live
 
 
-def test_predictions_match_torchserve_for_each_version(stack: Stack) -> None:
+def test_predictions_match_torchserve_for_each_version(stack: LiveGateway) -> None:
     texts = ["I loved it! I will recommend this to everyone.", "It's OK.", "Really bad."]
     with stack.torchserve.sync_client() as direct:
         expected = {version: direct.predict(texts, version) for version in ("1.0", "2.0")}
@@ -108,7 +64,7 @@ def test_predictions_match_torchserve_for_each_version(stack: Stack) -> None:
         assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_models_and_readiness(stack: Stack) -> None:
+def test_models_and_readiness(stack: LiveGateway) -> None:
     models = stack.http.get("/v1/models")
     ready = stack.http.get("/readyz")
 
@@ -130,7 +86,7 @@ def test_models_and_readiness(stack: Stack) -> None:
     assert stack.http.get("/healthz").json() == {"status": "ok"}
 
 
-def test_client_errors_get_their_statuses(stack: Stack) -> None:
+def test_client_errors_get_their_statuses(stack: LiveGateway) -> None:
     def chunked_body() -> Iterator[bytes]:
         yield b'{"texts": ['
         for _ in range(100):
@@ -175,7 +131,7 @@ def test_client_errors_get_their_statuses(stack: Stack) -> None:
     assert stack.http.get("/healthz").status_code == 200
 
 
-def test_version_without_a_ready_worker_is_503_until_scaled_back(stack: Stack) -> None:
+def test_version_without_a_ready_worker_is_503_until_scaled_back(stack: LiveGateway) -> None:
     management = httpx.Client(base_url=stack.torchserve.options.management_url, timeout=60.0)
     key = json.loads(stack.torchserve.paths.key_file.read_text())["management"]["key"]
     scale = {"synchronous": "true"}
@@ -206,7 +162,7 @@ def test_version_without_a_ready_worker_is_503_until_scaled_back(stack: Stack) -
     assert back.status_code == 200
 
 
-def test_upstream_slower_than_the_timeout_is_504(stack: Stack) -> None:
+def test_upstream_slower_than_the_timeout_is_504(stack: LiveGateway) -> None:
     # A second gateway (in-process) whose patience is shorter than TorchServe's 5 ms batch delay.
     settings = Settings(
         torchserve_url=stack.torchserve.options.inference_url,
@@ -222,7 +178,7 @@ def test_upstream_slower_than_the_timeout_is_504(stack: Stack) -> None:
     assert response.json()["error"]["code"] == "upstream_timeout"
 
 
-def test_metrics_count_the_traffic(stack: Stack) -> None:
+def test_metrics_count_the_traffic(stack: LiveGateway) -> None:
     ok = {"route": "/v1/predictions", "method": "POST", "status": "200", "version": "2.0"}
     before_ok = stack.metric("starrating_requests_total", **ok)
     before_latency = stack.metric(
@@ -258,7 +214,7 @@ def test_metrics_count_the_traffic(stack: Stack) -> None:
     assert stack.metric("starrating_upstream_duration_seconds_count") > 0
 
 
-def test_each_request_is_one_json_log_line_without_the_text(stack: Stack) -> None:
+def test_each_request_is_one_json_log_line_without_the_text(stack: LiveGateway) -> None:
     response = stack.http.post(
         "/v1/predictions",
         json={"texts": [DISTINCTIVE, "It's OK."]},
@@ -266,9 +222,7 @@ def test_each_request_is_one_json_log_line_without_the_text(stack: Stack) -> Non
     )
     assert response.status_code == 200
 
-    lines = [
-        json.loads(line) for line in stack.torchserve.paths.gateway_log.read_text().splitlines()
-    ]
+    lines = [json.loads(line) for line in stack.log_file.read_text().splitlines()]
     (line,) = [entry for entry in lines if entry.get("request_id") == "integration-log-0001"]
     assert line["logger"] == "api.access"
     assert (line["route"], line["status"], line["version"], line["variant"]) == (
@@ -286,19 +240,15 @@ def test_each_request_is_one_json_log_line_without_the_text(stack: Stack) -> Non
             assert "Wombat-saxophone" not in log_file.read_text(errors="replace"), log_file
 
 
-def test_openapi_of_the_running_gateway(stack: Stack) -> None:
+def test_openapi_of_the_running_gateway(stack: LiveGateway) -> None:
     schema = stack.http.get("/openapi.json").json()
 
-    assert set(schema["paths"]) == {
-        "/v1/predictions",
-        "/v1/models",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    }
+    assert {"/v1/predictions", "/v1/models", "/healthz", "/readyz", "/metrics"} <= set(
+        schema["paths"]
+    )
 
 
-def test_torchserve_stopped_and_started_under_a_running_gateway(stack: Stack) -> None:
+def test_torchserve_stopped_and_started_under_a_running_gateway(stack: LiveGateway) -> None:
     gateway_pid = stack.gateway_pid
     assert stop_torchserve(stack.torchserve.paths)
 

@@ -12,17 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.logging import JsonFormatter, configure_logging
 from tests.api.conftest import FakeTorchServe, fake_stars
+from tests.api.live import metric_value
 
 DISTINCTIVE = "Zanzibar-quokka-7731 made my blender sing"
 
 
 def sample(gateway: TestClient, name: str, **labels: str) -> float:
-    """One sample's value from /metrics (0 when the series does not exist yet)."""
-    for family in text_string_to_metric_families(gateway.get("/metrics").text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
+    return metric_value(gateway.get("/metrics").text, name, **labels)
 
 
 def test_metrics_count_requests_latency_batches_stars_and_errors(

@@ -1,0 +1,76 @@
+"""A live serving stack for gateway tests: real TorchServe, the gateway as its own process.
+
+Importable from any test (``from tests.api.live import running_gateway``)::
+
+    with running_gateway(tmp / "stack", env={"STARRATING_MAX_BATCH_SIZE": "8"}) as live:
+        live.http.post("/v1/predictions", json={"text": "It's OK."})
+        live.torchserve.sync_client()      # straight to TorchServe (tests/serving/helpers.py)
+
+Started the way ``starrating serve`` starts it (``api.lifecycle``): two tiny-model versions
+("1.0" the default, "2.0" other weights) with token authorization on, then
+``uvicorn api.app:create_app --factory``. Always stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.lifecycle import gateway_env, start_gateway, stop_gateway
+from tests.serving.helpers import (
+    RunningTorchServe,
+    build_tiny_archives,
+    free_port,
+    running_torchserve,
+)
+
+VERSION_SEEDS = {"1.0": 0, "2.0": 1}
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """One sample's value in a /metrics text (0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+@dataclass(frozen=True)
+class LiveGateway:
+    torchserve: RunningTorchServe
+    gateway_pid: int
+    url: str
+    http: httpx.Client
+
+    @property
+    def log_file(self) -> Path:
+        return self.torchserve.paths.gateway_log
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_value(self.http.get("/metrics").text, name, **labels)
+
+
+@contextmanager
+def running_gateway(root: Path, env: Mapping[str, str] | None = None) -> Iterator[LiveGateway]:
+    """The stack under ``root``; ``env`` adds ``STARRATING_*`` settings for the gateway."""
+    store = root / "model_store"
+    build_tiny_archives(store, root / "runs", VERSION_SEEDS)
+    # The developer's own STARRATING_* settings must not leak into the test gateway.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
+    with running_torchserve(root / "home", store, default_version="1.0") as torchserve:
+        port = free_port()
+        gateway = gateway_env({**base, **(env or {})}, torchserve.paths, torchserve.options)
+        pid = start_gateway(torchserve.paths, gateway, host="127.0.0.1", port=port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=url, timeout=30.0) as http:
+                yield LiveGateway(torchserve, pid, url, http)
+        finally:
+            stop_gateway(torchserve.paths)
