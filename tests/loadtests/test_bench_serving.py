@@ -93,23 +93,35 @@ def test_bad_options_fail_with_a_message():
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_limit_and_naive_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path):
+def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path):
+    """limit, naive, stack (gateway -> TorchServe -> handler) and direct in one invocation."""
     out = tmp_path / "bench.json"
     args = ["bench", "serving", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir)]
-    args += ["--setup", "limit", "--setup", "naive", "--duration", "2", "--users", "2"]
-    args += ["--precision", "int8", "--json", str(out)]
+    args += ["--duration", "1.5", "--users", "2", "--precision", "int8", "--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "limit" in result.output and "naive" in result.output
+    for words in ("stack/limit", "stack/naive", "gateway overhead", "accuracy change int8"):
+        assert words in result.output
     payload = json.loads(out.read_text())
-    assert payload["precision"] == "int8"
-    assert payload["limit"]["rps"] > 0 and payload["naive"]["rps"] > 0
-    assert payload["limit"]["detail"]["batch_size"] in (1, 8, 32)
+    for name in ("limit", "naive", "stack", "direct"):
+        assert payload[name]["rps"] > 0
+        assert 0 < payload[name]["p50_ms"] <= payload[name]["p95_ms"] <= payload[name]["p99_ms"]
+    for name in ("naive", "stack", "direct"):
+        assert payload[name]["detail"]["errors"] == 0
+    assert payload["stack"]["detail"]["precision"] == "int8"
+    assert payload["stack_over_limit"] == pytest.approx(
+        payload["stack"]["rps"] / payload["limit"]["rps"]
+    )
+    assert payload["stack_over_naive"] == pytest.approx(
+        payload["stack"]["rps"] / payload["naive"]["rps"]
+    )
+    low = payload["low_load"]
+    assert low["stack"]["detail"]["users"] == low["direct"]["detail"]["users"] == 1
+    assert payload["gateway_overhead_ms"] == pytest.approx(
+        low["stack"]["p50_ms"] - low["direct"]["p50_ms"]
+    )
     assert len(payload["limit_runs"]) == 6
-    best = max(run["rps"] for run in payload["limit_runs"])
-    assert payload["limit"]["rps"] == pytest.approx(best)
+    assert payload["limit"]["rps"] == pytest.approx(max(r["rps"] for r in payload["limit_runs"]))
     assert set(payload["accuracy"]) == {"fp32", "int8"}
     change = 100 * (payload["accuracy"]["int8"] - payload["accuracy"]["fp32"])
     assert payload["accuracy_change_points"] == pytest.approx(change)
-    assert payload["stack_over_limit"] is None  # the stack did not run
-    assert payload["naive"]["detail"]["errors"] == 0
