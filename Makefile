@@ -38,5 +38,21 @@ images:
 	  docker build --target $$target --tag $(IMAGE_PREFIX)-$$target:$(IMAGE_TAG) . || exit 1; \
 	done
 
+# Load test against a RUNNING stack (`starrating serve`): bounded, headless; the CSV summary goes
+# to docs/loadtest/, the HTML report to var/loadtest/.
+LOADTEST_HOST  ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 20
+LOADTEST_TIME  ?= 60s
+loadtest: venv
+	mkdir -p docs/loadtest var/loadtest
+	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(LOADTEST_HOST) \
+	  --users $(LOADTEST_USERS) --spawn-rate 5 --run-time $(LOADTEST_TIME) --only-summary \
+	  --csv docs/loadtest/locust --html var/loadtest/report.html
+
+# The benchmarks (minutes; they start their own servers): results as JSON in docs/bench/.
+bench: venv
+	$(BIN)/starrating bench serving --json docs/bench/serving.json
+	$(BIN)/starrating bench training --json docs/bench/training.json
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

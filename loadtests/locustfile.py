@@ -1,8 +1,9 @@
 """Realistic traffic against a running stack (the gateway): ``make loadtest``.
 
 Each simulated user has a stable user id (so the A/B split keeps them on one variant), reads a
-few reviews, mostly one at a time and sometimes as a batch, and now and then tells the service
-the true rating of a review it asked about (``POST /v1/feedback`` with the request id). Review
+few reviews, mostly one at a time and sometimes as a batch, and on a later turn tells the
+service the true rating of some reviews it asked about (``POST /v1/feedback`` with the request
+id). Review
 texts and their true stars come from the prepared splits named by ``STARRATING_LOADTEST_DATA``
 (a ``starrating data prepare`` directory or a ``.jsonl`` file), else from the embedded data set.
 
@@ -66,6 +67,9 @@ class Reviewer(FastHttpUser):  # type: ignore[misc]
     def on_start(self) -> None:
         self.user_id = f"loadtest-{next(_user_numbers)}"
         self.rng = random.Random(self.user_id)
+        # (request id, true stars) of answers this user will rate on a later turn, as people
+        # do: never in the same instant as the prediction.
+        self.to_rate: list[tuple[str, int]] = []
 
     def _pick(self) -> int:
         return self.rng.randrange(len(reviews()))
@@ -101,14 +105,18 @@ class Reviewer(FastHttpUser):  # type: ignore[misc]
         index = self._pick()
         request_id = self._predict([index], "/v1/predictions [one]")
         if request_id is not None and self.rng.random() < FEEDBACK_SHARE:
-            self._feedback(request_id, reviews().stars[index])
+            self.to_rate.append((request_id, reviews().stars[index]))
 
     @task(2)
     def rate_batch(self) -> None:
         size = self.rng.randint(2, MAX_BATCH)
         self._predict([self._pick() for _ in range(size)], "/v1/predictions [batch]")
 
-    def _feedback(self, request_id: str, stars: int) -> None:
+    @task(3)
+    def give_feedback(self) -> None:
+        if not self.to_rate:
+            return
+        request_id, stars = self.to_rate.pop(0)
         with self.client.post(
             "/v1/feedback",
             json={"request_id": request_id, "stars": stars},
