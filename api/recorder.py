@@ -10,6 +10,7 @@ once and the rest are dropped, so a slow or broken shadow version costs the live
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from api.store import ExperimentStore, PredictionRecord
 from api.torchserve import TorchServeClient, TorchServeError
 
 logger = logging.getLogger(__name__)
+
+RECORD_GRACE_S = 0.2
 
 
 class ExperimentRecorder:
@@ -39,10 +42,35 @@ class ExperimentRecorder:
         self.client = client
         self._max_shadow = max_shadow_in_flight
         self._shadows: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, asyncio.Event] = {}
         self._reload_every_s = reload_every_s
         self._reloaded_at = time.monotonic()
 
     async def record(self, event: PredictionEvent) -> None:
+        # Feedback may arrive while this write is still under way: let it wait for it.
+        self._pending[event.request_id] = written = asyncio.Event()
+        try:
+            await self._record(event)
+        finally:
+            written.set()
+            self._pending.pop(event.request_id, None)
+
+    async def wait_recorded(self, request_id: str, timeout_s: float = 2.0) -> None:
+        """Wait for a prediction that may still be on its way to the store.
+
+        It is recorded after its response was sent, so a quick client can send feedback first.
+        A short grace covers the moment before recording starts (and a replica on the same
+        database still writing it); an id being written is waited for, up to ``timeout_s``.
+        """
+        if request_id not in self._pending:
+            await asyncio.sleep(RECORD_GRACE_S)
+        written = self._pending.get(request_id)
+        if written is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await written.wait()
+
+    async def _record(self, event: PredictionEvent) -> None:
         if time.monotonic() - self._reloaded_at >= self._reload_every_s:
             # Another replica may have changed the experiment: pick it up within seconds.
             self._reloaded_at = time.monotonic()

@@ -320,7 +320,7 @@ def verdict(control: str, comparisons: Sequence[Comparison], srm: SampleRatioChe
     """A plain-words summary a product owner can act on."""
     if srm is not None and srm.mismatch:
         return (
-            f"sample ratio mismatch (p={_format_p(srm.p_value)}): the traffic split does not "
+            f"sample ratio mismatch ({_format_p(srm.p_value)}): the traffic split does not "
             "match the weights, so the comparison cannot be trusted; check the assignment first"
         )
     if not comparisons:
@@ -352,11 +352,11 @@ def _improves(comparison: Comparison) -> bool:
 
 def _list(comparisons: Sequence[Comparison]) -> str:
     names = {"accuracy": "accuracy", "mae": "MAE"}
-    return ", ".join(f"{names[c.metric]} (p={_format_p(c.p_value)})" for c in comparisons)
+    return ", ".join(f"{names[c.metric]} ({_format_p(c.p_value)})" for c in comparisons)
 
 
 def _format_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def sequential_sample_size(

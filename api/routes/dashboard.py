@@ -13,6 +13,8 @@ from importlib.resources import files
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from api.errors import ApiError
+
 router = APIRouter(tags=["dashboard"])
 
 _STATIC = files("api") / "static"
@@ -20,6 +22,18 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+# The only files served: a fixed list, so no path from the URL ever reaches the file system.
+_ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
 
 
 def _asset(name: str, media_type: str) -> Response:
@@ -35,11 +49,9 @@ def dashboard() -> Response:
     return _asset("dashboard.html", "text/html; charset=utf-8")
 
 
-@router.get("/dashboard/dashboard.js", response_class=Response, include_in_schema=False)
-def dashboard_script() -> Response:
-    return _asset("dashboard.js", "text/javascript; charset=utf-8")
-
-
-@router.get("/dashboard/dashboard.css", response_class=Response, include_in_schema=False)
-def dashboard_style() -> Response:
-    return _asset("dashboard.css", "text/css; charset=utf-8")
+@router.get("/dashboard/{asset}", response_class=Response, include_in_schema=False)
+def dashboard_asset(asset: str) -> Response:
+    media_type = _ASSETS.get(asset)
+    if media_type is None:
+        raise NotFound("no such dashboard asset")
+    return _asset(asset, media_type)

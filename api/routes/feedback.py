@@ -1,7 +1,9 @@
 """``POST /v1/feedback``: the true rating of an earlier prediction, stored durably.
 
-The answer comes only after the store committed the write. A repeat with the same stars is a
-harmless retry (200 again); a different rating for the same prediction is refused with 409.
+The answer comes only after the store committed the write. Predictions are recorded just after
+their response is sent, so feedback for an id not (yet) in the store waits briefly for it. A
+repeat with the same stars is a harmless retry (200 again); a different rating for the same
+prediction is refused with 409.
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ class FeedbackResponse(BaseModel):
     summary="Record the true rating of a prediction",
 )
 async def create_feedback(body: FeedbackRequest, ab: ABDep) -> FeedbackResponse:
+    add = ab.store.add_feedback
     try:
-        record = await ab.store.run(ab.store.add_feedback, body.request_id, body.stars, body.index)
+        try:
+            record = await ab.store.run(add, body.request_id, body.stars, body.index)
+        except UnknownRequest:
+            # The prediction is written after its response went out: it may be on its way.
+            await ab.recorder.wait_recorded(body.request_id)
+            record = await ab.store.run(add, body.request_id, body.stars, body.index)
     except UnknownRequest as exc:
         raise UnknownRequestId(str(exc)) from exc
     except FeedbackConflict as exc:

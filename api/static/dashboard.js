@@ -30,6 +30,10 @@ function fmtP(p) {
   return p < 0.001 ? "<0.001" : p.toFixed(3);
 }
 
+function pText(p) {
+  return p < 0.001 ? "p<0.001" : `p=${fmtP(p)}`;
+}
+
 function withInterval(interval, digits, scale) {
   if (!interval) return "–";
   const s = scale || 1;
@@ -158,8 +162,8 @@ function render(report) {
   document.getElementById("verdict-box").className = "verdict " + verdictClass(report);
   const srm = report.sample_ratio;
   document.getElementById("srm").textContent = srm.mismatch
-    ? `Sample ratio mismatch: p=${fmtP(srm.p_value)}. The split does not follow the weights.`
-    : `Split follows the weights (sample-ratio check p=${fmtP(srm.p_value)}).`;
+    ? `Sample ratio mismatch (${pText(srm.p_value)}): the split does not follow the weights.`
+    : `Split follows the weights (sample-ratio check ${pText(srm.p_value)}).`;
 
   document.getElementById("traffic").replaceChildren(trafficChart(variants));
   const acc = variants.map((v) => ({ name: v.name, color: v.color, interval: v.accuracy }));

@@ -274,7 +274,7 @@ def test_report_names_the_variant_whose_predictions_match_the_feedback(gateway: 
     assert by_metric["accuracy"]["p_value_fixed"] < by_metric["accuracy"]["p_value"]
     assert by_metric["mae"]["fixed_test"] == "Welch t-test"
     assert report["sample_ratio"]["mismatch"] is False
-    assert report["verdict"].startswith("B is worse than A on accuracy (p=")
+    assert report["verdict"].startswith("B is worse than A on accuracy (p")
 
 
 def test_report_asks_for_more_data_early(gateway: TestClient) -> None:
@@ -395,3 +395,6 @@ def test_dashboard_page_and_assets_are_served_self_contained(gateway: TestClient
     assert "innerHTML" not in script.text
     assert "/v1/experiment/report" in script.text
     assert gateway.get("/dashboard/dashboard.css").status_code == 200
+    assert gateway.get("/dashboard/favicon.svg").headers["content-type"] == "image/svg+xml"
+    for other in ("dashboard.html", "..%2F..%2Fstore.py", "secrets.txt"):
+        assert gateway.get(f"/dashboard/{other}").status_code == 404

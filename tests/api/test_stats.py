@@ -211,7 +211,7 @@ def test_verdict_names_the_better_candidate_and_the_metric() -> None:
         Comparison("B", "mae", -0.2, 0.0004, None),
     ]
     text = verdict("A", comparisons, None)
-    assert text == "B is better than A on accuracy (p=0.002), MAE (p=<0.001)"
+    assert text == "B is better than A on accuracy (p=0.002), MAE (p<0.001)"
 
 
 def test_verdict_asks_for_more_data_or_warns_about_the_split() -> None:
