@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -149,7 +148,7 @@ class TorchServeOptions:
             # The handler's own metrics (batch sizes) reach :8082 without a metrics yaml.
             "model_metrics_auto_detect=true",
             f"model_store={store}",
-            f"allowed_urls=file://{re.escape(str(store))}/.*",
+            f"allowed_urls={_store_archive_urls(store)}",
             f"enable_model_api={str(self.model_api_enabled).lower()}",
             f"disable_token_authorization={str(not self.token_auth).lower()}",
             f"token_expiration_min={self.token_expiration_min}",
@@ -539,6 +538,20 @@ def _torchserve_env(paths: ServingPaths) -> dict[str, str]:
     env["LOG_LOCATION"] = str(paths.torchserve_logs)
     env["METRICS_LOCATION"] = str(paths.torchserve_logs)
     return env
+
+
+def _store_archive_urls(store: Path) -> str:
+    """The regex of the only archive URLs TorchServe may fetch: ``.mar`` files directly in the
+    store, by plain file name. TorchServe decodes %2e%2e only after matching, so a looser
+    ``STORE/.*`` let ``file://STORE/%2e%2e/x.mar`` load an archive from outside the store.
+
+    Written without backslashes, which Java's Properties.load would drop: metacharacters of the
+    path go in brackets; the few without a bracket form Java and Python share match any one
+    character but "/".
+    """
+    literal = {c: f"[{c}]" for c in ".*+?$|(){}"} | {c: "[^/]" for c in "^[]\\"}
+    path = "".join(literal.get(c, c) for c in str(store))
+    return f"file://{path}/[A-Za-z0-9][A-Za-z0-9._-]*[.]mar"
 
 
 def _read_pid(pid_file: Path) -> int | None:
