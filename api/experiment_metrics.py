@@ -3,8 +3,8 @@
 Module-level, like ``api.metrics``. Label values stay few: variant names come from the admin's
 experiment config (at most 16, plus ``override`` and ``default``), versions are those that
 actually answered, stars are 1-5. Accuracy per variant is ``correct / feedback``; MAE is
-``abs_error_sum / feedback``. The Grafana dashboard ``deploy/grafana/dashboards/ab.json`` plots
-these.
+``absolute_error_stars / feedback``. The Grafana dashboard
+``deploy/grafana/dashboards/ab.json`` plots these.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ AB_CORRECT = Counter(
     ["variant"],
 )
 AB_ABS_ERROR = Counter(
-    "starrating_ab_abs_error_sum",
+    "starrating_ab_absolute_error_stars",
     "Sum of |predicted - true| stars over feedback, by variant (divide by feedback for MAE)",
     ["variant"],
 )

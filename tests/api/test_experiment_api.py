@@ -4,6 +4,8 @@ shadow traffic, per-variant metrics and the dashboard page."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from api.settings import Settings
 from api.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe, fake_stars
 
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "admin-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SPLIT = {
@@ -382,6 +385,22 @@ def test_per_variant_metrics_count_requests_stars_and_feedback(gateway: TestClie
         >= 1
     )
     assert _metric(gateway, "starrating_ab_upstream_duration_seconds_count", variant="A") >= 1
+
+
+def test_grafana_ab_dashboard_plots_only_metrics_the_gateway_exposes(gateway: TestClient) -> None:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "ab.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = set(re.findall(r"starrating_ab_\w+", " ".join(queries)))
+    assert len(used) >= 6
+    answer = _predict(gateway, "abc", "user-1")
+    gateway.post("/v1/feedback", json={"request_id": answer["request_id"], "stars": 2})
+    exposed = {
+        sample.name
+        for family in text_string_to_metric_families(gateway.get("/metrics").text)
+        for sample in family.samples
+    }
+    assert used - exposed == set()
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"prometheus"}
 
 
 def test_dashboard_page_and_assets_are_served_self_contained(gateway: TestClient) -> None:

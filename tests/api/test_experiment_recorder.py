@@ -1,0 +1,90 @@
+"""ExperimentRecorder: what happens to a prediction after its response was sent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from api.experiment import ExperimentAssignment, ExperimentConfig, ExperimentRouter
+from api.recorder import ExperimentRecorder
+from api.routing import PredictionEvent
+from api.store import ExperimentStore
+from api.torchserve import TorchServeClient
+from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
+
+CONFIG = ExperimentConfig.model_validate(
+    {
+        "name": "exp",
+        "variants": [{"name": "A", "version": "1.0", "weight": 1}],
+        "shadow": {"version": "2.0", "sample": 1.0},
+    }
+)
+
+
+def _event(request_id: str, user_id: str | None = "alice") -> PredictionEvent:
+    return PredictionEvent(
+        request_id=request_id,
+        assignment=ExperimentAssignment("A", "1.0", "exp", 1),
+        version="1.0",
+        user_id=user_id,
+        stars=(3,),
+        probabilities=({"1": 0.1, "2": 0.1, "3": 0.6, "4": 0.1, "5": 0.1},),
+        latency_s=0.01,
+        texts=("It's OK.",),
+    )
+
+
+def test_feedback_can_wait_for_a_prediction_being_recorded(tmp_path: Path) -> None:
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    router = ExperimentRouter(CONFIG.model_copy(update={"shadow": None}), 1)
+
+    async def main() -> None:
+        client = TorchServeClient(
+            INFERENCE, MANAGEMENT, transport=httpx.MockTransport(FakeTorchServe())
+        )
+        recorder = ExperimentRecorder(store, router, client)
+        recording = asyncio.create_task(recorder.record(_event("r1")))
+        await recorder.wait_recorded("r1")  # the feedback route's wait
+        assert store.add_feedback("r1", 3).predicted == 3
+        await recording
+        await recorder.wait_recorded("never-predicted", timeout_s=0.1)  # returns, bounded
+        await client.aclose()
+
+    asyncio.run(main())
+    stored = store.get_prediction("r1")
+    assert stored is not None
+    assert stored.user_hash == store.hash_user("alice") and stored.user_hash != "alice"
+    store.close()
+
+
+def test_shadow_copies_beyond_the_bound_are_dropped_not_queued(tmp_path: Path) -> None:
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    router = ExperimentRouter(CONFIG, 1)
+    fake = FakeTorchServe()
+    release = asyncio.Event()
+    shadow_calls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/2.0"):
+            shadow_calls.append(request.url.path)
+            await release.wait()
+        return await fake(request)
+
+    async def main() -> None:
+        client = TorchServeClient(INFERENCE, MANAGEMENT, transport=httpx.MockTransport(handler))
+        recorder = ExperimentRecorder(store, router, client, max_shadow_in_flight=2)
+        for i in range(5):
+            await recorder.record(_event(f"r{i}"))  # returns at once: shadows run on their own
+        await asyncio.sleep(0.05)
+        assert len(shadow_calls) == 2
+        release.set()
+        await recorder.aclose()
+        await client.aclose()
+
+    asyncio.run(main())
+    pairs = store.shadow_pairs("exp")
+    assert len(pairs) == 2 and all(p.shadow_stars is not None for p in pairs)
+    assert len(store.predictions("exp")) == 5
+    store.close()
