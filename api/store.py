@@ -66,6 +66,10 @@ class UnknownRequest(StoreError, LookupError):
     """Feedback names a request id (or item) the store has no prediction for."""
 
 
+class DuplicateRequest(StoreError):
+    """A prediction with this request id is already stored."""
+
+
 class FeedbackConflict(StoreError):
     """A different rating was already recorded for this prediction."""
 
@@ -180,6 +184,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _prediction_row(record: PredictionRecord) -> _Prediction:
+    return _Prediction(
+        request_id=record.request_id,
+        experiment=record.experiment,
+        revision=record.revision,
+        variant=record.variant,
+        version=record.version,
+        user_hash=record.user_hash,
+        stars=list(record.stars),
+        probabilities=[dict(p) for p in record.probabilities],
+        latency_s=record.latency_s,
+        created_at=record.created_at,
+    )
+
+
 def _enable_sqlite_durability(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the report read while predictions are written; FULL fsyncs every commit.
@@ -242,21 +261,27 @@ class ExperimentStore:
     # -- writes ---------------------------------------------------------------------------
 
     def add_prediction(self, record: PredictionRecord) -> None:
-        with self._session() as session:
-            session.add(
-                _Prediction(
-                    request_id=record.request_id,
-                    experiment=record.experiment,
-                    revision=record.revision,
-                    variant=record.variant,
-                    version=record.version,
-                    user_hash=record.user_hash,
-                    stars=list(record.stars),
-                    probabilities=[dict(p) for p in record.probabilities],
-                    latency_s=record.latency_s,
-                    created_at=record.created_at,
-                )
-            )
+        if self.add_predictions([record]):
+            raise DuplicateRequest(f"request id {record.request_id!r} is already recorded")
+
+    def add_predictions(self, records: Sequence[PredictionRecord]) -> list[str]:
+        """Store many predictions in one transaction; the request ids refused as duplicates.
+
+        One commit (one fsync) for the lot is what lets the gateway record hundreds of
+        predictions a second; if the batch holds a duplicate id, each is stored on its own so
+        only the duplicate is refused.
+        """
+        try:
+            with self._session() as session:
+                session.add_all(_prediction_row(r) for r in records)
+            return []
+        except IntegrityError:
+            if len(records) == 1:
+                return [records[0].request_id]
+        refused: list[str] = []
+        for record in records:
+            refused += self.add_predictions([record])
+        return refused
 
     def add_shadow(
         self,

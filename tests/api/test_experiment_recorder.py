@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,7 @@ import httpx
 from api.experiment import ExperimentAssignment, ExperimentConfig, ExperimentRouter
 from api.recorder import ExperimentRecorder
 from api.routing import PredictionEvent
-from api.store import ExperimentStore
+from api.store import ExperimentStore, PredictionRecord
 from api.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
 
@@ -87,4 +88,36 @@ def test_shadow_copies_beyond_the_bound_are_dropped_not_queued(tmp_path: Path) -
     pairs = store.shadow_pairs("exp")
     assert len(pairs) == 2 and all(p.shadow_stars is not None for p in pairs)
     assert len(store.predictions("exp")) == 5
+    store.close()
+
+
+class CountingStore(ExperimentStore):
+    """The real store, counting its write transactions."""
+
+    batches: list[int]
+
+    def add_predictions(self, records: Sequence[PredictionRecord]) -> list[str]:
+        self.batches.append(len(records))
+        return super().add_predictions(records)
+
+
+def test_concurrent_predictions_share_commits_and_all_arrive(tmp_path: Path) -> None:
+    store = CountingStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    store.batches = []
+    router = ExperimentRouter(CONFIG.model_copy(update={"shadow": None}), 1)
+
+    async def main() -> None:
+        client = TorchServeClient(
+            INFERENCE, MANAGEMENT, transport=httpx.MockTransport(FakeTorchServe())
+        )
+        recorder = ExperimentRecorder(store, router, client)
+        await asyncio.gather(*(recorder.record(_event(f"r{i}", f"user-{i}")) for i in range(200)))
+        await recorder.record(_event("r0"))  # a client reusing a request id: logged, not raised
+        await recorder.aclose()
+        await client.aclose()
+
+    asyncio.run(main())
+    assert len(store.predictions("exp")) == 200
+    assert sum(store.batches) == 201
+    assert len(store.batches) < 50  # grouped: far fewer commits than predictions
     store.close()

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from api.store import (
+    DuplicateRequest,
     ExperimentStore,
     FeedbackConflict,
     PredictionRecord,
@@ -133,6 +134,17 @@ def test_prediction_and_feedback_round_trip(database_url: str) -> None:
     assert (first.predicted, first.stars) == (4, 5)
     assert (second.predicted, second.stars) == (2, 2)
     assert [(f.item, f.stars) for f in store.feedback("exp")] == [(0, 5), (1, 2)]
+    store.close()
+
+
+def test_a_batch_with_a_duplicate_request_id_stores_all_the_others(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("r2"))
+    refused = store.add_predictions([_prediction(f"r{i}") for i in range(5)])
+    assert refused == ["r2"]
+    assert all(store.get_prediction(f"r{i}") is not None for i in range(5))
+    with pytest.raises(DuplicateRequest, match="already recorded"):
+        store.add_prediction(_prediction("r0"))
     store.close()
 
 
