@@ -3,8 +3,11 @@ simulated users with known true ratings, the report's verdict, and the dashboard
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from api.lifecycle import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
 
@@ -150,3 +154,27 @@ def test_dashboard_shows_variants_numbers_and_verdict_in_chromium(experiment: Ex
     assert f"{candidate['accuracy']['value']:.3f}" in rows[1]
     assert any(row.startswith("candidate vs control\taccuracy") for row in comparisons)
     assert charts == 5  # traffic, accuracy, MAE, latency, stars
+
+
+def test_acknowledged_feedback_survives_kill_9_of_the_gateway(experiment: Experiment) -> None:
+    """Runs last: it replaces the module's gateway process with a fresh one."""
+    live = experiment.live
+    answer = live.http.post("/v1/predictions", json={"text": "great value", "user_id": "u-kill"})
+    request_id = answer.json()["request_id"]
+    acknowledged = live.http.post("/v1/feedback", json={"request_id": request_id, "stars": 5})
+    assert acknowledged.status_code == 200
+
+    os.kill(live.gateway_pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(live.gateway_pid, 0)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
+    env = gateway_env(
+        {**base, "STARRATING_ADMIN_TOKEN": TOKEN}, live.torchserve.paths, live.torchserve.options
+    )
+    port = int(live.url.rsplit(":", 1)[1])
+    start_gateway(live.torchserve.paths, env, host="127.0.0.1", port=port)
+
+    report = live.http.get("/v1/experiment/report").json()
+    assert sum(v["feedback"] for v in report["variants"]) == USERS + 1
+    again = live.http.post("/v1/feedback", json={"request_id": request_id, "stars": 1})
+    assert again.status_code == 409  # the 5 stars from before the kill are still there
