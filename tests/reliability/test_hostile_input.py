@@ -10,6 +10,7 @@ one error body or a correct prediction (the same stars TorchServe gives for that
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,15 @@ from tests.reliability.conftest import ARTIFACTS, GatewayStack
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PREDICT = "/v1/predictions"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MB = 1024 * 1024
 
 
@@ -198,6 +208,110 @@ def test_markup_comes_back_as_json_never_as_a_page(stack: GatewayStack) -> None:
     assert not_found.status_code == 404
     assert not_found.headers["content-type"] == "application/json"
     assert "<script>" not in not_found.text
+
+
+MARKUP = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 2">',
+    '"><svg onload="window.__pwned = 3">',
+    "javascript:window.__pwned = 4",
+]
+EXPERIMENT = {
+    "name": "hostile-input",
+    "variants": [{"name": "control", "version": "1.0", "weight": 1.0}],
+    "sticky": True,
+    "shadow": None,
+}
+
+
+def swap_strings(value: Any, swaps: dict[str, str]) -> Any:
+    """``value`` (parsed JSON) with every string value found in ``swaps`` replaced; keys kept."""
+    if isinstance(value, dict):
+        return {key: swap_strings(item, swaps) for key, item in value.items()}
+    if isinstance(value, list):
+        return [swap_strings(item, swaps) for item in value]
+    return swaps.get(value, value) if isinstance(value, str) else value
+
+
+def test_markup_in_experiment_and_variant_names_is_refused(stack: GatewayStack) -> None:
+    before = stack.http.get("/v1/experiment")
+    answers = []
+    control: dict[str, Any] = {"name": "control", "version": "1.0", "weight": 1.0}
+    for payload in MARKUP:
+        for body in (
+            {**EXPERIMENT, "name": payload},
+            {**EXPERIMENT, "variants": [{**control, "name": payload}]},
+            {**EXPERIMENT, "variants": [{**control, "version": payload}]},
+        ):
+            answers.append(
+                stack.http.put("/v1/experiment", json=body, headers=stack.admin_headers())
+            )
+
+    assert {r.status_code for r in answers} == {422}
+    assert all(r.json()["error"]["code"] == "invalid_request" for r in answers)
+    assert not any("<" in r.text for r in answers)  # the markup is not echoed back
+    after = stack.http.get("/v1/experiment")
+    assert (after.status_code, after.text) == (before.status_code, before.text)
+    assert stack.alive()
+
+
+def test_dashboard_renders_markup_in_the_report_as_text(stack: GatewayStack) -> None:
+    """Names are validated on the way in; the page must stay inert even if markup got into the
+    report some other way. Chromium loads the real dashboard with the real report, its strings
+    swapped for markup on the wire."""
+    from playwright.sync_api import Dialog, Route, sync_playwright
+
+    put = stack.http.put("/v1/experiment", json=EXPERIMENT, headers=stack.admin_headers())
+    assert put.status_code == 200, put.text
+    assert stack.http.post(PREDICT, json={"text": "fine", "user_id": "u-1"}).status_code == 200
+    report = stack.http.get("/v1/experiment/report")
+    assert report.status_code == 200, report.text
+    swaps = {"hostile-input": MARKUP[0], "control": MARKUP[1], "1.0": MARKUP[2]}
+    hostile_report = swap_strings(report.json(), swaps)
+    hostile_report["verdict"] = MARKUP[3] + MARKUP[0]
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is missing: apt-get install -y chromium (.ci/run does)"
+
+    def serve_hostile_report(route: Route) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(hostile_report))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+
+            def on_dialog(dialog: Dialog) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            page.route("**/v1/experiment/report", serve_hostile_report)
+            response = page.goto(f"{stack.url}/dashboard")
+            page.wait_for_function(
+                "document.getElementById('experiment').textContent !== '…'", timeout=20_000
+            )
+            shown = {
+                "experiment": page.text_content("#experiment"),
+                "control": page.text_content("#control"),
+                "verdict": page.text_content("#verdict"),
+                "variants": page.text_content("#variants"),
+            }
+            pwned = page.evaluate("window.__pwned")
+            injected = page.evaluate(
+                "document.querySelectorAll('script:not([src]), img, [onerror], [onload]').length"
+            )
+        finally:
+            browser.close()
+
+    assert response is not None and response.status == 200
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert shown["experiment"] == MARKUP[0]
+    assert shown["control"] == MARKUP[1]
+    assert shown["verdict"] == MARKUP[3] + MARKUP[0]
+    assert MARKUP[1] in (shown["variants"] or "") and MARKUP[2] in (shown["variants"] or "")
+    assert (pwned, injected, dialogs) == (None, 0, [])
 
 
 def test_schemathesis_finds_no_server_error_on_any_route(stack: GatewayStack) -> None:
