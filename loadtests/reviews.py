@@ -59,7 +59,8 @@ def _read_jsonl(path: Path) -> ReviewSet:
     return ReviewSet(texts, stars)
 
 
-def _embedded_splits(out_dir: Path) -> Path:
+def prepare_embedded(out_dir: Path) -> Path:
+    """The embedded data set split into ``out_dir`` exactly as ``starrating data prepare``."""
     from training.data.embedded import read_embedded
     from training.data.prepare import prepare
 
@@ -83,7 +84,7 @@ def load_reviews(source: Path | None = None, splits: tuple[str, ...] = SPLITS) -
     if unknown:
         raise ReviewSourceError(f"unknown splits {sorted(unknown)}; choose from {SPLITS}")
     with tempfile.TemporaryDirectory(prefix="starrating-reviews-") as tmp:
-        directory = source if source is not None else _embedded_splits(Path(tmp))
+        directory = source if source is not None else prepare_embedded(Path(tmp))
         missing = [s for s in splits if not (directory / f"{s}.jsonl").is_file()]
         if missing:
             raise ReviewSourceError(

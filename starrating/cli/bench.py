@@ -186,3 +186,71 @@ def serving_command(
             + _verdict(abs(change) <= GOAL_ACCURACY_POINTS)
         )
     _write_json(json_path, report.to_json())
+
+
+@bench_app.command("training")
+def training_command(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A `starrating data prepare` directory. Default: the embedded data set.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model to train (default: the bundled minilm encoder)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Global batch size."),
+    steps: int = typer.Option(15, "--steps", min=2, help="Timed steps after the warm-up."),
+    warmup_steps: int = typer.Option(3, "--warmup-steps", min=0, help="Untimed first steps."),
+    num_workers: int = typer.Option(1, "--num-workers", min=0, help="Data-loader workers."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Samples/s of the training loop vs transformers.Trainer (fp32 and bf16 autocast) and
+    the time to the first optimizer step on the data and on a 10x larger copy."""
+    from loadtests.bench_training import (
+        LARGER_FACTOR,
+        TrainingBenchConfig,
+        run_training_bench,
+    )
+    from training.config import ConfigError
+
+    config = TrainingBenchConfig(
+        data=data,
+        model=model,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        steps=steps,
+        num_workers=num_workers,
+    )
+    try:
+        with console.status("benchmarking training (see the log for each step)…"):
+            report = run_training_bench(config)
+    except (ConfigError, FileNotFoundError, OSError) as exc:
+        raise fail(str(exc)) from exc
+
+    table = Table(title=f"training: {report.model}, batch {report.batch_size}, CPU threads")
+    table.add_column("implementation")
+    precisions = list(dict.fromkeys(p for values in report.samples_per_s.values() for p in values))
+    for precision in precisions:
+        table.add_column(f"{precision} samples/s", justify="right")
+    for name, values in report.samples_per_s.items():
+        label = "training loop" if name == "loop" else "transformers.Trainer"
+        table.add_row(label, *(f"{values.get(p, float('nan')):,.1f}" for p in precisions))
+    console.print(table)
+    loop = report.samples_per_s.get("loop", {})
+    if "fp32" in loop and "bf16" in loop:
+        console.print(f"loop bf16/fp32 = {loop['bf16'] / loop['fp32']:.2f}")
+    if report.loop_over_trainer is not None:
+        console.print(
+            f"loop/Trainer = {report.loop_over_trainer:.2f} (fp32; goal ≥ "
+            f"{GOAL_LOOP_OVER_TRAINER}) "
+            + _verdict(report.loop_over_trainer >= GOAL_LOOP_OVER_TRAINER)
+        )
+    large = f"{LARGER_FACTOR}x"
+    if report.first_step_ratio_10x is not None:
+        console.print(
+            f"time to first step: {report.first_step_s['1x']:.2f} s ({report.rows['1x']:,} rows) "
+            f"vs {report.first_step_s[large]:.2f} s ({report.rows[large]:,} rows) = "
+            f"{report.first_step_ratio_10x:.2f}x (goal ≤ {GOAL_FIRST_STEP_RATIO}) "
+            + _verdict(report.first_step_ratio_10x <= GOAL_FIRST_STEP_RATIO)
+        )
+    _write_json(json_path, report.to_json())
