@@ -19,7 +19,12 @@ from api import metrics
 from api.ab import ABTesting
 from api.errors import install_error_handlers
 from api.logging import configure_logging
-from api.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestObserverMiddleware
+from api.middleware import (
+    REQUEST_ID_HEADER,
+    BodySizeLimitMiddleware,
+    InFlightLimitMiddleware,
+    RequestObserverMiddleware,
+)
 from api.routes import dashboard, experiment, feedback, health, models, predictions
 from api.routing import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
 from api.settings import Settings
@@ -99,6 +104,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Model-Version", "X-User-Id"],
             expose_headers=[REQUEST_ID_HEADER],
         )
+    app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.max_in_flight)
     app.add_middleware(RequestObserverMiddleware)
 
     app.include_router(predictions.router)

@@ -47,6 +47,11 @@ class NotReady(ApiError):
     code = "not_ready"
 
 
+class Overloaded(ApiError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
+
+
 class Unauthorized(ApiError):
     status = HTTPStatus.UNAUTHORIZED
     code = "unauthorized"

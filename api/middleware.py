@@ -5,6 +5,9 @@ is sane), returns it as a header, and as the answer goes out counts it in metric
 the one JSON access line. Routes add what only they know (version, variant, text lengths) to
 ``request.state``.
 
+``InFlightLimitMiddleware`` answers 503 at once while ``max_in_flight`` API requests are being
+answered, instead of letting more queue for TorchServe's connection pool.
+
 ``BodySizeLimitMiddleware`` refuses bodies over the limit with 413 before anything parses
 them: at once when ``Content-Length`` says so, and while reading when a chunked body grows too
 large.
@@ -22,13 +25,14 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.errors import PayloadTooLarge, error_response
+from api.errors import Overloaded, PayloadTooLarge, error_response
 
 logger = logging.getLogger("api.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 UNMATCHED_ROUTE = "unmatched"
+LIMITED_PREFIX = "/v1/"
 
 
 def _request_id(headers: Headers) -> str:
@@ -100,6 +104,39 @@ class RequestObserverMiddleware:
                 }
             },
         )
+
+
+class InFlightLimitMiddleware:
+    """503 ``overloaded`` (with ``Retry-After``) for an API request past ``max_in_flight``.
+
+    Behind a slow or stuck TorchServe every request would otherwise wait out its timeout, and
+    the waiting requests (and their bodies) would pile up without bound. Only ``/v1/`` routes
+    count: probes and /metrics must answer under any load.
+    """
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop per process: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            error = Overloaded(
+                f"{self.max_in_flight} requests are already being answered; retry shortly"
+            )
+            response = error_response(
+                error.status, error.code, error.message, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class BodySizeLimitMiddleware:

@@ -55,6 +55,13 @@ class Settings(CoreSettings):
         default=1, ge=0, le=5, description="connection attempts retried (never a sent request)"
     )
     upstream_max_connections: int = Field(default=100, ge=1, le=10_000)
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="API requests answered at once; past it 503 at once, so requests cannot "
+        "pile up behind a slow TorchServe (probes and /metrics are not counted)",
+    )
     readiness_timeout_s: PositiveSeconds = Field(
         default=1.0, description="/readyz gives up (not ready) after this long"
     )
