@@ -453,6 +453,7 @@ class Trainer:
             completed=self.state.step,
         )
         self.started = time.monotonic()
+        self.model.train()  # from_pretrained hands the model over in eval mode (no dropout)
         try:
             with ckpt.TerminationRequest() as self.termination, self.progress:
                 stop_reason = self._epochs()

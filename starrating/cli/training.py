@@ -58,33 +58,28 @@ def train(
     checkpoint_every: int = _option("checkpoint_every", "--checkpoint-every"),
     resume: bool = _option("resume", "--resume"),
     early_stop: bool = _option("early_stop", "--early-stop"),
-    num_workers: int = _option("num_workers", "--num-workers"),
+    train: Path | None = _option("train", "--train"),
+    validation: Path | None = _option("validation", "--validation"),
+    test: Path | None = _option("test", "--test"),
+    weight_decay: float = _option("weight_decay", "--weight-decay"),
     warmup_ratio: float = _option("warmup_ratio", "--warmup-ratio"),
+    grad_clip: float = _option("grad_clip", "--grad-clip"),
+    num_workers: int = _option("num_workers", "--num-workers"),
+    shuffle_buffer: int = _option("shuffle_buffer", "--shuffle-buffer"),
+    keep_checkpoints: int = _option("keep_checkpoints", "--keep-checkpoints"),
+    log_every: int = _option("log_every", "--log-every"),
     tracking_uri: str | None = _option("tracking_uri", "--tracking-uri"),
+    experiment: str = _option("experiment", "--experiment"),
+    progress: bool = typer.Option(
+        _field("progress")[0], "--progress/--no-progress", help=_field("progress")[1]
+    ),
 ) -> None:
     """Fine-tune a model to predict 1-5 stars; writes the run directory OUT (model/,
     metrics.json, config.json, plots/, MLflow store)."""
     from training.config import ConfigError, TrainConfig
 
-    config = TrainConfig(
-        out=out,
-        data=data,
-        model=model,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        max_length=max_length,
-        precision=precision,  # type: ignore[arg-type]
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        early_stop=early_stop,
-        num_workers=num_workers,
-        warmup_ratio=warmup_ratio,
-        tracking_uri=tracking_uri,
-    )
+    given = locals()
+    config = TrainConfig(**{f.name: given[f.name] for f in fields(TrainConfig)})
     try:
         config.validate()
         if batch_size % nproc_per_node:
