@@ -14,6 +14,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import metrics, torchserve
@@ -157,6 +158,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, exc.headers)
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    # Disk full, read-only, locked or unreachable database: nothing was written (the transaction
+    # rolled back), so the client may simply try again.
+    logger.error(
+        "store unavailable on %s %s: %s",
+        request.method,
+        request.url.path,
+        exc,
+        extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+    )
+    return error_response(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the A/B store cannot be written right now; nothing was saved, try again shortly",
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error(
         "unhandled error on %s %s",
@@ -178,4 +196,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(torchserve.TorchServeError, _upstream_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _store_error)
     app.add_exception_handler(Exception, _unexpected_error)
