@@ -102,6 +102,13 @@ class TrainConfig:
     shuffle_buffer: int = field(
         default=10_000, metadata=_help("Reviews held in the seeded shuffle buffer.")
     )
+    group_by_length: int = field(
+        default=16,
+        metadata=_help(
+            "Batch reviews of similar length together within windows of this many batches, "
+            "so batches carry less padding (0 = off)."
+        ),
+    )
     checkpoint_dir: Path | None = field(
         default=None, metadata=_help("Where checkpoints go (default RUN/checkpoints).")
     )
@@ -175,7 +182,13 @@ class TrainConfig:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("num_workers", "checkpoint_every", "shuffle_buffer", "grad_clip"):
+        for name in (
+            "num_workers",
+            "checkpoint_every",
+            "shuffle_buffer",
+            "grad_clip",
+            "group_by_length",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
 

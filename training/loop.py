@@ -383,6 +383,7 @@ class Trainer:
             seed=self.config.seed,
             epoch=epoch,
             buffer_size=self.config.shuffle_buffer,
+            group_by_length=self.config.group_by_length,
             skip_batches=skip,
         )
         return iter(self._loader(stream, self.config.num_workers))

@@ -66,6 +66,7 @@ def train(
     grad_clip: float = _option("grad_clip", "--grad-clip"),
     num_workers: int = _option("num_workers", "--num-workers"),
     shuffle_buffer: int = _option("shuffle_buffer", "--shuffle-buffer"),
+    group_by_length: int = _option("group_by_length", "--group-by-length"),
     keep_checkpoints: int = _option("keep_checkpoints", "--keep-checkpoints"),
     log_every: int = _option("log_every", "--log-every"),
     tracking_uri: str | None = _option("tracking_uri", "--tracking-uri"),

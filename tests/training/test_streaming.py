@@ -37,7 +37,10 @@ def _indices(stream: ReviewStream, workers: int = 0) -> list[list[int]]:
     return [batch["index"].tolist() for batch in loader]
 
 
-def test_ranks_and_workers_share_every_line_exactly_once(tmp_path: Path, tokenizer: Any) -> None:
+@pytest.mark.parametrize("group_by_length", [0, 3])
+def test_ranks_and_workers_share_every_line_exactly_once(
+    tmp_path: Path, tokenizer: Any, group_by_length: int
+) -> None:
     path = _write(tmp_path / "train.jsonl", 103)
     seen: list[int] = []
     for rank in range(3):
@@ -65,12 +68,21 @@ def test_order_is_seeded_and_independent_of_worker_count(tmp_path: Path, tokeniz
     assert sorted(i for b in order(1, 0, 0) for i in b) == list(range(50))
 
 
-def test_resuming_skips_exactly_the_consumed_batches(tmp_path: Path, tokenizer: Any) -> None:
+@pytest.mark.parametrize("group_by_length", [0, 3])
+def test_resuming_skips_exactly_the_consumed_batches(
+    tmp_path: Path, tokenizer: Any, group_by_length: int
+) -> None:
     path = _write(tmp_path / "train.jsonl", 60)
 
     def batches(skip: int, workers: int) -> list[list[int]]:
         stream = ReviewStream(
-            [path], tokenizer, batch_size=7, max_length=32, seed=3, skip_batches=skip
+            [path],
+            tokenizer,
+            batch_size=7,
+            max_length=32,
+            seed=3,
+            skip_batches=skip,
+            group_by_length=group_by_length,
         )
         return _indices(stream, workers)
 
@@ -85,6 +97,33 @@ def test_batches_are_padded_to_their_longest_review(tmp_path: Path, tokenizer: A
         lengths = batch["attention_mask"].sum(dim=1)
         assert batch["input_ids"].shape[1] == int(lengths.max())
         assert batch["labels"].dtype == torch.long and len(batch["labels"]) == len(lengths)
+
+
+def test_grouping_by_length_cuts_padding_and_keeps_a_seeded_order(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    path = tmp_path / "train.jsonl"
+    with path.open("w") as handle:
+        for i in range(96):
+            handle.write(json.dumps({"text": "good " * (1 + (i * 37) % 40), "stars": 4}) + "\n")
+
+    def stream(group: int, epoch: int = 0) -> ReviewStream:
+        return ReviewStream(
+            [path],
+            tokenizer,
+            batch_size=8,
+            max_length=64,
+            seed=5,
+            epoch=epoch,
+            group_by_length=group,
+        )
+
+    def cells(group: int) -> int:
+        return sum(batch["input_ids"].numel() for batch in stream(group))
+
+    assert cells(6) < 0.7 * cells(0)
+    assert _indices(stream(6)) == _indices(stream(6))
+    assert _indices(stream(6)) != _indices(stream(6, epoch=1))
 
 
 def test_long_reviews_are_truncated_to_max_length(tmp_path: Path, tokenizer: Any) -> None:

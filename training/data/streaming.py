@@ -111,6 +111,17 @@ def _parse(index: int, line: str, files: Sequence[Path]) -> tuple[str, int]:
         ) from exc
 
 
+def _chunks(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    chunk: list[tuple[int, str]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 @dataclass(frozen=True)
 class StreamPosition:
     """How far training got: batches of ``epoch`` already consumed by every rank."""
@@ -140,6 +151,7 @@ class ReviewStream(IterableDataset[Batch]):
         seed: int = 0,
         epoch: int = 0,
         buffer_size: int = 10_000,
+        group_by_length: int = 0,
         skip_batches: int = 0,
     ) -> None:
         super().__init__()
@@ -155,6 +167,7 @@ class ReviewStream(IterableDataset[Batch]):
         self.seed = seed
         self.epoch = epoch
         self.buffer_size = max(1, buffer_size)
+        self.group_by_length = group_by_length
         self.skip_batches = skip_batches
 
     def _rank_lines(self) -> Iterator[tuple[int, str]]:
@@ -169,14 +182,19 @@ class ReviewStream(IterableDataset[Batch]):
 
     def raw_batches(self) -> Iterator[list[tuple[int, str]]]:
         """This rank's batches of (line number, raw line), before skipping and sharding."""
-        batch: list[tuple[int, str]] = []
-        for item in self._rank_lines():
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        if not self.group_by_length:
+            yield from _chunks(self._rank_lines(), self.batch_size)
+            return
+        # Reviews of similar length share a batch, so it carries little padding: sort a window
+        # of batches by line length (a proxy for tokens that needs no parsing), then shuffle
+        # the batches of the window with the same seeded generator.
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/length")
+        window = self.batch_size * self.group_by_length
+        for lines in _chunks(self._rank_lines(), window):
+            lines.sort(key=lambda item: len(item[1]))
+            batches = list(_chunks(iter(lines), self.batch_size))
+            rng.shuffle(batches)
+            yield from batches
 
     def collate(self, raw: list[tuple[int, str]]) -> Batch:
         parsed = [_parse(i, line, self.files) for i, line in raw]
