@@ -364,7 +364,8 @@ class TorchServeClient:
             if version is not None:
                 raise UnknownVersion(version, message)
             raise ModelNotReady(f"model {self.model_name!r} is not registered: {message}")
-        if status == 503:
+        if status in (503, 507):
+            # 507 "Worker died.": the worker crashed with this request; TorchServe restarts it.
             raise ModelNotReady(f"TorchServe has no worker ready: {message}")
         if status in (408, 504):
             raise UpstreamTimeout(f"TorchServe timed out: {message}")
