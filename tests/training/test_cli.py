@@ -35,7 +35,7 @@ def trained_run(
             "--batch-size",
             "16",
             "--lr",
-            "5e-3",
+            "1e-2",
             "--warmup-ratio",
             "0",
             "--num-workers",
@@ -63,7 +63,7 @@ def test_a_run_directory_holds_model_metrics_config_and_plots(trained_run: Path)
     assert artifacts.temperature == pytest.approx(metrics["temperature"])
     assert artifacts.max_length == 128
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["epochs"] == 4 and config["lr"] == 5e-3
+    assert config["epochs"] == 4 and config["lr"] == 1e-2
     for plot in ("confusion_matrix", "training_curves", "reliability"):
         assert (trained_run / "plots" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
     history = json.loads((trained_run / "history.json").read_text())
@@ -96,7 +96,7 @@ def test_runs_lists_tracked_runs_with_their_results(trained_run: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained_run / "metrics.json").read_text())
     row = next(line for line in result.output.splitlines() if "tiny-v1" in line)
-    assert "finished" in row and "5e-03" in row
+    assert "finished" in row and "1e-02" in row
     assert f"{metrics['accuracy']:.3f}" in row
 
 
@@ -121,3 +121,59 @@ def test_train_refuses_a_batch_that_does_not_split(tmp_path: Path, tiny_data_dir
         ],
     )
     assert result.exit_code == 2 and "divide evenly" in " ".join(result.output.split())
+
+
+def test_the_run_is_tracked_in_mlflow(trained_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{trained_run / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.01" and run.data.params["world_size"] == "1"
+    assert run.data.params["train_files"].endswith("train.jsonl")
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 4
+    assert len(client.get_metric_history(run.info.run_id, "validation_accuracy")) == 4
+    assert run.data.tags["rule.Overfit"] in ("NoIssuesFound", "IssuesFound")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {
+        f"plots/{p}.png" for p in ("confusion_matrix", "training_curves", "reliability")
+    }
+
+
+def test_early_stop_ends_training_when_a_rule_finds_an_issue(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    # A learning rate of ~0 cannot decrease the loss: LossNotDecreasing fires within a few
+    # windows of five logged steps, long before the 5 epochs (65 steps) are over.
+    run = tmp_path / "stuck"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_data_dir),
+            "--out",
+            str(run),
+            "--model",
+            str(tiny_model_dir),
+            "--epochs",
+            "5",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-12",
+            "--log-every",
+            "1",
+            "--num-workers",
+            "0",
+            "--checkpoint-every",
+            "0",
+            "--no-progress",
+            "--early-stop",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped"] == "rules" and metrics["steps"] < 65
+    assert metrics["rules"]["LossNotDecreasing"]["status"] == "IssuesFound"
+    assert (run / "model" / "config.json").is_file()  # an early stop still saves the model
