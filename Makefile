@@ -49,6 +49,14 @@ loadtest: venv
 	  --users $(LOADTEST_USERS) --spawn-rate 5 --run-time $(LOADTEST_TIME) --only-summary \
 	  --csv docs/loadtest/locust --html var/loadtest/report.html
 
+# Soak (minutes; starts its own stack, not part of `make test`): errors, latency and memory of
+# every process under sustained locust traffic; the report goes to docs/soak.md.
+SOAK_DURATION ?= 300
+SOAK_USERS    ?= 6
+soak: venv
+	$(BIN)/python -m loadtests.soak --duration $(SOAK_DURATION) --users $(SOAK_USERS) \
+	  --report docs/soak.md --json var/soak.json
+
 # The benchmarks (minutes; they start their own servers): results as JSON in docs/bench/.
 bench: venv
 	$(BIN)/starrating bench serving --json docs/bench/serving.json
