@@ -412,6 +412,9 @@ def render_markdown(result: SoakResult) -> str:
         result.command,
         "```",
         "",
+        "`make soak` runs it for 300 s with 6 users (`SOAK_DURATION`, `SOAK_USERS`). Minutes show",
+        "errors and fast memory growth; a slow leak needs hours (`make soak SOAK_DURATION=3600`).",
+        "",
         f"**{verdict}** — started {result.started}, {result.duration_s:.0f} s of load "
         f"({result.warmup_s:.0f} s warm-up before memory is measured), {result.users} locust "
         f"users (spawn rate {result.spawn_rate}/s) from `loadtests/locustfile.py`: single reviews, "

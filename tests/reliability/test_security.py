@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import os
 import re
 import subprocess
 import threading
@@ -135,8 +136,8 @@ def env_gateway(
 ) -> Callable[[str | None], TestClient]:
     """The gateway built from the environment (``create_app()``), in front of the stack's
     TorchServe, with ``STARRATING_ADMIN_TOKEN`` unset (None) or set to the given value."""
-    for name in [k for k in stack.env if k.startswith("STARRATING_")]:
-        monkeypatch.delenv(name, raising=False)
+    for name in [k for k in os.environ if k.startswith("STARRATING_")]:
+        monkeypatch.delenv(name)
     for name, value in stack.env.items():
         if name.startswith("STARRATING_") and name != "STARRATING_ADMIN_TOKEN":
             monkeypatch.setenv(name, value)
