@@ -39,10 +39,11 @@ def run(config: TrainConfig) -> int:
     try:
         train(config)
     except TrainingInterrupted as stop:
-        logger.warning(
-            "stopped by SIGTERM; checkpoint %s. Continue with the same command and --resume.",
-            stop.checkpoint,
-        )
+        if stop.checkpoint is not None:  # rank 0 wrote it
+            logger.warning(
+                "stopped by SIGTERM; checkpoint %s. Continue with the same command and --resume.",
+                stop.checkpoint,
+            )
         return INTERRUPTED_EXIT_CODE
     except (ConfigError, DataFormatError, CheckpointError) as exc:
         logger.error("%s", exc)

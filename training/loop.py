@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +134,18 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cuda", "cpu"))
+
+
+def worker_context() -> BaseContext:
+    """Where DataLoader workers come from: a fork server started from a clean process.
+
+    Forking a trainer directly can deadlock the child: Gloo/NCCL and DataLoader threads may
+    hold locks at the moment of the fork (seen here as a validation worker that never
+    answered). The server preloads torch and the tokenizers, so each fork is still cheap.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["training.data.streaming", "transformers"])
+    return context
 
 
 @dataclass
@@ -365,6 +379,7 @@ class Trainer:
             stream,
             batch_size=None,
             num_workers=workers,
+            multiprocessing_context=worker_context() if workers else None,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=ckpt.ignore_sigterm if workers else None,
             # Its own generator: creating an iterator must not draw from the global RNG, or a

@@ -102,7 +102,7 @@ def train(
                 code,
             )
         raise fail(f"training failed (exit status {code}); see the log above", code)
-    _print_summary(config.out, time.monotonic() - started)
+    print_run_summary(config.out, time.monotonic() - started)
 
 
 def _launch(config: TrainConfig, nproc_per_node: int) -> int:
@@ -123,17 +123,27 @@ def _launch(config: TrainConfig, nproc_per_node: int) -> int:
     console.print(f"launching {nproc_per_node} training processes with torchrun")
     process = subprocess.Popen(command)
 
+    terminated = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal terminated
+        terminated = True
         process.send_signal(signum)  # torchrun passes it on to every training process
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
         process.send_signal(signal.SIGINT)
-        return process.wait()
+        code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if terminated and code != 0:
+        from training.loop import INTERRUPTED_EXIT_CODE
+
+        # torchrun itself exits 1 on SIGTERM; the trainers wrote their checkpoint first.
+        return INTERRUPTED_EXIT_CODE
+    return code
 
 
 def _metrics_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
@@ -160,14 +170,16 @@ def _metrics_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def _print_summary(out: Path, wall_s: float) -> None:
+def print_run_summary(out: Path, wall_s: float | None = None) -> None:
+    """The results of a finished run (its metrics.json) as a table and a few lines."""
     summary = json.loads((out / "metrics.json").read_text())
     rows = {"validation": summary["validation"], summary["split"]: summary}
     console.print(_metrics_table(f"{out.name}: {summary['steps']} steps", rows))
     rules = ", ".join(f"{name} {r['status']}" for name, r in summary["rules"].items())
+    wall = f" ({wall_s:.0f} s in all)" if wall_s is not None else ""
     console.print(
         f"rules: {rules}. Temperature {summary['temperature']:.2f}. "
-        f"Trained in {summary['train_time_s']:.0f} s ({wall_s:.0f} s in all).\n"
+        f"Trained in {summary['train_time_s']:.0f} s{wall}.\n"
         f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  plots: {out / 'plots'}"
     )
 

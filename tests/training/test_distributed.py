@@ -249,3 +249,35 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(
     (step, path), *_ = list_checkpoints(out / "checkpoints")
     assert str(path) in stopped and step >= 4
     assert not (out / "model").exists()
+
+
+def test_sigterm_to_starrating_train_stops_every_process_at_one_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    """`starrating train --nproc-per-node 2` passes SIGTERM on through torchrun; both trainers
+    stop after the same step and rank 0 writes the checkpoint."""
+    out = tmp_path / "run"
+    args = _train_args(tiny_data_dir, tiny_model_dir, out)
+    args[args.index("--max-steps") + 1] = "100000"
+    starrating = Path(sys.executable).parent / "starrating"
+    process = subprocess.Popen(
+        [str(starrating), "train", "--nproc-per-node", "2", *args, "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_environment(),
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if "train_loss=" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    output = "".join(lines) + process.stdout.read()
+    assert process.wait(timeout=120) == 143, output[-3000:]
+    assert "[rank 0] training.checkpoint: SIGTERM received" in output
+    assert "[rank 1] training.checkpoint: SIGTERM received" in output
+    assert "run the same command with --resume" in " ".join(output.split())
+    (step, path), *_ = list_checkpoints(out / "checkpoints")
+    assert f"stopped by SIGTERM; checkpoint {path}" in output and step >= 4
