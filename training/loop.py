@@ -511,6 +511,8 @@ class Trainer:
         placeholder: Batch | None = None
         rule_stop = False
         while True:
+            if config.max_steps is not None and state.step >= config.max_steps:
+                return "max_steps"  # also when resuming from the last step's checkpoint
             batch = next(batches, None)
             has_batch, stop = agree_any(ctx, batch is not None, self.termination.requested)
             if stop:
@@ -535,8 +537,6 @@ class Trainer:
                 rule_stop |= self._log_training(epoch)
             if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 self._checkpoint()
-            if config.max_steps is not None and state.step >= config.max_steps:
-                return "max_steps"
             if rule_stop:
                 return "rules"
 

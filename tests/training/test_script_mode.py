@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from starrating.artifacts import load_artifacts
 
@@ -25,30 +27,26 @@ def test_train_py_reads_channels_and_writes_the_model_dir(
         channel.mkdir(parents=True)
         shutil.copy(tiny_data_dir / f"{split}.jsonl", channel / f"{split}.jsonl")
         env[f"SM_CHANNEL_{split.upper()}"] = str(channel)
+    command = [
+        sys.executable,
+        str(REPO / "training" / "train.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--max_steps",
+        "6",
+        "--batch_size",
+        "16",
+        "--log_every",
+        "2",
+        "--num_workers",
+        "0",
+        "--checkpoint_every",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
+    ]
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "training" / "train.py"),
-            "--model",
-            str(tiny_model_dir),
-            "--max_steps",
-            "6",
-            "--batch_size",
-            "16",
-            "--log_every",
-            "2",
-            "--num_workers",
-            "0",
-            "--checkpoint_every",
-            "3",
-            "--checkpoint-dir",
-            str(tmp_path / "checkpoints"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_loss=" in result.stderr and "test_accuracy=" in result.stderr
@@ -58,3 +56,14 @@ def test_train_py_reads_channels_and_writes_the_model_dir(
         "checkpoint-000000003.pt",
         "checkpoint-000000006.pt",
     ]
+    # A job restarted after its last checkpoint (say, during the final evaluation) resumes
+    # there and ends with the same model instead of training on.
+    weights = load_file(tmp_path / "model" / "model" / "model.safetensors")
+    again = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and "step 6" in again.stderr
+    assert "train_loss=" not in again.stderr
+    rerun = load_file(tmp_path / "model" / "model" / "model.safetensors")
+    assert all(torch.equal(rerun[name], tensor) for name, tensor in weights.items())
