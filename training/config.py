@@ -82,6 +82,13 @@ class TrainConfig:
     warmup_ratio: float = field(
         default=0.1, metadata=_help("Share of the steps with a linear learning-rate warmup.")
     )
+    ordinal_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of the expected distance in stars added to the cross-entropy "
+            "(0 = plain cross-entropy)."
+        ),
+    )
     max_length: int = field(
         default=128, metadata=_help("Longest tokenised input; longer reviews are truncated.")
     )
@@ -183,6 +190,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in (
+            "ordinal_weight",
             "num_workers",
             "checkpoint_every",
             "shuffle_buffer",

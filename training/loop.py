@@ -88,19 +88,33 @@ def autocast_for(device: torch.device, precision: ResolvedPrecision) -> Callable
     )
 
 
+def rating_loss(logits: torch.Tensor, labels: torch.Tensor, ordinal_weight: float) -> torch.Tensor:
+    """Cross-entropy plus ``ordinal_weight`` times the expected distance in stars between the
+    predicted distribution and the true rating: stars are ordered, so 1 star for a 5-star
+    review should cost more than 4 stars. Computed in fp32 whatever the autocast dtype
+    (log-softmax in half precision loses digits)."""
+    logits = logits.float()
+    loss = F.cross_entropy(logits, labels)
+    if ordinal_weight:
+        classes = torch.arange(logits.shape[-1], device=logits.device)
+        distance = (classes[None, :] - labels[:, None]).abs().float()
+        loss = loss + ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
+    return loss
+
+
 def forward_backward(
     model: torch.nn.Module,
     batch: Batch,
     autocast: Callable[[], AbstractContextManager[Any]],
     scaler: torch.amp.GradScaler,
     weight: float = 1.0,
+    ordinal_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean cross-entropy of a batch, backpropagated (scaled for fp16, times ``weight``)."""
+    """The loss of a batch, backpropagated (scaled for fp16, times ``weight``)."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     with autocast():
         logits = model(**inputs).logits
-    # The loss in fp32 whatever the autocast dtype: log-softmax in half precision loses digits.
-    loss = F.cross_entropy(logits.float(), batch["labels"])
+    loss = rating_loss(logits, batch["labels"], ordinal_weight)
     scaler.scale(loss * weight).backward()  # type: ignore[no-untyped-call]
     return loss.detach()
 
@@ -525,7 +539,9 @@ class Trainer:
             assert batch is not None
             placeholder = batch
             batch = self._move(batch)
-            loss = forward_backward(self.ddp, batch, self.autocast, self.scaler, weight)
+            loss = forward_backward(
+                self.ddp, batch, self.autocast, self.scaler, weight, config.ordinal_weight
+            )
             optimizer_step(self.ddp, self.optimizer, self.scaler, config.grad_clip)
             self.scheduler.step()
             state.step += 1

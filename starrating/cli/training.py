@@ -64,6 +64,7 @@ def train(
     weight_decay: float = _option("weight_decay", "--weight-decay"),
     warmup_ratio: float = _option("warmup_ratio", "--warmup-ratio"),
     grad_clip: float = _option("grad_clip", "--grad-clip"),
+    ordinal_weight: float = _option("ordinal_weight", "--ordinal-weight"),
     num_workers: int = _option("num_workers", "--num-workers"),
     shuffle_buffer: int = _option("shuffle_buffer", "--shuffle-buffer"),
     group_by_length: int = _option("group_by_length", "--group-by-length"),
