@@ -62,6 +62,7 @@ class ServingBenchConfig:
     duration: float = 20.0
     warmup: float = 3.0
     users: int = 16
+    texts_per_request: int = 1
     precision: str = "fp32"
     setups: tuple[str, ...] = SETUPS
     tuning: StackTuning = field(default_factory=StackTuning)
@@ -76,6 +77,7 @@ class ServingBenchReport:
     precision: str
     users: int
     duration: float
+    texts_per_request: int = 1
     setups: dict[str, SetupResult] = field(default_factory=dict)
     low_load: dict[str, SetupResult] = field(default_factory=dict)
     limit_runs: list[dict[str, Any]] = field(default_factory=list)
@@ -108,6 +110,7 @@ class ServingBenchReport:
             "model": self.model,
             "precision": self.precision,
             "users": self.users,
+            "texts_per_request": self.texts_per_request,
             "duration_s": self.duration,
             "stack_over_limit": self.stack_over_limit,
             "stack_over_naive": self.stack_over_naive,
@@ -250,6 +253,7 @@ def run_naive(
             users=config.users,
             duration=config.duration,
             warmup=config.warmup,
+            texts_per_request=config.texts_per_request,
         )
     return load_result(result)
 
@@ -278,7 +282,7 @@ def run_stack(
             ),
         }
 
-        def drive(name: str, users: int, duration: float) -> SetupResult:
+        def drive(name: str, users: int, duration: float, per_request: int) -> SetupResult:
             url, path, target, headers = targets[name]
             result = run_load(
                 url,
@@ -289,16 +293,20 @@ def run_stack(
                 duration=duration,
                 warmup=config.warmup,
                 headers=headers,
+                texts_per_request=per_request,
             )
             return load_result(result, **tuning.describe())
 
         for name in ("stack", "direct"):
             if name in config.setups:
-                report.setups[name] = drive(name, config.users, config.duration)
+                report.setups[name] = drive(
+                    name, config.users, config.duration, config.texts_per_request
+                )
         if {"stack", "direct"} <= set(config.setups):
-            # One user: the latency a request pays with no queueing, for the gateway overhead.
+            # One user, one review per request: the latency a request pays with no queueing,
+            # for the gateway overhead.
             for name in ("direct", "stack"):
-                report.low_load[name] = drive(name, 1, max(config.duration / 2, 1.0))
+                report.low_load[name] = drive(name, 1, max(config.duration / 2, 1.0), 1)
 
 
 def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
@@ -316,7 +324,13 @@ def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
         tempfile.TemporaryDirectory(prefix="starrating-bench-") as tmp,
     ):
         workdir = Path(tmp)
-        report = ServingBenchReport(model.label, config.precision, config.users, config.duration)
+        report = ServingBenchReport(
+            model.label,
+            config.precision,
+            config.users,
+            config.duration,
+            texts_per_request=config.texts_per_request,
+        )
         if "limit" in config.setups:
             seconds = config.limit_seconds or max(config.duration / 4, 1.0)
             run_limit(model.model_dir, texts, test, config.precision, seconds, report)

@@ -33,12 +33,13 @@ class LoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadResult:
-    """Throughput and latency of one load run (latencies in milliseconds)."""
+    """Throughput (``rps``: reviews rated per second) and request latency in milliseconds."""
 
     users: int
     seconds: float
     requests: int
     errors: int
+    texts_per_request: int
     rps: float
     p50_ms: float
     p95_ms: float
@@ -48,7 +49,13 @@ class LoadResult:
         return asdict(self)
 
 
-def summarize(latencies_ms: Sequence[float], errors: int, users: int, seconds: float) -> LoadResult:
+def summarize(
+    latencies_ms: Sequence[float],
+    errors: int,
+    users: int,
+    seconds: float,
+    texts_per_request: int = 1,
+) -> LoadResult:
     """Percentiles and throughput of the successful requests of a ``seconds`` window."""
     if not latencies_ms:
         raise LoadError(f"no request succeeded in {seconds:.1f} s ({errors} errors)")
@@ -58,7 +65,8 @@ def summarize(latencies_ms: Sequence[float], errors: int, users: int, seconds: f
         seconds=seconds,
         requests=len(latencies_ms),
         errors=errors,
-        rps=len(latencies_ms) / seconds,
+        texts_per_request=texts_per_request,
+        rps=len(latencies_ms) * texts_per_request / seconds,
         p50_ms=float(p50),
         p95_ms=float(p95),
         p99_ms=float(p99),
@@ -75,13 +83,15 @@ def run_load(
     duration: float = 20.0,
     warmup: float = 3.0,
     headers: Mapping[str, str] | None = None,
+    texts_per_request: int = 1,
     timeout: float | None = None,
 ) -> LoadResult:
-    """Drive ``url + path`` with ``users`` closed-loop users for ``warmup + duration`` seconds."""
+    """Drive ``url + path`` with ``users`` closed-loop users for ``warmup + duration`` seconds,
+    each request carrying ``texts_per_request`` reviews."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    if users < 1 or duration <= 0 or warmup < 0:
-        raise ValueError("users must be >= 1, duration > 0 and warmup >= 0")
+    if users < 1 or duration <= 0 or warmup < 0 or texts_per_request < 1:
+        raise ValueError("users and texts_per_request must be >= 1, duration > 0 and warmup >= 0")
     with tempfile.TemporaryDirectory(prefix="starrating-load-") as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(list(texts)))
@@ -104,6 +114,8 @@ def run_load(
             str(duration),
             "--warmup",
             str(warmup),
+            "--texts-per-request",
+            str(texts_per_request),
             "--out",
             str(out),
         ]
@@ -120,12 +132,14 @@ def run_load(
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
             raise LoadError(f"load generator failed (exit {result.returncode}):\n{tail}")
         raw = json.loads(out.read_text())
-    return summarize(raw["latencies_ms"], raw["errors"], users, duration)
+    return summarize(raw["latencies_ms"], raw["errors"], users, duration, texts_per_request)
 
 
-def request_body(target: str, text: str) -> dict[str, Any]:
-    """One review as each server takes it; TorchServe gets exactly what the gateway sends it."""
-    return {"texts": [text]} if target == "torchserve" else {"text": text}
+def request_body(target: str, texts: Sequence[str]) -> dict[str, Any]:
+    """Reviews as each server takes them; TorchServe gets exactly what the gateway sends it."""
+    if target == "gateway" and len(texts) == 1:
+        return {"text": texts[0]}
+    return {"texts": list(texts)}
 
 
 def stars_of(target: str, body: Any) -> Any:
@@ -150,6 +164,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
     if not texts:
         raise SystemExit("no texts to send")
     cycle = itertools.cycle(texts)
+    per_request = args.texts_per_request
     headers = dict(h.split(": ", 1) for h in args.header)
     target = args.target
 
@@ -163,7 +178,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
         def rate(self) -> None:
             with self.client.post(
                 args.path,
-                json=request_body(target, next(cycle)),
+                json=request_body(target, [next(cycle) for _ in range(per_request)]),
                 headers=headers,
                 name="rate",
                 catch_response=True,
@@ -213,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds discarded first")
     parser.add_argument("--header", action="append", default=[], help="'Name: value'")
+    parser.add_argument("--texts-per-request", type=int, default=1, help="reviews per request")
     parser.add_argument("--out", required=True, help="where to write the latencies JSON")
     args = parser.parse_args(argv)
     Path(args.out).write_text(json.dumps(_generate(args)))

@@ -55,6 +55,12 @@ def serving_command(
     ),
     duration: float = typer.Option(20.0, "--duration", min=1.0, help="Seconds per load run."),
     users: int = typer.Option(16, "--users", min=1, help="Concurrent users of the load runs."),
+    texts_per_request: int = typer.Option(
+        1,
+        "--texts-per-request",
+        min=1,
+        help="Reviews per request of the saturating runs (the one-user runs always send one).",
+    ),
     precision: str = typer.Option(
         "fp32",
         "--precision",
@@ -114,6 +120,7 @@ def serving_command(
         data=data,
         duration=duration,
         users=users,
+        texts_per_request=texts_per_request,
         precision=precision,
         setups=tuple(s for s in SETUPS if s in setup) if setup else SETUPS,
         tuning=StackTuning(
@@ -140,7 +147,10 @@ def serving_command(
     ) as exc:
         raise fail(str(exc)) from exc
 
-    table = Table(title=f"serving: {report.model}, {report.precision}, {report.users} users")
+    table = Table(
+        title=f"serving: {report.model}, {report.precision}, {report.users} users, "
+        f"{report.texts_per_request} review(s) per request"
+    )
     for column in ("setup", "reviews/s", "p50 ms", "p95 ms", "p99 ms", "notes"):
         table.add_column(column, justify="left" if column in ("setup", "notes") else "right")
     rows = [(name, result) for name, result in report.setups.items()]
