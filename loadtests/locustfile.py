@@ -5,7 +5,8 @@ few reviews, mostly one at a time and sometimes as a batch, and on a later turn 
 service the true rating of some reviews it asked about (``POST /v1/feedback`` with the request
 id). Review
 texts and their true stars come from the prepared splits named by ``STARRATING_LOADTEST_DATA``
-(a ``starrating data prepare`` directory or a ``.jsonl`` file), else from the embedded data set.
+(a ``starrating data prepare`` directory or a ``.jsonl`` file), else from the embedded data set;
+``STARRATING_LOADTEST_FEEDBACK_SHARE`` (default 0.3) is the share of answers rated back.
 
 Run by hand::
 
@@ -27,7 +28,8 @@ from locust import FastHttpUser, between, task
 from loadtests.reviews import ReviewSet, load_reviews
 
 DATA_ENV = "STARRATING_LOADTEST_DATA"
-FEEDBACK_SHARE = 0.3  # share of single-review answers the user rates afterwards
+# Share of single-review answers the user rates afterwards.
+FEEDBACK_SHARE = float(os.environ.get("STARRATING_LOADTEST_FEEDBACK_SHARE", "0.3"))
 MAX_BATCH = 16
 _user_numbers = itertools.count(1)
 

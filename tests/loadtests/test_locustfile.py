@@ -43,7 +43,12 @@ def test_locustfile_drives_predictions_batches_and_feedback_without_failures(
                 "--csv",
                 str(prefix),
             ],
-            env=os.environ | {"STARRATING_LOADTEST_DATA": str(tiny_data_dir)},
+            env=os.environ
+            | {
+                "STARRATING_LOADTEST_DATA": str(tiny_data_dir),
+                # Every single-review answer is rated back, so feedback certainly happens.
+                "STARRATING_LOADTEST_FEEDBACK_SHARE": "1.0",
+            },
             capture_output=True,
             text=True,
             timeout=120,
