@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,12 +357,22 @@ def start_gateway(
     *,
     host: str,
     port: int,
+    workers: int = 1,
     timeout_s: float = 60.0,
 ) -> int:
-    """Start ``uvicorn api.app:create_app --factory`` detached; wait for /readyz; its pid."""
+    """Start ``uvicorn api.app:create_app --factory`` detached; wait for /readyz; its pid.
+
+    With several workers, Prometheus metrics go through a fresh multiprocess directory so that
+    /metrics adds up every worker."""
     if running_pid(paths.gateway_pid, "uvicorn") is not None:
         raise LifecycleError(f"the gateway of {paths.home} is already running")
     paths.make_dirs()
+    env = dict(env)
+    if workers > 1:
+        metrics_dir = paths.home / "run" / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     with paths.gateway_log.open("ab") as log:
         process = subprocess.Popen(
             [
@@ -374,10 +385,12 @@ def start_gateway(
                 host,
                 "--port",
                 str(port),
+                "--workers",
+                str(workers),
                 # The gateway logs every request itself, as JSON.
                 "--no-access-log",
             ],
-            env=dict(env),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -450,6 +463,7 @@ def serve(
     *,
     gateway_host: str | None = "127.0.0.1",
     gateway_port: int = 8000,
+    gateway_workers: int = 1,
     default_version: str | None = None,
     env: Mapping[str, str] | None = None,
     progress: Progress | None = None,
@@ -490,6 +504,7 @@ def serve(
                 gateway_env(env if env is not None else os.environ, paths, options),
                 host=gateway_host,
                 port=gateway_port,
+                workers=gateway_workers,
             )
             gateway_url = f"http://{_url_host(gateway_host)}:{gateway_port}"
     except BaseException:

@@ -81,10 +81,7 @@ class Settings(CoreSettings):
     # The server process (read by `starrating serve`).
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
-    limit_concurrency: int | None = Field(
-        default=None, ge=1, description="uvicorn answers 503 past this many open connections"
-    )
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
 
     cors_origins: list[str] = Field(
         default_factory=list, description="browser origins allowed to call the API; none by default"

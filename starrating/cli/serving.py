@@ -92,6 +92,7 @@ def serve(
                 options,
                 gateway_host=settings.host if gateway else None,
                 gateway_port=settings.port,
+                gateway_workers=settings.workers,
                 default_version=default_version,
                 env=os.environ,
                 progress=lambda message: status.update(message),
