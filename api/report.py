@@ -202,7 +202,9 @@ def _sample_ratio(store: ExperimentStore, config: ExperimentConfig) -> stats.Sam
     weights_by_revision = store.experiment_weights(config.name)
     observed: Counter[str] = Counter()
     expected: dict[str, float] = {v.name: 0.0 for v in config.variants}
-    for revision, counts in store.assigned_units(config.name).items():
+    for revision, assigned in store.assigned_units(config.name).items():
+        # Forced versions were not drawn from the weights: they are counted apart, not here.
+        counts = {name: n for name, n in assigned.items() if name != OVERRIDE_VARIANT}
         weights = weights_by_revision.get(revision, {})
         total = sum(counts.values())
         observed.update(counts)

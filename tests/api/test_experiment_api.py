@@ -176,6 +176,19 @@ def test_version_override_is_answered_and_reported_apart(gateway: TestClient) ->
     assert sum(v["requests"] for v in report["variants"]) == 0
 
 
+def test_overrides_do_not_count_as_a_sample_ratio_mismatch(gateway: TestClient) -> None:
+    users = [f"u{i}" for i in range(40)]
+    for user in users:
+        _predict(gateway, "good", user)
+    for user in users[:10]:
+        _predict(gateway, "good", user, **{"X-Model-Version": "2.0"})
+    report = gateway.get("/v1/experiment/report").json()
+    assert report["override_requests"] == 10
+    assert "override" not in report["sample_ratio"]["observed"]
+    assert sum(report["sample_ratio"]["observed"].values()) == 40
+    assert report["sample_ratio"]["mismatch"] is False
+
+
 def test_without_a_store_the_ab_routes_say_so(open_gateway: GatewayFactory, make_app: Any) -> None:
     with TestClient(make_app(), raise_server_exceptions=False) as plain:
         response = plain.get("/v1/experiment")
