@@ -1,22 +1,159 @@
-"""``starrating demo``: the main job end to end on the embedded default data set."""
+"""``starrating demo``: the main job end to end on the embedded default data set.
+
+Prepare the embedded reviews, train two versions (a quick control and a longer candidate),
+archive both, start TorchServe and the gateway, split traffic between them with an A/B
+experiment, replay test reviews as simulated users who rate what they got, print the stars of
+the three reviews from the talk, and leave the stack running for the dashboard.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from starrating.cli.app import app, console
+from starrating.cli.app import app, console, fail
 from starrating.cli.data import prepare_command
+
+TALK_REVIEWS = (
+    "I loved it! I will recommend this to everyone.",
+    "It's OK.",
+    "Really bad. I hope they don't make this anymore.",
+)
+
+
+@dataclass(frozen=True)
+class DemoVersion:
+    """One model version the demo trains and serves."""
+
+    version: str
+    variant: str
+    epochs: int
+
+
+def _train(data_dir: Path, run_dir: Path, epochs: int, retrain: bool) -> None:
+    from starrating.cli.training import print_run_summary
+    from training.__main__ import run
+    from training.config import TrainConfig
+
+    if (run_dir / "metrics.json").is_file() and not retrain:
+        console.print(f"reusing the trained run {run_dir} (--retrain to train again)")
+        print_run_summary(run_dir)
+        return
+    config = TrainConfig(out=run_dir, data=data_dir, epochs=epochs)
+    config.validate()
+    if run(config) != 0:
+        raise fail(f"training {run_dir} failed; see the log above")
+    print_run_summary(run_dir)
+
+
+def _admin_token(home: Path) -> tuple[str, str]:
+    """The gateway's admin token and where it is: STARRATING_ADMIN_TOKEN, else a token
+    generated once and kept (mode 0600) in HOME/admin_token."""
+    configured = os.environ.get("STARRATING_ADMIN_TOKEN", "").strip()
+    if configured:
+        return configured, "STARRATING_ADMIN_TOKEN"
+    path = home / "admin_token"
+    if not path.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip(), str(path)
+
+
+def _read_split(path: Path, limit: int) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for _, line in zip(range(limit), handle, strict=False)]
+
+
+def _simulate_users(gateway: str, reviews: list[dict[str, Any]]) -> None:
+    """Each simulated user rates one test review and sends its true stars back as feedback."""
+    import httpx
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with httpx.Client(base_url=gateway, timeout=30.0) as client, progress:
+        task = progress.add_task("simulated users: predict, then rate", total=len(reviews))
+        for number, review in enumerate(reviews):
+            answer = client.post(
+                "/v1/predictions", json={"text": review["text"], "user_id": f"demo-{number}"}
+            )
+            answer.raise_for_status()
+            feedback = {"request_id": answer.json()["request_id"], "stars": review["stars"]}
+            client.post("/v1/feedback", json=feedback).raise_for_status()
+            progress.advance(task)
+
+
+def _talk_table(gateway: str, versions: list[DemoVersion]) -> Table:
+    import httpx
+
+    table = Table(title="the three reviews from the talk")
+    table.add_column("review")
+    for v in versions:
+        table.add_column(f"{v.variant} ({v.version})", justify="center")
+    answers: dict[str, list[dict[str, Any]]] = {}
+    with httpx.Client(base_url=gateway, timeout=30.0) as client:
+        for v in versions:
+            response = client.post(
+                "/v1/predictions",
+                json={"texts": list(TALK_REVIEWS)},
+                headers={"X-Model-Version": v.version},
+            )
+            response.raise_for_status()
+            answers[v.version] = response.json()["predictions"]
+    for i, text in enumerate(TALK_REVIEWS):
+        cells = []
+        for v in versions:
+            p = answers[v.version][i]
+            stars = p["stars"]
+            cells.append(f"{'★' * stars}{'☆' * (5 - stars)} {p['probabilities'][str(stars)]:.0%}")
+        table.add_row(text, *cells)
+    return table
 
 
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("var/demo"), help="Where data, runs and logs go."),
+    workdir: Path = typer.Option(Path("var/demo"), help="Where data, runs and archives go."),
+    control_epochs: int = typer.Option(1, min=1, help="Epochs of version 1.0 (the control)."),
+    candidate_epochs: int = typer.Option(
+        4, min=1, help="Epochs of version 2.0 (the candidate; the default training recipe)."
+    ),
+    users: int = typer.Option(
+        300, min=0, help="Simulated users: each rates one test review and sends feedback."
+    ),
+    retrain: bool = typer.Option(False, help="Train again even if the runs exist."),
 ) -> None:
-    """Prepare the embedded data set, train, archive, serve and A/B test two versions."""
-    data_dir = workdir / "data"
-    console.rule("1. data: the embedded Amazon review sentences")
+    """Prepare the embedded data, train two versions, archive, serve, A/B test them, and rate
+    the reviews from the talk. The service stays up until `starrating stop`."""
+    import httpx
+
+    from api.lifecycle import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
+    from api.settings import Settings
+    from api.torchserve import TorchServeError
+    from training.archive import ArchiveError, archive_run
+
+    # One line per HTTP call would drown the progress bars.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    versions = [
+        DemoVersion("1.0", "control", control_epochs),
+        DemoVersion("2.0", "candidate", candidate_epochs),
+    ]
+    data_dir, store = workdir / "data", workdir / "model_store"
+
+    console.rule("1/5  data: the embedded Amazon review sentences")
     prepare_command(
         out=data_dir,
         source="default",
@@ -25,4 +162,75 @@ def demo(
         seed=42,
         validation_fraction=0.1,
         test_fraction=0.1,
+    )
+
+    for v in versions:
+        console.rule(f"2/5  train version {v.version}: MiniLM, {v.epochs} epoch(s)")
+        _train(data_dir, workdir / "runs" / v.version, v.epochs, retrain)
+
+    console.rule("3/5  archive")
+    for v in versions:
+        try:
+            result = archive_run(workdir / "runs" / v.version, v.version, store, force=True)
+        except ArchiveError as exc:
+            raise fail(str(exc)) from exc
+        console.print(f"wrote {result.path} ({result.size_bytes / 1e6:.0f} MB)")
+
+    console.rule("4/5  serve: TorchServe + gateway")
+    settings = Settings()
+    paths = ServingPaths.under(settings.home)
+    token, token_source = _admin_token(settings.home)
+    os.environ["STARRATING_ADMIN_TOKEN"] = token
+    if any(stop(paths)):
+        console.print("stopped the stack that was already running")
+    options = TorchServeOptions(
+        model_store=store,
+        inference_url=settings.torchserve_url,
+        management_url=settings.torchserve_management_url,
+        model_name=settings.model_name,
+    )
+    try:
+        with console.status("starting") as status:
+            stack = serve(
+                paths,
+                options,
+                gateway_host=settings.host,
+                gateway_port=settings.port,
+                gateway_workers=settings.workers,
+                default_version=versions[0].version,
+                env=os.environ,
+                progress=lambda message: status.update(message),
+            )
+    except (LifecycleError, TorchServeError) as exc:
+        raise fail(f"{exc}\nlogs: {paths.home / 'logs'}") from exc
+    gateway = stack.gateway_url or f"http://{settings.host}:{settings.port}"
+    console.print(f"gateway {gateway}, TorchServe {stack.inference_url} (token auth on)")
+
+    console.rule("5/5  A/B test: control 1.0 vs candidate 2.0, 50/50, sticky per user")
+    experiment = {
+        "name": "demo-minilm-epochs",
+        "variants": [{"name": v.variant, "version": v.version, "weight": 0.5} for v in versions],
+        "sticky": True,
+        "shadow": None,
+    }
+    try:
+        httpx.put(
+            f"{gateway}/v1/experiment",
+            json=experiment,
+            timeout=30.0,
+            headers={"Authorization": f"Bearer {token}"},
+        ).raise_for_status()
+        reviews = _read_split(data_dir / "test.jsonl", users)
+        _simulate_users(gateway, reviews)
+        console.print(_talk_table(gateway, versions))
+        report = httpx.get(f"{gateway}/v1/experiment/report", timeout=30.0).json()
+    except httpx.HTTPError as exc:
+        raise fail(
+            f"the gateway did not answer as expected: {exc}; logs: {paths.gateway_log}"
+        ) from exc
+    console.print(f"[bold]verdict:[/] {report['verdict']}")
+    console.print(
+        f"dashboard: [bold]{gateway}/dashboard[/]   report: {gateway}/v1/experiment/report\n"
+        f"admin token for PUT /v1/experiment: {token_source}\n"
+        f"logs: {paths.home / 'logs'}   stop everything with `starrating stop`"
     )
