@@ -94,9 +94,6 @@ def archive_for_bench(model_dir: Path, workdir: Path) -> Path:
     return archive_run(run, BENCH_VERSION, workdir / "archives").path
 
 
-START_ATTEMPTS = 2
-
-
 def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
     """Start TorchServe with ``mar`` only and the gateway, under ``home``; apply ``tuning``."""
     from api.lifecycle import (
@@ -122,6 +119,9 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
         inference_url=f"http://127.0.0.1:{free_port()}",
         management_url=f"http://127.0.0.1:{free_port()}",
         metrics_port=free_port(),
+        # TorchServe always opens gRPC too: on its default ports a second instance exits.
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
         token_auth=True,
     )
     logger.info("starting TorchServe and the gateway in %s (%s)", home, tuning.describe())
@@ -160,26 +160,10 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
 
 @contextmanager
 def running_stack(mar: Path, workdir: Path, tuning: StackTuning) -> Iterator[StackEndpoints]:
-    """TorchServe (only ``mar``) and the gateway, each in a fresh home; both stopped on exit.
+    """TorchServe (only ``mar``) and the gateway under ``workdir``; both stopped on exit."""
+    from api.lifecycle import ServingPaths, stop
 
-    A failed start is retried once in a new home: on a machine shared with other TorchServe
-    instances, a start is occasionally cut short from outside (see docs/performance.md).
-    """
-    from api.lifecycle import LifecycleError, ServingPaths, stop
-    from api.torchserve import TorchServeError
-
-    for attempt in range(1, START_ATTEMPTS + 1):
-        home = workdir / f"stack-{attempt}"
-        try:
-            endpoints = _start(mar, home, tuning)
-        except (LifecycleError, TorchServeError) as exc:
-            stop(ServingPaths.under(home))
-            if attempt == START_ATTEMPTS:
-                raise
-            logger.warning("stack start failed (%s); retrying in a fresh home", exc)
-            continue
-        try:
-            yield endpoints
-        finally:
-            stop(ServingPaths.under(home))
-        return
+    try:
+        yield _start(mar, workdir, tuning)
+    finally:
+        stop(ServingPaths.under(workdir))

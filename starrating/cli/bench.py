@@ -189,7 +189,7 @@ def serving_command(
     for name, value in report.accuracy.items():
         console.print(f"test accuracy {name}: {100 * value:.2f}%")
     change = report.accuracy_change_points
-    if change is not None:
+    if change is not None and report.precision != "fp32":
         console.print(
             f"accuracy change {report.precision} vs fp32 = {change:+.2f} points "
             f"(goal within ±{GOAL_ACCURACY_POINTS}) "
