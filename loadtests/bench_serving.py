@@ -284,6 +284,7 @@ def run_stack(
 
         def drive(name: str, users: int, duration: float, per_request: int) -> SetupResult:
             url, path, target, headers = targets[name]
+            before = stack.cpu_seconds()
             result = run_load(
                 url,
                 path,
@@ -295,7 +296,15 @@ def run_stack(
                 headers=headers,
                 texts_per_request=per_request,
             )
-            return load_result(result, **tuning.describe())
+            # CPU per request of each server process: where a request's cost goes, whatever
+            # else the machine was doing (warm-up requests estimated at the measured rate).
+            after = stack.cpu_seconds()
+            sent = result.requests * (1 + config.warmup / duration)
+            cpu_ms = {
+                f"{part}_cpu_ms_per_request": round(1000 * (after[part] - before[part]) / sent, 2)
+                for part in after
+            }
+            return load_result(result, **tuning.describe(), **cpu_ms)
 
         for name in ("stack", "direct"):
             if name in config.setups:

@@ -62,10 +62,38 @@ class StackEndpoints:
     torchserve_url: str
     version: str
     torchserve_headers: dict[str, str]
+    gateway_pid: int
+    torchserve_pid: int
 
     @property
     def torchserve_path(self) -> str:
         return f"/predictions/stars/{self.version}"
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the gateway and by TorchServe (frontend JVM + workers)."""
+        return {
+            "gateway": process_tree_cpu(self.gateway_pid),
+            "torchserve": process_tree_cpu(self.torchserve_pid),
+        }
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its living children (0 for a gone process)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 @contextmanager
@@ -155,7 +183,16 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
         raise RuntimeError("the gateway did not start")
     key = TorchServeKeys.read(paths.key_file).inference
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return StackEndpoints(stack.gateway_url, stack.inference_url, version, headers)
+    if stack.gateway_pid is None:
+        raise RuntimeError("the gateway did not start")
+    return StackEndpoints(
+        stack.gateway_url,
+        stack.inference_url,
+        version,
+        headers,
+        gateway_pid=stack.gateway_pid,
+        torchserve_pid=stack.torchserve_pid,
+    )
 
 
 @contextmanager

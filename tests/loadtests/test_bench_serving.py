@@ -109,6 +109,10 @@ def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_p
     for name in ("naive", "stack", "direct"):
         assert payload[name]["detail"]["errors"] == 0
     assert payload["stack"]["detail"]["precision"] == "int8"
+    for name in ("stack", "direct"):
+        for part in ("gateway", "torchserve"):
+            assert payload[name]["detail"][f"{part}_cpu_ms_per_request"] >= 0
+    assert payload["stack"]["detail"]["gateway_cpu_ms_per_request"] > 0
     assert payload["stack_over_limit"] == pytest.approx(
         payload["stack"]["rps"] / payload["limit"]["rps"]
     )
