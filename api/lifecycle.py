@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,6 +121,20 @@ class TorchServeOptions:
     token_expiration_min: int = 60
     model_name: str = DEFAULT_MODEL_NAME
 
+    @classmethod
+    def on_free_ports(cls, model_store: Path, *, token_auth: bool = True) -> TorchServeOptions:
+        """Loopback on free ports (gRPC included): an instance beside any other, for tests
+        and benchmarks."""
+        return cls(
+            model_store=model_store,
+            inference_url=f"http://127.0.0.1:{free_port()}",
+            management_url=f"http://127.0.0.1:{free_port()}",
+            metrics_port=free_port(),
+            grpc_inference_port=free_port(),
+            grpc_management_port=free_port(),
+            token_auth=token_auth,
+        )
+
     @property
     def metrics_url(self) -> str:
         return f"http://{_url_host(self._host(self.inference_url))}:{self.metrics_port}"
@@ -187,6 +202,14 @@ class ServingStack:
     torchserve_pid: int
     gateway_pid: int | None
     paths: ServingPaths
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def version_key(version: str) -> tuple[int, Version | str]:

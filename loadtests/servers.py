@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from api.lifecycle import free_port
 from loadtests.naive_server import MODEL_ENV
 
 logger = logging.getLogger(__name__)
@@ -21,13 +21,6 @@ logger = logging.getLogger(__name__)
 
 class ServerStartError(RuntimeError):
     """A server did not become ready; the message says where its log is."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_ready(

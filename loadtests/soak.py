@@ -249,9 +249,8 @@ def cpu_times_now() -> dict[int, float]:
 @contextmanager
 def running_stack(model: Path | None, workdir: Path) -> Iterator[tuple[str, int, int, str]]:
     """TorchServe + gateway for the model; yields (gateway url, JVM pid, gateway pid, label)."""
-    from api.lifecycle import ServingPaths, TorchServeOptions, serve, stop
+    from api.lifecycle import ServingPaths, TorchServeOptions, free_port, serve, stop
     from loadtests.bench_serving import model_under_test
-    from loadtests.servers import free_port
     from loadtests.stack import archive_for_bench
 
     with model_under_test(model) as chosen:
@@ -261,16 +260,7 @@ def running_stack(model: Path | None, workdir: Path) -> Iterator[tuple[str, int,
         (store / mar.name).write_bytes(mar.read_bytes())
         label = chosen.label
     paths = ServingPaths.under(workdir / "home")
-    options = TorchServeOptions(
-        model_store=store,
-        inference_url=f"http://127.0.0.1:{free_port()}",
-        management_url=f"http://127.0.0.1:{free_port()}",
-        metrics_port=free_port(),
-        # TorchServe always opens gRPC too: fixed ports would clash with any other instance.
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-        token_auth=True,
-    )
+    options = TorchServeOptions.on_free_ports(store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
     try:
         stack = serve(

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests.servers import free_port
-
 logger = logging.getLogger(__name__)
 
 HANDLER_ENV_PREFIX = "STARRATING_HANDLER_"
@@ -128,6 +126,7 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
         ServingPaths,
         TorchServeOptions,
         discover_archives,
+        free_port,
         gateway_env,
         serve,
         wait_until_answers,
@@ -142,16 +141,7 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
         raise RuntimeError(f"{mar} is not a readable stars archive")
     version = archives[0].version
     paths = ServingPaths.under(home)
-    options = TorchServeOptions(
-        model_store=store,
-        inference_url=f"http://127.0.0.1:{free_port()}",
-        management_url=f"http://127.0.0.1:{free_port()}",
-        metrics_port=free_port(),
-        # TorchServe always opens gRPC too: on its default ports a second instance exits.
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-        token_auth=True,
-    )
+    options = TorchServeOptions.on_free_ports(store)
     logger.info("starting TorchServe and the gateway in %s (%s)", home, tuning.describe())
     with _environ(tuning.handler_env()):
         stack = serve(

@@ -22,13 +22,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.lifecycle import gateway_env, start_gateway, stop_gateway
-from tests.serving.helpers import (
-    RunningTorchServe,
-    build_tiny_archives,
-    free_port,
-    running_torchserve,
-)
+from api.lifecycle import free_port, gateway_env, start_gateway, stop_gateway
+from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
 
 VERSION_SEEDS = {"1.0": 0, "2.0": 1}
 

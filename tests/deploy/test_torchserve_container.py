@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from api.lifecycle import free_port
 from tests.deploy.conftest import REPO
-from tests.serving.helpers import build_tiny_archives, free_port
+from tests.serving.helpers import build_tiny_archives
 
 TORCHSERVE_DIR = REPO / "deploy" / "torchserve"
 ENTRYPOINT = TORCHSERVE_DIR / "entrypoint.sh"

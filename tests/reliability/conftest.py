@@ -19,13 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from api.lifecycle import ServingPaths, gateway_env, start_gateway, stop_gateway
-from tests.serving.helpers import (
-    RunningTorchServe,
-    build_tiny_archives,
-    free_port,
-    running_torchserve,
-)
+from api.lifecycle import ServingPaths, free_port, gateway_env, start_gateway, stop_gateway
+from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
 
 VERSION = "1.0"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -39,12 +39,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.lifecycle import (
     ServingPaths,
     discover_archives,
+    free_port,
     register_versions,
     start_gateway,
     start_torchserve,
 )
 from tests.reliability.conftest import GatewayStack, clean_environ
-from tests.serving.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -33,10 +33,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 from api.app import create_app
-from api.lifecycle import LOOPBACK_HOSTS, TorchServeOptions
+from api.lifecycle import LOOPBACK_HOSTS, TorchServeOptions, free_port
 from api.settings import Settings
 from tests.reliability.conftest import VERSION, GatewayStack
-from tests.serving.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_WRITES = {("POST", "/v1/predictions"), ("POST", "/v1/feedback")}

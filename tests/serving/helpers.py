@@ -12,7 +12,6 @@ Importable from any test (``from tests.serving.helpers import running_torchserve
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,13 +27,6 @@ from api.lifecycle import (
     stop_torchserve,
 )
 from api.torchserve import TorchServeClient, TorchServeKeys, TorchServeSyncClient
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def build_tiny_archives(
@@ -104,15 +96,7 @@ def running_torchserve(
     default_version: str | None = None,
 ) -> Iterator[RunningTorchServe]:
     """Start TorchServe on free loopback ports with every archive registered; stop it after."""
-    options = TorchServeOptions(
-        model_store=model_store,
-        inference_url=f"http://127.0.0.1:{free_port()}",
-        management_url=f"http://127.0.0.1:{free_port()}",
-        metrics_port=free_port(),
-        grpc_inference_port=free_port(),
-        grpc_management_port=free_port(),
-        token_auth=token_auth,
-    )
+    options = TorchServeOptions.on_free_ports(model_store, token_auth=token_auth)
     paths = ServingPaths.under(home)
     archives = discover_archives(model_store)
     try:

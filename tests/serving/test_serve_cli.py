@@ -11,7 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.serving.helpers import free_port, running_torchserve
+from api.lifecycle import free_port
+from tests.serving.helpers import running_torchserve
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

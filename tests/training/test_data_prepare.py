@@ -157,7 +157,7 @@ def test_embedded_data_fails_clearly_when_registry_unreachable_and_nothing_cache
     def no_registry(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version")
 
-    monkeypatch.setattr(embedded.subprocess, "run", no_registry)
+    monkeypatch.setattr("training.data.embedded.subprocess.run", no_registry)
     with pytest.raises(embedded.EmbeddedDataError, match=r"could not fetch.*nothing is cached"):
         list(embedded.read_embedded(tmp_path))
 
