@@ -66,7 +66,7 @@ class ServingBenchConfig:
     precision: str = "fp32"
     setups: tuple[str, ...] = SETUPS
     tuning: StackTuning = field(default_factory=StackTuning)
-    limit_seconds: float | None = None  # per in-process configuration; default duration / 4
+    limit_seconds: float | None = None  # per in-process configuration; default duration / 8
 
 
 @dataclass
@@ -214,7 +214,13 @@ def run_limit(
     runs = measure_limit(artifacts, texts, seconds=seconds)
     best = max(runs, key=lambda run: run.reviews_per_s)
     report.limit_runs = [
-        {"batch_size": r.batch_size, "padding": r.padding, "rps": r.reviews_per_s} for r in runs
+        {
+            "threads": r.threads,
+            "batch_size": r.batch_size,
+            "padding": r.padding,
+            "rps": r.reviews_per_s,
+        }
+        for r in runs
     ]
     p50, p95, p99 = _percentiles_ms(best.batch_seconds)
     report.setups["limit"] = SetupResult(
@@ -222,7 +228,7 @@ def run_limit(
         p50,
         p95,
         p99,
-        {"batch_size": best.batch_size, "padding": best.padding},
+        {"threads": best.threads, "batch_size": best.batch_size, "padding": best.padding},
     )
     del artifacts
     gc.collect()
@@ -341,7 +347,7 @@ def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
             texts_per_request=config.texts_per_request,
         )
         if "limit" in config.setups:
-            seconds = config.limit_seconds or max(config.duration / 4, 1.0)
+            seconds = config.limit_seconds or max(config.duration / 8, 0.5)
             run_limit(model.model_dir, texts, test, config.precision, seconds, report)
         if "naive" in config.setups:
             report.setups["naive"] = run_naive(model.model_dir, texts, config, workdir)

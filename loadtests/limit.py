@@ -3,16 +3,20 @@
 The same path as the TorchServe handler (``starrating.encode_batch`` per batch, forward pass,
 calibrated probabilities) is timed for each batch size, with plain dynamic padding (batches in
 arrival order, padded to their longest text) and with length-sorted batches (similar lengths
-together, so little padding). The best of these is the ceiling the stack is compared against.
+together, so little padding), with one torch thread and with one per core (on a machine that is
+busy with other work, one thread can beat two). The best of these is the ceiling the stack is
+compared against.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -37,6 +41,7 @@ class LimitRun:
     reviews: int
     seconds: float
     batch_seconds: list[float] = field(default_factory=list, repr=False)
+    threads: int = 1
 
     @property
     def reviews_per_s(self) -> float:
@@ -94,25 +99,47 @@ def time_configuration(
     return LimitRun(batch_size, padding, reviews, now - start, batch_seconds)
 
 
+def thread_counts() -> tuple[int, ...]:
+    """One torch thread, and one per core where there is more than one core."""
+    cores = os.cpu_count() or 1
+    return (1, cores) if cores > 1 else (1,)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_limit(
     artifacts: Artifacts,
     texts: Sequence[str],
     *,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    threads: Sequence[int] | None = None,
     seconds: float = 5.0,
 ) -> list[LimitRun]:
-    """Every batch size x padding configuration; the best is ``max(runs, key=reviews_per_s)``."""
+    """Every threads x batch size x padding configuration; the best is
+    ``max(runs, key=reviews_per_s)``."""
     runs = []
-    for batch_size in batch_sizes:
-        for padding in PADDINGS:
-            run = time_configuration(artifacts, texts, batch_size, padding, seconds)
-            logger.info(
-                "in-process batch %d %s padding: %.1f reviews/s",
-                batch_size,
-                padding,
-                run.reviews_per_s,
-            )
-            runs.append(run)
+    for count in threads or thread_counts():
+        with torch_threads(count):
+            for batch_size in batch_sizes:
+                for padding in PADDINGS:
+                    run = time_configuration(artifacts, texts, batch_size, padding, seconds)
+                    run = replace(run, threads=count)
+                    logger.info(
+                        "in-process %d thread(s), batch %d, %s padding: %.1f reviews/s",
+                        count,
+                        batch_size,
+                        padding,
+                        run.reviews_per_s,
+                    )
+                    runs.append(run)
     return runs
 
 

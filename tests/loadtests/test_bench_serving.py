@@ -19,6 +19,7 @@ from loadtests.bench_serving import (
     model_under_test,
     newest_mar,
 )
+from loadtests.limit import thread_counts
 from starrating.cli import app
 
 runner = CliRunner()
@@ -124,7 +125,7 @@ def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_p
     assert payload["gateway_overhead_ms"] == pytest.approx(
         low["stack"]["p50_ms"] - low["direct"]["p50_ms"]
     )
-    assert len(payload["limit_runs"]) == 6
+    assert len(payload["limit_runs"]) == 6 * len(thread_counts())
     assert payload["limit"]["rps"] == pytest.approx(max(r["rps"] for r in payload["limit_runs"]))
     assert set(payload["accuracy"]) == {"fp32", "int8"}
     change = 100 * (payload["accuracy"]["int8"] - payload["accuracy"]["fp32"])

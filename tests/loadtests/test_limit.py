@@ -40,13 +40,19 @@ def test_batch_size_must_be_positive(tiny_artifacts):
         make_batches(tiny_artifacts, ["good"], 0, "plain")
 
 
-def test_measure_limit_times_every_batch_size_and_padding(tiny_artifacts, tiny_reviews):
-    runs = measure_limit(tiny_artifacts, tiny_reviews.texts, batch_sizes=(1, 4), seconds=0.2)
-    assert [(r.batch_size, r.padding) for r in runs] == [
-        (1, "plain"),
-        (1, "sorted"),
-        (4, "plain"),
-        (4, "sorted"),
+def test_measure_limit_times_every_thread_count_batch_size_and_padding(
+    tiny_artifacts, tiny_reviews
+):
+    before = torch.get_num_threads()
+    runs = measure_limit(
+        tiny_artifacts, tiny_reviews.texts, batch_sizes=(1, 4), threads=(1, 2), seconds=0.2
+    )
+    assert torch.get_num_threads() == before
+    assert [(r.threads, r.batch_size, r.padding) for r in runs] == [
+        (threads, size, padding)
+        for threads in (1, 2)
+        for size in (1, 4)
+        for padding in ("plain", "sorted")
     ]
     for run in runs:
         assert run.reviews >= run.batch_size
