@@ -127,7 +127,9 @@ class TrainingJobSpec:
     max_run_s: int = 24 * 3600
     max_wait_s: int = 36 * 3600
     volume_gb: int = 50
-    shard_train: bool = True
+    # Off by default: the training stream shards lines by global rank, so with ShardedByS3Key
+    # (each instance gets only its own objects) every instance would skip part of its share.
+    shard_train: bool = False
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     mlflow_tracking_uri: str | None = None
     base_job_name: str = "starrating"

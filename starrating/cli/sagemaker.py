@@ -88,10 +88,11 @@ def train_command(
     ),
     volume_gb: int = typer.Option(50, help="Storage per instance, GB."),
     shard_train: bool = typer.Option(
-        True,
+        False,
         "--shard-train/--replicate-train",
-        help="Shard the training split across instances by S3 key (each instance reads its own "
-        "objects), or copy all of it to every instance.",
+        help="Copy the training split to every instance (the default: the training stream "
+        "shards it by rank), or shard it by S3 key (not yet read correctly by the stream: each "
+        "instance would skip part of its objects).",
     ),
     hyperparameter: list[str] = typer.Option(
         [],

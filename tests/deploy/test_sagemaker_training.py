@@ -161,10 +161,10 @@ def test_on_demand_has_no_max_wait(source_dir: Path, session: MagicMock) -> None
     assert "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
 
 
-def test_train_channel_is_sharded_by_key_and_evaluation_splits_are_whole(
+def test_train_channel_can_be_sharded_by_key_and_evaluation_splits_are_whole(
     source_dir: Path, session: MagicMock
 ) -> None:
-    data = channels(request_for(spec(), source_dir, session))
+    data = channels(request_for(spec(shard_train=True), source_dir, session))
     assert data["train"] == {
         "S3DataType": "S3Prefix",
         "S3Uri": "s3://reviews/prepared/train/",
@@ -176,8 +176,9 @@ def test_train_channel_is_sharded_by_key_and_evaluation_splits_are_whole(
     assert {"code", "sm_drivers"} <= set(data)
 
 
-def test_training_split_can_be_replicated(source_dir: Path, session: MagicMock) -> None:
-    data = channels(request_for(spec(shard_train=False), source_dir, session))
+def test_training_split_is_replicated_by_default(source_dir: Path, session: MagicMock) -> None:
+    # The stream shards lines by rank itself; S3 sharding on top would drop data.
+    data = channels(request_for(spec(), source_dir, session))
     assert data["train"]["S3DataDistributionType"] == "FullyReplicated"
 
 
