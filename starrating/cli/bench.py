@@ -212,6 +212,9 @@ def training_command(
     steps: int = typer.Option(15, "--steps", min=2, help="Timed steps after the warm-up."),
     warmup_steps: int = typer.Option(3, "--warmup-steps", min=0, help="Untimed first steps."),
     num_workers: int = typer.Option(1, "--num-workers", min=0, help="Data-loader workers."),
+    repeats: int = typer.Option(
+        2, "--repeats", min=1, help="Alternating timings of loop and Trainer; the best counts."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Samples/s of the training loop vs transformers.Trainer (fp32 and bf16 autocast) and
@@ -230,6 +233,7 @@ def training_command(
         warmup_steps=warmup_steps,
         steps=steps,
         num_workers=num_workers,
+        repeats=repeats,
     )
     try:
         with console.status("benchmarking training (see the log for each step)…"):

@@ -70,7 +70,8 @@ def test_report_ratios():
 def test_bench_training_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path):
     out = tmp_path / "training.json"
     args = ["bench", "training", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir)]
-    args += ["--steps", "2", "--warmup-steps", "1", "--num-workers", "0", "--json", str(out)]
+    args += ["--steps", "2", "--warmup-steps", "1", "--num-workers", "0", "--repeats", "1"]
+    args += ["--json", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "loop/Trainer" in result.output and "time to first step" in result.output
