@@ -63,27 +63,27 @@ class TrainConfig:
             "'minilm' (bundled all-MiniLM-L6-v2), a hub id or a local save_pretrained folder."
         ),
     )
-    epochs: int = field(default=4, metadata=_help("Passes over the training split."))
+    epochs: int = field(default=3, metadata=_help("Passes over the training split."))
     max_steps: int | None = field(
         default=None,
         metadata=_help("Stop after this many optimizer steps (overrides the epoch count)."),
     )
     batch_size: int = field(
-        default=32,
+        default=8,
         metadata=_help(
             "Global batch size: split evenly across processes, so results do not depend on how "
             "many processes share it."
         ),
     )
-    lr: float = field(default=8e-5, metadata=_help("Peak learning rate of AdamW."))
+    lr: float = field(default=5e-5, metadata=_help("Peak learning rate of AdamW."))
     weight_decay: float = field(
         default=0.01, metadata=_help("AdamW weight decay (not on biases and LayerNorm).")
     )
     warmup_ratio: float = field(
-        default=0.1, metadata=_help("Share of the steps with a linear learning-rate warmup.")
+        default=0.0, metadata=_help("Share of the steps with a linear learning-rate warmup.")
     )
     ordinal_weight: float = field(
-        default=0.0,
+        default=0.5,
         metadata=_help(
             "Weight of the expected distance in stars added to the cross-entropy "
             "(0 = plain cross-entropy)."

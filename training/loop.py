@@ -186,7 +186,10 @@ class Plan:
         total: int | None = config.max_steps
         if total is None and steps_per_epoch:
             total = config.epochs * steps_per_epoch
-        warmup = math.ceil(config.warmup_ratio * total) if total else 100
+        if total:
+            warmup = math.ceil(config.warmup_ratio * total)
+        else:  # no total to take a share of: a fixed warmup, if any was asked for
+            warmup = 100 if config.warmup_ratio else 0
         return cls(local_batch, steps_per_epoch, total, warmup)
 
 
