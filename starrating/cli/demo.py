@@ -129,7 +129,7 @@ def demo(
     workdir: Path = typer.Option(Path("var/demo"), help="Where data, runs and archives go."),
     control_epochs: int = typer.Option(1, min=1, help="Epochs of version 1.0 (the control)."),
     candidate_epochs: int = typer.Option(
-        2, min=1, help="Epochs of version 2.0 (the candidate); `starrating train` defaults to 4."
+        2, min=1, help="Epochs of version 2.0 (the candidate); the rest of the default recipe."
     ),
     users: int = typer.Option(
         300, min=0, help="Simulated users: each rates one test review and sends feedback."
