@@ -38,6 +38,8 @@ def trained_run(
             "1e-2",
             "--warmup-ratio",
             "0",
+            "--ordinal-weight",
+            "0",
             "--num-workers",
             "0",
             "--checkpoint-every",
