@@ -1,8 +1,9 @@
 """Training rules checked while training, in the manner of SageMaker Debugger's built-in rules.
 
-- ``LossNotDecreasing``: the mean training loss of the latest window of logged steps is not
-  lower than the mean of the window before it.
-- ``Overfit``: validation loss rose while training loss fell, ``patience`` evaluations in a row.
+- ``LossNotDecreasing``: the mean training loss over windows of logged steps has not fallen
+  below its best for ``patience`` windows in a row.
+- ``Overfit``: validation loss rose (by more than noise) while training loss fell, ``patience``
+  evaluations in a row.
 
 Each rule ends as ``NoIssuesFound`` or ``IssuesFound`` (with what it saw); ``--early-stop``
 stops training at the first issue. Rules keep their state in plain data so a resumed run
@@ -24,29 +25,41 @@ class RuleStatus(StrEnum):
 
 @dataclass
 class LossNotDecreasing:
-    """Compares the mean training loss of consecutive windows of ``window`` logged values."""
+    """The mean training loss over windows of ``window`` logged values: an issue when
+    ``patience`` windows in a row end no lower than the best window before them.
 
-    window: int = 5
+    Single windows are noisy (batches grouped by length differ in difficulty), so one window
+    above the previous is no issue; several in a row are.
+    """
+
+    window: int = 10
+    patience: int = 3
     min_delta_percent: float = 0.0
     losses: list[float] = field(default_factory=list)
+    best: float | None = None
+    streak: int = 0
     issue: str | None = None
 
     name = "LossNotDecreasing"
 
     def observe_train(self, step: int, loss: float) -> str | None:
         self.losses.append(loss)
-        n = len(self.losses)
-        if self.issue is not None or n < 2 * self.window or n % self.window:
+        if self.issue is not None or len(self.losses) < self.window:
             return None
-        previous = sum(self.losses[-2 * self.window : -self.window]) / self.window
-        latest = sum(self.losses[-self.window :]) / self.window
-        if latest >= previous * (1 - self.min_delta_percent / 100):
-            self.issue = (
-                f"at step {step} the mean training loss of the last {self.window} logged steps "
-                f"({latest:.4f}) is not below the window before ({previous:.4f})"
-            )
-            return self.issue
-        return None
+        latest = sum(self.losses) / len(self.losses)
+        self.losses = []
+        if self.best is None or latest < self.best * (1 - self.min_delta_percent / 100):
+            self.best, self.streak = latest, 0
+            return None
+        self.streak += 1
+        if self.streak < self.patience:
+            return None
+        self.issue = (
+            f"at step {step} the mean training loss of the last {self.patience} windows of "
+            f"{self.window} logged steps has not fallen below {self.best:.4f} "
+            f"(latest {latest:.4f})"
+        )
+        return self.issue
 
     def observe_eval(self, step: int, train_loss: float, val_loss: float) -> str | None:
         return None
@@ -57,6 +70,8 @@ class Overfit:
     """Validation loss up while training loss down, ``patience`` evaluations in a row."""
 
     patience: int = 1
+    # Rises smaller than this share are noise, not overfitting.
+    min_rise_percent: float = 0.5
     last: tuple[float, float] | None = None
     streak: int = 0
     issue: str | None = None
@@ -70,7 +85,8 @@ class Overfit:
         found = None
         if self.last is not None and self.issue is None:
             last_train, last_val = self.last
-            diverging = val_loss > last_val and train_loss < last_train
+            rising = val_loss > last_val * (1 + self.min_rise_percent / 100)
+            diverging = rising and train_loss < last_train
             self.streak = self.streak + 1 if diverging else 0
             if self.streak >= self.patience:
                 self.issue = found = (
