@@ -48,7 +48,8 @@ def _train(data_dir: Path, run_dir: Path, epochs: int, retrain: bool) -> None:
         console.print(f"reusing the trained run {run_dir} (--retrain to train again)")
         print_run_summary(run_dir)
         return
-    config = TrainConfig(out=run_dir, data=data_dir, epochs=epochs)
+    # No checkpoints: a demo run is short, and each one is ~260 MB on disk.
+    config = TrainConfig(out=run_dir, data=data_dir, epochs=epochs, checkpoint_every=0)
     config.validate()
     if run(config) != 0:
         raise fail(f"training {run_dir} failed; see the log above")
