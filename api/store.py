@@ -42,6 +42,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -184,19 +185,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _prediction_row(record: PredictionRecord) -> _Prediction:
-    return _Prediction(
-        request_id=record.request_id,
-        experiment=record.experiment,
-        revision=record.revision,
-        variant=record.variant,
-        version=record.version,
-        user_hash=record.user_hash,
-        stars=list(record.stars),
-        probabilities=[dict(p) for p in record.probabilities],
-        latency_s=record.latency_s,
-        created_at=record.created_at,
-    )
+def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "experiment": record.experiment,
+        "revision": record.revision,
+        "variant": record.variant,
+        "version": record.version,
+        "user_hash": record.user_hash,
+        "stars": list(record.stars),
+        "probabilities": [dict(p) for p in record.probabilities],
+        "latency_s": record.latency_s,
+        "created_at": record.created_at,
+    }
 
 
 def _enable_sqlite_durability(dbapi_connection: Any, connection_record: Any) -> None:
@@ -269,11 +270,12 @@ class ExperimentStore:
 
         One commit (one fsync) for the lot is what lets the gateway record hundreds of
         predictions a second; if the batch holds a duplicate id, each is stored on its own so
-        only the duplicate is refused.
+        only the duplicate is refused. A Core ``INSERT`` (executemany) rather than ORM objects:
+        the ORM's unit of work cost ~0.4 ms of gateway CPU per prediction.
         """
         try:
-            with self._session() as session:
-                session.add_all(_prediction_row(r) for r in records)
+            with self.engine.begin() as connection:
+                connection.execute(insert(_Prediction), [_prediction_row(r) for r in records])
             return []
         except IntegrityError:
             if len(records) == 1:

@@ -148,6 +148,7 @@ class TorchServeClient:
         timeout: float = 10.0,
         connect_timeout: float = 2.0,
         max_connections: int = 100,
+        connect_retries: int = 0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.inference_url = inference_url.rstrip("/")
@@ -156,6 +157,7 @@ class TorchServeClient:
         self._key_file = Path(key_file) if key_file is not None else None
         self._keys = TorchServeKeys.read(self._key_file) if self._key_file else TorchServeKeys()
         self._key_lock = asyncio.Lock()
+        self._connect_retries = connect_retries
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(
@@ -327,7 +329,14 @@ class TorchServeClient:
     async def _send(self, method: str, url: str, key: str | None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            return await self._http.request(method, url, headers=headers, **kwargs)
+            for retries_left in range(self._connect_retries, -1, -1):
+                try:
+                    return await self._http.request(method, url, headers=headers, **kwargs)
+                except httpx.ConnectError:
+                    # Nothing was sent when the connection failed: trying again is safe.
+                    if not retries_left:
+                        raise
+            raise AssertionError("unreachable")
         except httpx.ConnectTimeout as exc:
             raise UpstreamUnavailable(f"cannot connect to TorchServe at {url}: timeout") from exc
         except httpx.TimeoutException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,68 @@ async def test_connection_refused_and_read_timeout_are_distinguished() -> None:
         assert await client.ping() is False
     async with TorchServeClient(transport=httpx.MockTransport(slow)) as client:
         with pytest.raises(UpstreamTimeout):
+            await client.predict(["x"])
+
+
+async def test_a_refused_connection_is_retried_but_a_sent_request_is_not() -> None:
+    attempts: list[str] = []
+
+    def refuse_once(request: httpx.Request) -> httpx.Response:
+        attempts.append("connect")
+        if len(attempts) == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json=answer(request))
+
+    def drop_after_send(request: httpx.Request) -> httpx.Response:
+        attempts.append("sent")
+        raise httpx.ReadError("connection reset", request=request)
+
+    async with TorchServeClient(
+        transport=httpx.MockTransport(refuse_once), connect_retries=1
+    ) as client:
+        assert [p.stars for p in await client.predict(["x"])] == [5]
+    assert attempts == ["connect", "connect"]
+
+    attempts.clear()
+    async with TorchServeClient(
+        transport=httpx.MockTransport(drop_after_send), connect_retries=3
+    ) as client:
+        with pytest.raises(UpstreamUnavailable):
+            await client.predict(["x"])
+    assert attempts == ["sent"]  # a prediction may have run: never sent twice
+
+
+async def test_aiohttp_transport_against_a_real_server(free_tcp_port: int) -> None:
+    """The gateway's transport (httpx on aiohttp's pool) speaks to a real socket: answers,
+    a read timeout and a closed port map to the same domain errors as httpx's own."""
+    from aiohttp import web
+    from httpx_aiohttp import AiohttpTransport
+
+    async def predictions(request: web.Request) -> web.Response:
+        texts = (await request.json())["texts"]
+        if texts == ["slow"]:
+            await asyncio.sleep(2)
+        body = [{"stars": 4, "probabilities": PROBS, "model_version": "1.0"} for _ in texts]
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/predictions/stars", predictions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", free_tcp_port).start()
+    url = f"http://127.0.0.1:{free_tcp_port}"
+    try:
+        async with TorchServeClient(url, url, timeout=0.5, transport=AiohttpTransport()) as client:
+            answers = await asyncio.gather(*(client.predict(["a", "b"]) for _ in range(20)))
+            assert all([p.stars for p in a] == [4, 4] for a in answers)
+            with pytest.raises(UpstreamTimeout):
+                await client.predict(["slow"])
+    finally:
+        await runner.cleanup()
+    async with TorchServeClient(
+        url, url, connect_retries=1, transport=AiohttpTransport()
+    ) as client:
+        with pytest.raises(UpstreamUnavailable):
             await client.predict(["x"])
 
 
