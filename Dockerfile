@@ -39,23 +39,22 @@ RUN pip install "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.lock
 
 # ---------------------------------------------------------------------------------------------
-# The project itself, on top of either dependency stage (no dependency resolution here).
+# The project's source, gathered once; installed on top of either dependency stage (no
+# dependency resolution there).
+FROM scratch AS source
+COPY pyproject.toml README.md /src/
+COPY starrating /src/starrating
+COPY training /src/training
+COPY handlers /src/handlers
+COPY api /src/api
+COPY loadtests /src/loadtests
+
 FROM deps-cpu AS app-cpu
-COPY pyproject.toml README.md ./
-COPY starrating ./starrating
-COPY training ./training
-COPY handlers ./handlers
-COPY api ./api
-COPY loadtests ./loadtests
+COPY --from=source /src/ ./
 RUN pip install --no-deps .
 
 FROM deps-cuda AS app-cuda
-COPY pyproject.toml README.md ./
-COPY starrating ./starrating
-COPY training ./training
-COPY handlers ./handlers
-COPY api ./api
-COPY loadtests ./loadtests
+COPY --from=source /src/ ./
 RUN pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ def test_dependencies_are_installed_before_any_code_is_copied() -> None:
         assert STAGES[app].base == deps
         # The project goes in without resolving anything again.
         assert STAGES[app].all("RUN") == ["pip install --no-deps ."]
+        assert STAGES[app].all("COPY") == ["--from=source /src/ ./"]
+    source = " ".join(STAGES["source"].all("COPY"))
+    for package in ("starrating", "training", "handlers", "api", "loadtests"):
+        assert f"{package} /src/{package}" in source
 
 
 def test_serving_images_share_the_cpu_dependencies_and_train_has_cuda_torch() -> None:
@@ -161,6 +165,8 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     for stage in STAGES.values():
         for args in stage.all("COPY"):
+            if "--from=" in args:
+                continue  # copies between stages, not from the build context
             words = [w for w in shlex.split(args) if not w.startswith("--")]
             for source in words[:-1]:
                 source = source.rstrip("/")
