@@ -1,7 +1,9 @@
 """Dependencies of the routes, as ``Annotated`` aliases, in one place.
 
 Everything is created once by the app (``api.app``) and kept on ``app.state``; these functions
-only hand it out, so tests swap any of it by passing their own to ``create_app``.
+only hand it out, so tests swap any of it by passing their own to ``create_app``. They are
+``async def`` because they never block: FastAPI runs a plain ``def`` dependency in its thread
+pool, and those hops cost the prediction route ~1 ms of CPU per request (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,27 +20,27 @@ from api.settings import Settings
 from api.torchserve import TorchServeClient
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_client(request: Request) -> TorchServeClient:
+async def get_client(request: Request) -> TorchServeClient:
     client: TorchServeClient = request.app.state.client
     return client
 
 
-def get_chooser(request: Request) -> VariantChooser:
+async def get_chooser(request: Request) -> VariantChooser:
     chooser: VariantChooser = request.app.state.chooser
     return chooser
 
 
-def get_recorder(request: Request) -> PredictionRecorder:
+async def get_recorder(request: Request) -> PredictionRecorder:
     recorder: PredictionRecorder = request.app.state.recorder
     return recorder
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     """The id the request middleware gave this request (the client's, if it sent a sane one)."""
     request_id: str = request.state.request_id
     return request_id
@@ -53,7 +55,7 @@ RequestIdDep = Annotated[str, Depends(get_request_id)]
 _bearer = HTTPBearer(auto_error=False, description="STARRATING_ADMIN_TOKEN")
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -14,7 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,6 +22,10 @@ from rich.table import Table
 
 from starrating.cli.app import app, console, fail
 from starrating.cli.data import prepare_command
+from starrating.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 TALK_REVIEWS = (
     "I loved it! I will recommend this to everyone.",
@@ -39,21 +43,31 @@ class DemoVersion:
     epochs: int
 
 
-def _train(data_dir: Path, run_dir: Path, epochs: int, retrain: bool) -> None:
+def _train(data_dir: Path, run_dir: Path, model: str, epochs: int, retrain: bool) -> None:
     from starrating.cli.training import print_run_summary
     from training.__main__ import run
     from training.config import TrainConfig
 
-    if (run_dir / "metrics.json").is_file() and not retrain:
+    # No checkpoints: a demo run is short, and each one is ~260 MB on disk.
+    config = TrainConfig(out=run_dir, data=data_dir, model=model, epochs=epochs, checkpoint_every=0)
+    if not retrain and _trained_with(run_dir, config):
         console.print(f"reusing the trained run {run_dir} (--retrain to train again)")
         print_run_summary(run_dir)
         return
-    # No checkpoints: a demo run is short, and each one is ~260 MB on disk.
-    config = TrainConfig(out=run_dir, data=data_dir, epochs=epochs, checkpoint_every=0)
     config.validate()
     if run(config) != 0:
         raise fail(f"training {run_dir} failed; see the log above")
     print_run_summary(run_dir)
+
+
+def _trained_with(run_dir: Path, config: TrainConfig) -> bool:
+    """True when ``run_dir`` holds a finished run of the same model and epoch count."""
+    try:
+        used = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    finished = (run_dir / "metrics.json").is_file()
+    return finished and (used.get("model"), used.get("epochs")) == (config.model, config.epochs)
 
 
 def _admin_token(home: Path) -> tuple[str, str]:
@@ -136,6 +150,10 @@ def demo(
         300, min=0, help="Simulated users: each rates one test review and sends feedback."
     ),
     retrain: bool = typer.Option(False, help="Train again even if the runs exist."),
+    model: str = typer.Option(
+        DEFAULT_MODEL,
+        help="Encoder to fine-tune: 'minilm' (bundled, offline), a hub id or a local folder.",
+    ),
 ) -> None:
     """Prepare the embedded data, train two versions, archive, serve, A/B test them, and rate
     the reviews from the talk. The service stays up until `starrating stop`."""
@@ -166,8 +184,8 @@ def demo(
     )
 
     for v in versions:
-        console.rule(f"2/5  train version {v.version}: MiniLM, {v.epochs} epoch(s)")
-        _train(data_dir, workdir / "runs" / v.version, v.epochs, retrain)
+        console.rule(f"2/5  train version {v.version}: {model}, {v.epochs} epoch(s)")
+        _train(data_dir, workdir / "runs" / v.version, model, v.epochs, retrain)
 
     console.rule("3/5  archive")
     for v in versions:
