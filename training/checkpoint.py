@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import re
 import signal
-import zipfile
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -43,14 +41,6 @@ REQUIRED_KEYS = frozenset(
     }
 )
 # What a truncated or garbled file raises from torch.load.
-_UNREADABLE = (
-    RuntimeError,
-    EOFError,
-    OSError,
-    ValueError,
-    pickle.UnpicklingError,
-    zipfile.BadZipFile,
-)
 
 
 class CheckpointError(RuntimeError):
@@ -103,8 +93,10 @@ def load_latest_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | Non
     for _, path in list_checkpoints(directory):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except _UNREADABLE as exc:
-            logger.warning("skipping unreadable checkpoint %s: %s", path, exc)
+        except Exception as exc:
+            # Damaged bytes lead torch.load's unpickler into any error at all (EOFError,
+            # UnpicklingError, BadZipFile, but also KeyError, IndexError, ...): not loadable.
+            logger.warning("skipping unreadable checkpoint %s: %r", path, exc)
             continue
         missing = REQUIRED_KEYS - set(state) if isinstance(state, dict) else REQUIRED_KEYS
         if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,23 @@ def test_newest_checkpoint_is_loaded_and_old_ones_pruned(tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.partial"))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_a_checkpoint"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "garbage", "garbage-start", "empty", "not_a_checkpoint"]
+)
+@pytest.mark.parametrize("seed", range(8))
 def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str, seed: int
 ) -> None:
     save_checkpoint(tmp_path, _state(5), keep=3)
     newest = save_checkpoint(tmp_path, _state(10), keep=3)
     data = newest.read_bytes()
+    rng = random.Random(seed)
     if damage == "truncated":
-        newest.write_bytes(data[: len(data) // 2])
+        newest.write_bytes(data[: rng.randrange(len(data))])
     elif damage == "garbage":
-        newest.write_bytes(os.urandom(len(data)))
+        newest.write_bytes(rng.randbytes(len(data)))
+    elif damage == "garbage-start":  # a zip whose first bytes were overwritten
+        newest.write_bytes(rng.randbytes(64) + data[64:])
     elif damage == "empty":
         newest.write_bytes(b"")
     else:
