@@ -12,6 +12,8 @@ Importable from any test (``from tests.serving.helpers import running_torchserve
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,3 +113,17 @@ def running_torchserve(
         yield RunningTorchServe(options, paths, default)
     finally:
         stop_torchserve(paths)
+
+
+def starrating(
+    *args: str, env: Mapping[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``starrating`` command as a user would; never raises on failure."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "starrating"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -12,20 +10,9 @@ import psutil
 import pytest
 
 from api.lifecycle import free_port
-from tests.serving.helpers import running_torchserve
+from tests.serving.helpers import running_torchserve, starrating
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-def starrating(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "starrating"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_serve_starts_both_and_stop_stops_both(

@@ -8,29 +8,17 @@ feedback, the report; then `starrating stop`.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from api.lifecycle import free_port
+from tests.serving.helpers import starrating
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 USERS = 40
-
-
-def starrating(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "starrating"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 def test_demo_trains_archives_serves_and_ab_tests_two_versions(
@@ -50,7 +38,7 @@ def test_demo_trains_archives_serves_and_ab_tests_two_versions(
     workdir = tmp_path / "demo"
     demo = starrating(
         "demo", "--workdir", str(workdir), "--model", str(tiny_model_dir),
-        "--users", str(USERS), env=env,
+        "--users", str(USERS), env=env, timeout_s=900,
     )  # fmt: skip
     try:
         output = demo.stdout + demo.stderr
