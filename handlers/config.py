@@ -25,7 +25,7 @@ class HandlerConfig:
 
     threads: int | None = None
     strategy: Strategy = "padded"
-    sub_batch_size: int = 8
+    sub_batch_size: int = 32
     precision: Precision = "fp32"
     max_texts_per_request: int = 64
     max_text_chars: int = 20_000
@@ -41,7 +41,7 @@ class HandlerConfig:
         raw: dict[str, Any] = {
             "threads": section.get("threads"),
             "strategy": per_device.get("strategy", "padded"),
-            "sub_batch_size": per_device.get("sub_batch_size", 8),
+            "sub_batch_size": per_device.get("sub_batch_size", 32),
             "precision": per_device.get("precision", "fp32"),
             "max_texts_per_request": section.get("max_texts_per_request", 64),
             "max_text_chars": section.get("max_text_chars", 20_000),
