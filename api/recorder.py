@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 RECORD_GRACE_S = 0.2
 MAX_BATCH = 500
+# A commit waits this long for company: at low load one commit per prediction cost the gateway
+# ~0.3 ms of CPU each; a prediction is recorded after its response anyway, and feedback that
+# arrives first waits for the write (``wait_recorded``).
+RECORD_LINGER_S = 0.05
 
 
 class ExperimentRecorder:
@@ -112,9 +116,11 @@ class ExperimentRecorder:
         await written
 
     async def _write_batches(self) -> None:
-        # Group commit: what arrived while one commit ran goes into the next, so under load one
-        # fsync stores many predictions and nothing waits on a timer when it is quiet.
+        # Group commit: what arrives while one commit lingers or runs goes into the next, so
+        # one fsync stores many predictions, under load and when it is quiet.
         while self._unwritten:
+            if len(self._unwritten) < MAX_BATCH:
+                await asyncio.sleep(RECORD_LINGER_S)
             batch = self._unwritten[:MAX_BATCH]
             del self._unwritten[:MAX_BATCH]
             try:

@@ -121,3 +121,29 @@ def test_concurrent_predictions_share_commits_and_all_arrive(tmp_path: Path) -> 
     assert sum(store.batches) == 201
     assert len(store.batches) < 50  # grouped: far fewer commits than predictions
     store.close()
+
+
+def test_predictions_one_at_a_time_still_share_commits(tmp_path: Path) -> None:
+    """At low load (one user, a prediction every few ms) a commit waits briefly for company
+    instead of costing one fsync per prediction; each prediction still gets stored."""
+    store = CountingStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    store.batches = []
+    router = ExperimentRouter(CONFIG.model_copy(update={"shadow": None}), 1)
+
+    async def main() -> None:
+        client = TorchServeClient(
+            INFERENCE, MANAGEMENT, transport=httpx.MockTransport(FakeTorchServe())
+        )
+        recorder = ExperimentRecorder(store, router, client)
+        recordings = []
+        for i in range(20):  # what the gateway does: record in the background, answer the next
+            recordings.append(asyncio.create_task(recorder.record(_event(f"r{i}", f"u{i}"))))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*recordings)
+        await recorder.aclose()
+        await client.aclose()
+
+    asyncio.run(main())
+    assert len(store.predictions("exp")) == 20
+    assert sum(store.batches) == 20 and len(store.batches) <= 5
+    store.close()
