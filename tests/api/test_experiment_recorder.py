@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -101,9 +101,10 @@ class CountingStore(ExperimentStore):
         return super().add_predictions(records)
 
 
-def test_concurrent_predictions_share_commits_and_all_arrive(tmp_path: Path) -> None:
-    store = CountingStore(f"sqlite:///{tmp_path / 'ab.db'}")
-    store.batches = []
+def _record_with(
+    store: ExperimentStore, drive: Callable[[ExperimentRecorder], Awaitable[None]]
+) -> None:
+    """Run ``drive`` against a recorder on ``store`` (no shadow), then finish its writes."""
     router = ExperimentRouter(CONFIG.model_copy(update={"shadow": None}), 1)
 
     async def main() -> None:
@@ -111,12 +112,22 @@ def test_concurrent_predictions_share_commits_and_all_arrive(tmp_path: Path) -> 
             INFERENCE, MANAGEMENT, transport=httpx.MockTransport(FakeTorchServe())
         )
         recorder = ExperimentRecorder(store, router, client)
-        await asyncio.gather(*(recorder.record(_event(f"r{i}", f"user-{i}")) for i in range(200)))
-        await recorder.record(_event("r0"))  # a client reusing a request id: logged, not raised
+        await drive(recorder)
         await recorder.aclose()
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_concurrent_predictions_share_commits_and_all_arrive(tmp_path: Path) -> None:
+    store = CountingStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    store.batches = []
+
+    async def drive(recorder: ExperimentRecorder) -> None:
+        await asyncio.gather(*(recorder.record(_event(f"r{i}", f"user-{i}")) for i in range(200)))
+        await recorder.record(_event("r0"))  # a client reusing a request id: logged, not raised
+
+    _record_with(store, drive)
     assert len(store.predictions("exp")) == 200
     assert sum(store.batches) == 201
     assert len(store.batches) < 50  # grouped: far fewer commits than predictions
@@ -128,22 +139,15 @@ def test_predictions_one_at_a_time_still_share_commits(tmp_path: Path) -> None:
     instead of costing one fsync per prediction; each prediction still gets stored."""
     store = CountingStore(f"sqlite:///{tmp_path / 'ab.db'}")
     store.batches = []
-    router = ExperimentRouter(CONFIG.model_copy(update={"shadow": None}), 1)
 
-    async def main() -> None:
-        client = TorchServeClient(
-            INFERENCE, MANAGEMENT, transport=httpx.MockTransport(FakeTorchServe())
-        )
-        recorder = ExperimentRecorder(store, router, client)
+    async def drive(recorder: ExperimentRecorder) -> None:
         recordings = []
         for i in range(20):  # what the gateway does: record in the background, answer the next
             recordings.append(asyncio.create_task(recorder.record(_event(f"r{i}", f"u{i}"))))
             await asyncio.sleep(0.005)
         await asyncio.gather(*recordings)
-        await recorder.aclose()
-        await client.aclose()
 
-    asyncio.run(main())
+    _record_with(store, drive)
     assert len(store.predictions("exp")) == 20
     assert sum(store.batches) == 20 and len(store.batches) <= 5
     store.close()
