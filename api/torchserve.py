@@ -329,14 +329,12 @@ class TorchServeClient:
     async def _send(self, method: str, url: str, key: str | None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            for retries_left in range(self._connect_retries, -1, -1):
+            for _ in range(self._connect_retries):
                 try:
                     return await self._http.request(method, url, headers=headers, **kwargs)
                 except httpx.ConnectError:
-                    # Nothing was sent when the connection failed: trying again is safe.
-                    if not retries_left:
-                        raise
-            raise AssertionError("unreachable")
+                    pass  # nothing was sent when the connection failed: trying again is safe
+            return await self._http.request(method, url, headers=headers, **kwargs)
         except httpx.ConnectTimeout as exc:
             raise UpstreamUnavailable(f"cannot connect to TorchServe at {url}: timeout") from exc
         except httpx.TimeoutException as exc:

@@ -39,12 +39,14 @@ class HandlerConfig:
         batching = section.get("batching", {}) or {}
         per_device = batching.get(device_type, batching.get("default", {})) or {}
         raw: dict[str, Any] = {
-            "threads": section.get("threads"),
-            "strategy": per_device.get("strategy", "padded"),
-            "sub_batch_size": per_device.get("sub_batch_size", 32),
-            "precision": per_device.get("precision", "fp32"),
-            "max_texts_per_request": section.get("max_texts_per_request", 64),
-            "max_text_chars": section.get("max_text_chars", 20_000),
+            "threads": section.get("threads", cls.threads),
+            "strategy": per_device.get("strategy", cls.strategy),
+            "sub_batch_size": per_device.get("sub_batch_size", cls.sub_batch_size),
+            "precision": per_device.get("precision", cls.precision),
+            "max_texts_per_request": section.get(
+                "max_texts_per_request", cls.max_texts_per_request
+            ),
+            "max_text_chars": section.get("max_text_chars", cls.max_text_chars),
         }
         for name in raw:
             value = env.get(_ENV_PREFIX + name.upper())

@@ -169,12 +169,10 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
                 )
                 client.set_default(version)
                 wait_until_answers(client, version, timeout_s=300.0)
-    if stack.gateway_url is None:
+    if stack.gateway_url is None or stack.gateway_pid is None:
         raise RuntimeError("the gateway did not start")
     key = TorchServeKeys.read(paths.key_file).inference
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    if stack.gateway_pid is None:
-        raise RuntimeError("the gateway did not start")
     return StackEndpoints(
         stack.gateway_url,
         stack.inference_url,

@@ -40,7 +40,6 @@ REQUIRED_KEYS = frozenset(
         "rng",
     }
 )
-# What a truncated or garbled file raises from torch.load.
 
 
 class CheckpointError(RuntimeError):

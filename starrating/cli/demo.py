@@ -25,6 +25,8 @@ from starrating.cli.data import prepare_command
 from starrating.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    import httpx
+
     from training.config import TrainConfig
 
 TALK_REVIEWS = (
@@ -89,10 +91,8 @@ def _read_split(path: Path, limit: int) -> list[dict[str, Any]]:
         return [json.loads(line) for _, line in zip(range(limit), handle, strict=False)]
 
 
-def _simulate_users(gateway: str, reviews: list[dict[str, Any]]) -> None:
+def _simulate_users(client: httpx.Client, reviews: list[dict[str, Any]]) -> None:
     """Each simulated user rates one test review and sends its true stars back as feedback."""
-    import httpx
-
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -100,7 +100,7 @@ def _simulate_users(gateway: str, reviews: list[dict[str, Any]]) -> None:
         TimeElapsedColumn(),
         console=console,
     )
-    with httpx.Client(base_url=gateway, timeout=30.0) as client, progress:
+    with progress:
         task = progress.add_task("simulated users: predict, then rate", total=len(reviews))
         for number, review in enumerate(reviews):
             answer = client.post(
@@ -112,23 +112,20 @@ def _simulate_users(gateway: str, reviews: list[dict[str, Any]]) -> None:
             progress.advance(task)
 
 
-def _talk_table(gateway: str, versions: list[DemoVersion]) -> Table:
-    import httpx
-
+def _talk_table(client: httpx.Client, versions: list[DemoVersion]) -> Table:
     table = Table(title="the three reviews from the talk")
     table.add_column("review")
     for v in versions:
         table.add_column(f"{v.variant} ({v.version})", justify="center")
     answers: dict[str, list[dict[str, Any]]] = {}
-    with httpx.Client(base_url=gateway, timeout=30.0) as client:
-        for v in versions:
-            response = client.post(
-                "/v1/predictions",
-                json={"texts": list(TALK_REVIEWS)},
-                headers={"X-Model-Version": v.version},
-            )
-            response.raise_for_status()
-            answers[v.version] = response.json()["predictions"]
+    for v in versions:
+        response = client.post(
+            "/v1/predictions",
+            json={"texts": list(TALK_REVIEWS)},
+            headers={"X-Model-Version": v.version},
+        )
+        response.raise_for_status()
+        answers[v.version] = response.json()["predictions"]
     for i, text in enumerate(TALK_REVIEWS):
         cells = []
         for v in versions:
@@ -233,16 +230,15 @@ def demo(
         "shadow": None,
     }
     try:
-        httpx.put(
-            f"{gateway}/v1/experiment",
-            json=experiment,
-            timeout=30.0,
-            headers={"Authorization": f"Bearer {token}"},
-        ).raise_for_status()
-        reviews = _read_split(data_dir / "test.jsonl", users)
-        _simulate_users(gateway, reviews)
-        console.print(_talk_table(gateway, versions))
-        report = httpx.get(f"{gateway}/v1/experiment/report", timeout=30.0).json()
+        with httpx.Client(base_url=gateway, timeout=30.0) as client:
+            client.put(
+                "/v1/experiment",
+                json=experiment,
+                headers={"Authorization": f"Bearer {token}"},
+            ).raise_for_status()
+            _simulate_users(client, _read_split(data_dir / "test.jsonl", users))
+            console.print(_talk_table(client, versions))
+            report = client.get("/v1/experiment/report").json()
     except httpx.HTTPError as exc:
         raise fail(
             f"the gateway did not answer as expected: {exc}; logs: {paths.gateway_log}"
