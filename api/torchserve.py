@@ -159,7 +159,10 @@ class TorchServeClient:
         self._key_lock = asyncio.Lock()
         self._connect_retries = connect_retries
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            # Getting a connection (a free pooled one, or a new one) is bounded by the connect
+            # timeout; the answer by ``timeout``. aiohttp's pool applies the pool timeout to
+            # opening a connection too, so it must not be the (possibly tiny) answer timeout.
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
