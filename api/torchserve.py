@@ -159,10 +159,11 @@ class TorchServeClient:
         self._key_lock = asyncio.Lock()
         self._connect_retries = connect_retries
         self._http = httpx.AsyncClient(
-            # Getting a connection (a free pooled one, or a new one) is bounded by the connect
-            # timeout; the answer by ``timeout``. aiohttp's pool applies the pool timeout to
-            # opening a connection too, so it must not be the (possibly tiny) answer timeout.
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
+            # aiohttp's pool applies httpx's pool timeout to waiting for a free connection AND
+            # opening a new one, so it gets both budgets: a tiny answer timeout must not turn
+            # into "cannot connect", and a request may still queue for a connection as long as
+            # it may wait for an answer.
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=timeout + connect_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
