@@ -47,6 +47,7 @@ COPY starrating /src/starrating
 COPY training /src/training
 COPY handlers /src/handlers
 COPY api /src/api
+COPY serving /src/serving
 COPY loadtests /src/loadtests
 
 FROM deps-cpu AS app-cpu
@@ -65,7 +66,6 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY deploy/torchserve/config.properties deploy/torchserve/sagemaker.properties /etc/starrating/torchserve/
 COPY --chmod=0755 deploy/torchserve/entrypoint.sh /usr/local/bin/starrating-torchserve
-COPY --chmod=0755 deploy/torchserve/healthcheck.py /usr/local/bin/starrating-torchserve-healthcheck
 COPY --chown=starrating:starrating model_store/ /opt/starrating/model-store/
 # TorchServe writes key_file.json into its working directory: the state folder is a volume that
 # the gateway mounts read-only (compose). TEMP keeps pid/socket files out of a shared /tmp.

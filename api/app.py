@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from httpx_aiohttp import AiohttpTransport
 
 from api import metrics
-from api.ab import ABTesting
+from api.ab.service import ABTesting
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import (
@@ -27,9 +27,9 @@ from api.middleware import (
     RequestObserverMiddleware,
 )
 from api.routes import dashboard, experiment, feedback, health, models, predictions
-from api.routing import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
+from api.seams import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
 from api.settings import Settings
-from api.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient
 from starrating import __version__
 
 

@@ -15,9 +15,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Forbidden, Unauthorized
-from api.routing import PredictionRecorder, VariantChooser
+from api.seams import PredictionRecorder, VariantChooser
 from api.settings import Settings
-from api.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient
 
 
 async def get_settings(request: Request) -> Settings:

@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import metrics, torchserve
+from api import metrics
+from serving import torchserve
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ from starrating.labels import STARS
 
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 """Printable ASCII without spaces: user ids are hashed and stored, never free text."""
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""What a model version may look like; it becomes part of an upstream URL path."""
 
 
 class PredictionRequest(BaseModel):

@@ -8,43 +8,21 @@ normalised here, so the rest of the gateway can trust what it reads.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from starrating.settings import CoreSettings
+from starrating.service import GATEWAY_PORT, LOOPBACK
+from starrating.settings import TorchServeSettings
 
 logger = logging.getLogger(__name__)
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=600)]
 
 
-def _http_url(value: str) -> str:
-    # Validated as a URL, kept as the plain string (without a trailing slash) that clients use.
-    HttpUrl(value)
-    return value.rstrip("/")
-
-
-HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
-
-
-class Settings(CoreSettings):
+class Settings(TorchServeSettings):
     """Everything the gateway process needs to know; tests build one and pass it to the app."""
 
-    # TorchServe (the serving engineer's ``TorchServeClient`` reads these).
-    torchserve_url: HttpUrlStr = Field(
-        default="http://127.0.0.1:8080", description="TorchServe inference API"
-    )
-    torchserve_management_url: HttpUrlStr = Field(
-        default="http://127.0.0.1:8081",
-        description="TorchServe management API (never exposed through the gateway)",
-    )
-    torchserve_key_file: Path | None = Field(
-        default=None,
-        description="TorchServe's key_file.json; None when TorchServe token auth is off",
-    )
-    model_name: str = Field(default="stars", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     upstream_timeout_s: PositiveSeconds = Field(
         default=10.0, description="whole-request timeout for a prediction; past it: 504"
     )
@@ -79,8 +57,8 @@ class Settings(CoreSettings):
     )
 
     # The server process (read by `starrating serve`).
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = LOOPBACK
+    port: int = Field(default=GATEWAY_PORT, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
 
     cors_origins: list[str] = Field(

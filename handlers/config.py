@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from handlers.numerics import PRECISIONS, Precision
+from starrating.service import HANDLER_ENV_PREFIX
 
 Strategy = Literal["padded", "sorted"]
 STRATEGIES: tuple[Strategy, ...] = ("padded", "sorted")
-_ENV_PREFIX = "STARRATING_HANDLER_"
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class HandlerConfig:
             "max_text_chars": section.get("max_text_chars", cls.max_text_chars),
         }
         for name in raw:
-            value = env.get(_ENV_PREFIX + name.upper())
+            value = env.get(HANDLER_ENV_PREFIX + name.upper())
             if value:
                 raw[name] = value
         try:

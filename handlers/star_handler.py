@@ -43,6 +43,7 @@ from handlers.config import HandlerConfig
 from handlers.numerics import apply_precision
 from starrating.artifacts import Artifacts, load_artifacts
 from starrating.labels import ID2LABEL, NUM_LABELS, id_to_star
+from starrating.service import MODEL_NAME
 from starrating.text import encode_batch
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,12 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
     def _count_batch(self, size: int) -> None:
         if self._batch_metric is not None:
             self._batch_metric.add_or_update(
-                1, [self.manifest["model"].get("modelName", "stars"), self.model_version, str(size)]
+                1,
+                [
+                    self.manifest["model"].get("modelName", MODEL_NAME),
+                    self.model_version,
+                    str(size),
+                ],
             )
 
     def _set_status(self, index: int, code: int, phrase: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from api.lifecycle import free_port
 from loadtests.naive_server import MODEL_ENV
+from serving.supervisor import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``make soak``: minutes of realistic traffic against the whole stack, then a verdict.
 
-Starts TorchServe and the gateway with ``api.lifecycle.serve`` (token authorization on, its own
+Starts TorchServe and the gateway with ``serving.supervisor.serve`` (token authorization on, its own
 ``STARRATING_HOME``, model store and free loopback ports), drives it with the project's locust
 users (``loadtests/locustfile.py``: single reviews, batches, feedback) at a rate this machine can
 hold, and records:
@@ -249,9 +249,9 @@ def cpu_times_now() -> dict[int, float]:
 @contextmanager
 def running_stack(model: Path | None, workdir: Path) -> Iterator[tuple[str, int, int, str]]:
     """TorchServe + gateway for the model; yields (gateway url, JVM pid, gateway pid, label)."""
-    from api.lifecycle import ServingPaths, TorchServeOptions, free_port, serve, stop
     from loadtests.bench_serving import model_under_test
     from loadtests.stack import archive_for_bench
+    from serving.supervisor import ServingPaths, TorchServeOptions, free_port, serve, stop
 
     with model_under_test(model) as chosen:
         mar = chosen.mar or archive_for_bench(chosen.model_dir, workdir)

@@ -1,4 +1,4 @@
-"""The serving stack under benchmark: TorchServe + the gateway, started by ``api.lifecycle``.
+"""The serving stack under benchmark: TorchServe + the gateway, started by ``serving.supervisor``.
 
 Each benchmark gets its own ``STARRATING_HOME``, model store and free loopback ports, so it never
 touches a stack the user is running. Token authorization stays on, as in deployment. Tuning
@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from starrating.service import HANDLER_ENV_PREFIX
+
 logger = logging.getLogger(__name__)
 
-HANDLER_ENV_PREFIX = "STARRATING_HANDLER_"
 BENCH_VERSION = "bench"
 
 
@@ -122,7 +123,7 @@ def archive_for_bench(model_dir: Path, workdir: Path) -> Path:
 
 def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
     """Start TorchServe with ``mar`` only and the gateway, under ``home``; apply ``tuning``."""
-    from api.lifecycle import (
+    from serving.supervisor import (
         ServingPaths,
         TorchServeOptions,
         discover_archives,
@@ -131,7 +132,7 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
         serve,
         wait_until_answers,
     )
-    from api.torchserve import TorchServeKeys, TorchServeSyncClient
+    from serving.torchserve import TorchServeKeys, TorchServeSyncClient
 
     store = home / "model_store"
     store.mkdir(parents=True, exist_ok=True)
@@ -186,7 +187,7 @@ def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
 @contextmanager
 def running_stack(mar: Path, workdir: Path, tuning: StackTuning) -> Iterator[StackEndpoints]:
     """TorchServe (only ``mar``) and the gateway under ``workdir``; both stopped on exit."""
-    from api.lifecycle import ServingPaths, stop
+    from serving.supervisor import ServingPaths, stop
 
     try:
         yield _start(mar, workdir, tuning)

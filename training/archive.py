@@ -1,18 +1,17 @@
 """Packing a trained run into a versioned TorchServe archive: ``model_store/stars-<V>.mar``.
 
 The archive is built by ``torch-model-archiver`` and carries everything a TorchServe worker
-needs, also where starrating is not pip-installed: the handler (``star_handler.py``), the
-``starrating`` core and ``handlers`` packages it imports (TorchServe puts the extracted archive
-on the worker's ``PYTHONPATH``), the run's saved model and tokenizer under ``model/``, the
-TorchServe settings (``handlers/model-config.yaml``) and the run's ``metrics.json`` and
-``config.json`` under ``run/`` when present.
+needs, also where starrating is not pip-installed: the modules of the ``handlers`` package and
+of the ``starrating`` core that the handler imports, named one by one (TorchServe puts the
+extracted archive on the worker's ``PYTHONPATH``), the run's saved model and tokenizer under
+``model/``, the TorchServe settings (``handlers/model-config.yaml``) and the run's
+``metrics.json`` and ``config.json`` under ``run/`` when present.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -24,19 +23,19 @@ import handlers
 import starrating
 from handlers import MODEL_SUBDIR
 from starrating.artifacts import ArtifactError, load_artifacts
+from starrating.service import MODEL_NAME, VERSION_RULE, archive_file_name, is_version
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "stars"
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
 CORE_DIR = Path(starrating.__file__).resolve().parent
 HANDLER_FILE = HANDLERS_DIR / "star_handler.py"
 MODEL_CONFIG = HANDLERS_DIR / "model-config.yaml"
 RUN_FILES = ("metrics.json", "config.json")
-# Used in URL paths (/predictions/stars/<V>) and file names: keep it to URL-safe characters.
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
-# The command line is no use inside a TorchServe worker.
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "cli")
+# What a TorchServe worker imports from the archive, and nothing else of the project (the
+# command line, training, the gateway): a test imports the handler from an unpacked archive.
+HANDLER_MODULES = ("__init__", "batch", "config", "numerics", "star_handler")
+CORE_MODULES = ("__init__", "artifacts", "labels", "service", "text")
 
 
 class ArchiveError(ValueError):
@@ -55,18 +54,15 @@ class ArchiveResult:
 
 def archive_path(model_store: Path, version: str) -> Path:
     """Where version ``version`` of the model lives in ``model_store``."""
-    return model_store / f"{MODEL_NAME}-{version}.mar"
+    return model_store / archive_file_name(version)
 
 
 def archive_run(
     run_dir: Path, version: str, model_store: Path, *, force: bool = False
 ) -> ArchiveResult:
     """Write ``model_store/stars-<version>.mar`` from the run directory ``run_dir``."""
-    if not _VERSION.match(version):
-        raise ArchiveError(
-            f"version {version!r} must be 1-64 letters, digits, '.', '_' or '-' "
-            "and start with a letter or digit (e.g. 1.0)"
-        )
+    if not is_version(version):
+        raise ArchiveError(f"version {version!r} must be {VERSION_RULE}")
     model_dir = run_dir / MODEL_SUBDIR
     try:
         # Refuse to archive what the handler could not load.
@@ -85,8 +81,8 @@ def archive_run(
         staging = Path(staging_name)
         payload = staging / "payload"
         shutil.copytree(model_dir, payload / MODEL_SUBDIR)
-        shutil.copytree(CORE_DIR, payload / "starrating", ignore=_NOT_SHIPPED)
-        shutil.copytree(HANDLERS_DIR, payload / "handlers", ignore=_NOT_SHIPPED)
+        _copy_modules(CORE_DIR, CORE_MODULES, payload / "starrating")
+        _copy_modules(HANDLERS_DIR, HANDLER_MODULES, payload / "handlers")
         included = tuple(name for name in RUN_FILES if (run_dir / name).is_file())
         if included:
             (payload / "run").mkdir()
@@ -103,6 +99,12 @@ def archive_run(
     size = target.stat().st_size
     logger.info("wrote %s (%.1f MB, version %s)", target, size / 1e6, version)
     return ArchiveResult(path=target, version=version, size_bytes=size, run_files=included)
+
+
+def _copy_modules(package_dir: Path, modules: tuple[str, ...], target: Path) -> None:
+    target.mkdir(parents=True)
+    for module in modules:
+        shutil.copy2(package_dir / f"{module}.py", target / f"{module}.py")
 
 
 def _run_model_archiver(version: str, payload: Path, out: Path, tmp: Path) -> None:

@@ -13,11 +13,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
-from api.ab import ABTesting
+from api.ab.report import ExperimentReport, build_report
+from api.ab.router import ExperimentConfig, ExperimentNotReady
+from api.ab.service import ABTesting
 from api.deps import AdminDep
 from api.errors import ApiError, InvalidInput, NotReady
-from api.experiment import ExperimentConfig, ExperimentNotReady
-from api.report import ExperimentReport, build_report
 from api.schemas import error_responses
 
 router = APIRouter(prefix="/v1", tags=["experiment"])

@@ -11,11 +11,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import experiment_metrics as m
+from api.ab import metrics as m
+from api.ab.store import FeedbackConflict, UnknownRequest
 from api.errors import ApiError
 from api.routes.experiment import ABDep
 from api.schemas import error_responses
-from api.store import FeedbackConflict, UnknownRequest
 from starrating.labels import STARS
 
 router = APIRouter(prefix="/v1", tags=["feedback"])

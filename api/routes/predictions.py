@@ -11,16 +11,16 @@ from fastapi import APIRouter, BackgroundTasks, Header, Request
 from api import metrics
 from api.deps import ChooserDep, ClientDep, RecorderDep, RequestIdDep, SettingsDep
 from api.errors import InvalidInput, PayloadTooLarge
-from api.routing import PredictionEvent, PredictionRecorder
 from api.schemas import (
     USER_ID_PATTERN,
-    VERSION_PATTERN,
     PredictionRequest,
     PredictionResponse,
     StarPrediction,
     error_responses,
 )
+from api.seams import PredictionEvent, PredictionRecorder
 from api.settings import Settings
+from starrating.service import VERSION_PATTERN
 from starrating.text import normalize_text
 
 logger = logging.getLogger(__name__)

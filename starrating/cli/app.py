@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +22,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=False)
+Command = TypeVar("Command", bound=Callable[..., Any])
+# The project's own packages: a missing one of these is a broken install, not a missing extra.
+_PROJECT_PACKAGES = frozenset({"starrating", "training", "handlers", "api", "serving", "loadtests"})
 err_console = Console(stderr=True)
 
 
@@ -38,3 +44,26 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error that says what to do next and return the exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code)
+
+
+def needs_extra(extra: str) -> Callable[[Command], Command]:
+    """Mark a command as needing the optional dependency group ``extra`` (pyproject.toml): when
+    one of its libraries is not installed, the command says which extra to install."""
+
+    def decorate(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                missing = (exc.name or "").partition(".")[0]
+                if not missing or missing in _PROJECT_PACKAGES:
+                    raise
+                raise fail(
+                    f"this command needs the '{extra}' extra ({missing} is not installed): "
+                    f"pip install 'starrating[{extra}]'"
+                ) from exc
+
+        return run  # type: ignore[return-value]
+
+    return decorate

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
 
 bench_app = typer.Typer(
     help="Benchmarks: the serving stack and the training loop against their baselines.",
@@ -40,6 +40,7 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
 
 
 @bench_app.command("serving")
+@needs_extra("bench")
 def serving_command(
     model: Path | None = typer.Option(
         None,
@@ -93,7 +94,6 @@ def serving_command(
 ) -> None:
     """Reviews/s and p50/p95/p99 of the stack, the in-process limit, the naive server and
     TorchServe direct, with the ratios stack/limit, stack/naive and the gateway overhead."""
-    from api.lifecycle import LifecycleError
     from handlers.config import STRATEGIES
     from handlers.numerics import PRECISIONS
     from loadtests.bench_serving import (
@@ -106,6 +106,7 @@ def serving_command(
     from loadtests.reviews import ReviewSourceError
     from loadtests.servers import ServerStartError
     from loadtests.stack import StackTuning
+    from serving.supervisor import LifecycleError
     from training.archive import ArchiveError
 
     if precision not in PRECISIONS:
@@ -199,6 +200,7 @@ def serving_command(
 
 
 @bench_app.command("training")
+@needs_extra("bench")
 def training_command(
     data: Path | None = typer.Option(
         None,

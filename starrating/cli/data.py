@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
 from starrating.labels import STARS
 from starrating.settings import CoreSettings
 
@@ -17,6 +17,7 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("prepare")
+@needs_extra("train")
 def prepare_command(
     out: Path = typer.Option(..., "--out", help="Directory for train/validation/test .jsonl."),
     source: str = typer.Option(

@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
 from starrating.cli.data import prepare_command
 from starrating.models import DEFAULT_MODEL
 
@@ -137,6 +137,7 @@ def _talk_table(client: httpx.Client, versions: list[DemoVersion]) -> Table:
 
 
 @app.command()
+@needs_extra("gateway,serve,train")
 def demo(
     workdir: Path = typer.Option(Path("var/demo"), help="Where data, runs and archives go."),
     control_epochs: int = typer.Option(1, min=1, help="Epochs of version 1.0 (the control)."),
@@ -156,9 +157,9 @@ def demo(
     the reviews from the talk. The service stays up until `starrating stop`."""
     import httpx
 
-    from api.lifecycle import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
     from api.settings import Settings
-    from api.torchserve import TorchServeError
+    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
+    from serving.torchserve import TorchServeError
     from training.archive import ArchiveError, archive_run
 
     # One line per HTTP call would drown the progress bars.

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
 from starrating.settings import CoreSettings
 
 sagemaker_app = typer.Typer(
@@ -27,8 +27,8 @@ _DRY_RUN = typer.Option(
 _REGION = typer.Option(
     None,
     "--region",
-    help="AWS region [default: AWS_DEFAULT_REGION or AWS_REGION].",
-    show_default=False,
+    help="AWS region.",
+    show_default="AWS_DEFAULT_REGION or AWS_REGION",
 )
 _VARIANTS = typer.Option(
     ...,
@@ -55,6 +55,7 @@ def _aws_failure(exc: Exception) -> typer.Exit:
 
 
 @sagemaker_app.command("train")
+@needs_extra("train,sagemaker")
 def train_command(
     image: str = typer.Option(
         ..., "--image", help="Training image URI (the Dockerfile's `train` target in ECR)."
@@ -79,7 +80,7 @@ def train_command(
     instance_type: str = typer.Option("ml.g5.xlarge", help="GPU instance type."),
     instance_count: int = typer.Option(2, help="Instances (torchrun nodes)."),
     processes_per_node: int | None = typer.Option(
-        None, help="Training processes per instance [default: one per GPU]."
+        None, help="Training processes per instance.", show_default="one per GPU"
     ),
     spot: bool = typer.Option(True, "--spot/--on-demand", help="Managed spot training."),
     max_run: int = typer.Option(24 * 3600, help="Longest training time, seconds."),
@@ -102,7 +103,8 @@ def train_command(
     mlflow_tracking_uri: str | None = typer.Option(
         None,
         "--mlflow-tracking-uri",
-        help="Remote MLflow tracking URI for the job [default: MLFLOW_TRACKING_URI if remote].",
+        help="Remote MLflow tracking URI for the job.",
+        show_default="MLFLOW_TRACKING_URI if remote",
     ),
     base_job_name: str = typer.Option("starrating", help="Prefix of the job name."),
     region: str | None = _REGION,
@@ -111,8 +113,8 @@ def train_command(
     """Start a distributed (torchrun) training job on SageMaker GPU instances."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from starrating.aws import SageMakerConfigError
     from training.sagemaker import (
-        SageMakerConfigError,
         TrainingJobSpec,
         launch_training_job,
         plan_training_job,
@@ -159,7 +161,7 @@ def train_command(
 
 
 def _key_value(pair: str) -> tuple[str, str]:
-    from training.sagemaker import SageMakerConfigError
+    from starrating.aws import SageMakerConfigError
 
     key, sep, value = pair.partition("=")
     if not sep or not key.strip():
@@ -168,6 +170,7 @@ def _key_value(pair: str) -> tuple[str, str]:
 
 
 @sagemaker_app.command("deploy")
+@needs_extra("sagemaker")
 def deploy_command(
     endpoint_name: str = typer.Option(..., "--endpoint-name", help="SageMaker endpoint name."),
     image: str = typer.Option(
@@ -181,7 +184,10 @@ def deploy_command(
     ),
     variant: list[str] = _VARIANTS,
     model_store: Path | None = typer.Option(
-        None, "--model-store", help="Where stars-VERSION.mar are [default: STARRATING_MODEL_STORE]."
+        None,
+        "--model-store",
+        help="Where stars-VERSION.mar are.",
+        show_default="STARRATING_MODEL_STORE",
     ),
     instance_type: str = typer.Option("ml.c6i.xlarge", help="Instance type of every variant."),
     instance_count: int = typer.Option(1, help="Instances per variant."),
@@ -195,14 +201,14 @@ def deploy_command(
     and the endpoint (the A/B split on SageMaker)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from training.sagemaker import SageMakerConfigError
-    from training.sagemaker_endpoint import (
+    from serving.sagemaker import (
         EndpointSpec,
         apply_endpoint_plan,
         parse_weights,
         plan_endpoint,
         traffic_shares,
     )
+    from starrating.aws import SageMakerConfigError
 
     aws_region = _region(region)
     try:
@@ -240,6 +246,7 @@ def deploy_command(
 
 
 @sagemaker_app.command("update-weights")
+@needs_extra("sagemaker")
 def update_weights_command(
     endpoint_name: str = typer.Option(..., "--endpoint-name", help="SageMaker endpoint name."),
     variant: list[str] = _VARIANTS,
@@ -249,13 +256,13 @@ def update_weights_command(
     """Shift traffic between the versions of a running endpoint (no redeployment)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from training.sagemaker import SageMakerConfigError
-    from training.sagemaker_endpoint import (
+    from serving.sagemaker import (
         apply_update_weights,
         parse_weights,
         traffic_shares,
         update_weights_request,
     )
+    from starrating.aws import SageMakerConfigError
 
     aws_region = _region(region)
     try:

@@ -10,16 +10,18 @@ from urllib.parse import urlsplit
 
 import typer
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
+from starrating.service import METRICS_PORT
 from starrating.settings import CoreSettings
 
 
 @app.command()
+@needs_extra("train")
 def archive(
     run: Path = typer.Option(..., "--run", help="Run directory written by `starrating train`."),
     version: str = typer.Option(..., "--version", help="Model version, e.g. 1.0."),
     model_store: Path | None = typer.Option(
-        None, "--model-store", help="Where .mar files go [default: STARRATING_MODEL_STORE]."
+        None, "--model-store", help="Where .mar files go.", show_default="STARRATING_MODEL_STORE"
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing version."),
 ) -> None:
@@ -39,9 +41,10 @@ def archive(
 
 
 @app.command()
+@needs_extra("gateway,serve")
 def serve(
     model_store: Path | None = typer.Option(
-        None, "--model-store", help="Archives to serve [default: STARRATING_MODEL_STORE]."
+        None, "--model-store", help="Archives to serve.", show_default="STARRATING_MODEL_STORE"
     ),
     insecure_dev: bool = typer.Option(
         False,
@@ -49,9 +52,9 @@ def serve(
         help="Turn TorchServe token authorization off (local work only, never deployed).",
     ),
     default_version: str | None = typer.Option(
-        None, "--default-version", help="Version for unversioned requests [default: newest]."
+        None, "--default-version", help="Version for unversioned requests.", show_default="newest"
     ),
-    metrics_port: int = typer.Option(8082, help="TorchServe's Prometheus metrics port."),
+    metrics_port: int = typer.Option(METRICS_PORT, help="TorchServe's Prometheus metrics port."),
     grpc_ports: tuple[int, int] = typer.Option(
         (7070, 7071), help="TorchServe's gRPC inference and management ports (always opened)."
     ),
@@ -62,10 +65,10 @@ def serve(
     Addresses come from STARRATING_TORCHSERVE_URL, STARRATING_TORCHSERVE_MANAGEMENT_URL,
     STARRATING_HOST and STARRATING_PORT; logs and pid files go under STARRATING_HOME.
     """
-    from api.lifecycle import LifecycleError, ServingPaths, TorchServeOptions
-    from api.lifecycle import serve as start_stack
     from api.settings import Settings
-    from api.torchserve import TorchServeError
+    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions
+    from serving.supervisor import serve as start_stack
+    from serving.torchserve import TorchServeError
 
     # One line per polling request would drown the progress shown while the stack starts.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -119,10 +122,11 @@ def serve(
 
 
 @app.command()
+@needs_extra("serve")
 def stop() -> None:
     """Stop the gateway and TorchServe started by `starrating serve` (same STARRATING_HOME)."""
-    from api.lifecycle import ServingPaths
-    from api.lifecycle import stop as stop_stack
+    from serving.supervisor import ServingPaths
+    from serving.supervisor import stop as stop_stack
 
     paths = ServingPaths.under(CoreSettings().home)
     gateway_was_up, torchserve_was_up = stop_stack(paths)

@@ -19,9 +19,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.routing import PredictionRecorder, VariantChooser
+from api.seams import PredictionRecorder, VariantChooser
 from api.settings import Settings
-from api.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient
 
 INFERENCE = "http://torchserve-inference"
 MANAGEMENT = "http://torchserve-management"

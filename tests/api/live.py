@@ -6,7 +6,7 @@ Importable from any test (``from tests.api.live import running_gateway``)::
         live.http.post("/v1/predictions", json={"text": "It's OK."})
         live.torchserve.sync_client()      # straight to TorchServe (tests/serving/helpers.py)
 
-Started the way ``starrating serve`` starts it (``api.lifecycle``): two tiny-model versions
+Started the way ``starrating serve`` starts it (``serving.supervisor``): two tiny-model versions
 ("1.0" the default, "2.0" other weights) with token authorization on, then
 ``uvicorn api.app:create_app --factory``. Always stopped afterwards.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.lifecycle import free_port, gateway_env, start_gateway, stop_gateway
+from serving.supervisor import free_port, gateway_env, start_gateway, stop_gateway
 from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
 
 VERSION_SEEDS = {"1.0": 0, "2.0": 1}

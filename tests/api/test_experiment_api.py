@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from api.ab.router import unit_point
 from api.app import create_app
-from api.experiment import unit_point
 from api.settings import Settings
-from api.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe, fake_stars
 
 REPO = Path(__file__).resolve().parents[2]

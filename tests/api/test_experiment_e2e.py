@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from api.lifecycle import gateway_env, start_gateway
+from serving.supervisor import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from fastapi.testclient import TestClient
 
-from api.routing import Assignment
+from api.seams import Assignment
 from tests.api.conftest import AppFactory, FakeTorchServe
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from fastapi.testclient import TestClient
 
-from api.routing import Assignment, PredictionEvent
+from api.seams import Assignment, PredictionEvent
 from tests.api.conftest import AppFactory, FakeTorchServe, fake_probabilities, fake_stars
 
 REVIEW = "I loved it! I will recommend this to everyone."

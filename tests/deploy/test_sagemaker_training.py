@@ -21,11 +21,11 @@ from botocore.stub import Stubber
 from sagemaker.core.helper.session_helper import Session
 from sagemaker.train.container_drivers.common.utils import hyperparameters_to_cli_args
 
+from starrating.aws import SageMakerConfigError
 from training.metric_lines import METRIC_DEFINITIONS, format_metric_line
 from training.sagemaker import (
     DryRunRefused,
     DryRunSession,
-    SageMakerConfigError,
     TrainingJobSpec,
     build_model_trainer,
     plan_training_job,

@@ -22,13 +22,12 @@ from typing import Any
 
 import pytest
 
-from api.lifecycle import free_port
+from serving.supervisor import free_port
 from tests.deploy.conftest import REPO
 from tests.serving.helpers import build_tiny_archives
 
 TORCHSERVE_DIR = REPO / "deploy" / "torchserve"
 ENTRYPOINT = TORCHSERVE_DIR / "entrypoint.sh"
-HEALTHCHECK = TORCHSERVE_DIR / "healthcheck.py"
 READY_WITHIN_S = 180
 
 
@@ -58,9 +57,16 @@ def with_ports(config: str, ports: Ports) -> str:
 
 
 def healthcheck(ports: Ports, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TS_MANAGEMENT_URL": f"http://127.0.0.1:{ports.management}"}
+    env = {
+        **os.environ,
+        "STARRATING_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{ports.management}",
+    }
     return subprocess.run(
-        [sys.executable, str(HEALTHCHECK)], capture_output=True, text=True, env=env, cwd=cwd
+        [str(Path(sys.executable).parent / "starrating-torchserve-healthcheck")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
     )
 
 

@@ -2,7 +2,7 @@
 
 One tiny-model store per session; one running stack per module (``stack``): TorchServe with token
 authorization on (``tests.serving.helpers.running_torchserve``) and the gateway as its own
-``uvicorn`` process started by ``api.lifecycle.start_gateway`` with an admin token set. Every
+``uvicorn`` process started by ``serving.supervisor.start_gateway`` with an admin token set. Every
 test asks the stack whether the gateway is still alive after what it did.
 """
 
@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from api.lifecycle import ServingPaths, free_port, gateway_env, start_gateway, stop_gateway
+from serving.supervisor import ServingPaths, free_port, gateway_env, start_gateway, stop_gateway
 from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
 
 VERSION = "1.0"

@@ -36,7 +36,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.lifecycle import (
+from serving.supervisor import (
     ServingPaths,
     discover_archives,
     free_port,

@@ -33,8 +33,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 from api.app import create_app
-from api.lifecycle import LOOPBACK_HOSTS, TorchServeOptions, free_port
 from api.settings import Settings
+from serving.supervisor import LOOPBACK_HOSTS, TorchServeOptions, free_port
 from tests.reliability.conftest import VERSION, GatewayStack
 
 REPO = Path(__file__).resolve().parents[2]

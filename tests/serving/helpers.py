@@ -4,7 +4,7 @@ Importable from any test (``from tests.serving.helpers import running_torchserve
 
     store = build_tiny_archives(tmp / "store", tmp / "runs", {"1.0": 0, "2.0": 1})
     with running_torchserve(tmp / "home", tmp / "store") as ts:
-        client = ts.client()          # an api.torchserve.TorchServeClient with the right keys
+        client = ts.client()          # an serving.torchserve.TorchServeClient with the right keys
         ...                           # ts.inference_url, ts.management_url, ts.metrics_url
 
 ``tests/serving/conftest.py`` wraps this in a module-scoped ``torchserve`` fixture.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api.lifecycle import (
+from serving.supervisor import (
     ServingPaths,
     TorchServeOptions,
     discover_archives,
@@ -28,7 +28,7 @@ from api.lifecycle import (
     start_torchserve,
     stop_torchserve,
 )
-from api.torchserve import TorchServeClient, TorchServeKeys, TorchServeSyncClient
+from serving.torchserve import TorchServeClient, TorchServeKeys, TorchServeSyncClient
 
 
 def build_tiny_archives(

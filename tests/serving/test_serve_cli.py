@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from api.lifecycle import free_port
+from serving.supervisor import free_port
 from tests.serving.helpers import running_torchserve, starrating
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.torchserve import (
+from serving.torchserve import (
     BadUpstreamResponse,
     InvalidInput,
     ManagementRefused,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from api.torchserve import Prediction, UnknownVersion
+from serving.torchserve import Prediction, UnknownVersion
 from starrating.artifacts import load_artifacts
 from starrating.text import encode_batch
 from tests.serving.helpers import RunningTorchServe, build_tiny_archives

@@ -14,8 +14,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from training.sagemaker import SageMakerConfigError
-from training.sagemaker_endpoint import (
+from serving.sagemaker import (
     EndpointSpec,
     apply_endpoint_plan,
     apply_update_weights,
@@ -25,6 +24,7 @@ from training.sagemaker_endpoint import (
     update_weights_request,
     variant_name,
 )
+from starrating.aws import SageMakerConfigError
 
 ROLE = "arn:aws:iam::123456789012:role/StarratingHosting"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/starrating-serve:0.1.0"

@@ -23,25 +23,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from training.sagemaker import (
+from starrating.aws import (
     SageMakerConfigError,
     require_instances,
     require_role_arn,
     require_s3_uri,
 )
+from starrating.service import MODEL_NAME, VERSION_RULE, archive_file_name, is_version
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "stars"
 _NAME_LIMIT = 63  # SageMaker model, variant, config and endpoint names: [a-zA-Z0-9](-*[a-zA-Z0-9])*
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 
 
 def variant_name(version: str) -> str:
     """The production variant of a model version: ``stars-1-0`` for version ``1.0``."""
-    if not _VERSION.match(version):
-        raise SageMakerConfigError(f"not a model version: {version!r} (e.g. 1.0)")
+    if not is_version(version):
+        raise SageMakerConfigError(f"not a model version: {version!r} ({VERSION_RULE})")
     return f"{MODEL_NAME}-{re.sub(r'[^A-Za-z0-9]+', '-', version).strip('-')}"
 
 
@@ -102,7 +101,7 @@ class EndpointSpec:
             )
 
     def archive(self, version: str) -> Path:
-        return self.model_store / f"{MODEL_NAME}-{version}.mar"
+        return self.model_store / archive_file_name(version)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The A/B report: per-variant numbers with intervals, candidate-vs-control tests, a verdict.
 
-``build_report`` reads the store and runs ``api.stats``; it blocks (database and numpy), so the
+``build_report`` reads the store and runs ``api.ab.stats``; it blocks (database and numpy), so the
 route calls it on a worker thread. The first variant of the experiment is the control.
 
 Two p-values per comparison, labelled: ``p_value`` is the always-valid sequential one (mSPRT,
@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from api import stats
-from api.experiment import OVERRIDE_VARIANT, ExperimentConfig
-from api.store import ExperimentStore, FeedbackRecord
+from api.ab import stats
+from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig
+from api.ab.store import ExperimentStore, FeedbackRecord
 
 # Mixture standard deviations of the mSPRT: the size of effect each test is tuned to find.
 MIXTURE_SD: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}

@@ -8,9 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from api.lifecycle import (
+from serving.supervisor import (
     ArchiveInfo,
     LifecycleError,
     ServingPaths,
@@ -19,7 +18,6 @@ from api.lifecycle import (
     gateway_env,
     version_key,
 )
-from starrating.cli import app
 
 
 def fake_mar(path: Path, name: str, version: str) -> Path:
@@ -95,54 +93,3 @@ def test_two_archives_of_one_version_are_refused(tmp_path: Path) -> None:
     fake_mar(tmp_path / "b.mar", "stars", "1.0")
     with pytest.raises(LifecycleError, match="both hold"):
         discover_archives(tmp_path)
-
-
-def test_archive_command_writes_a_mar_and_refuses_to_overwrite(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    (run / "model").mkdir(parents=True)
-    for item in tiny_model_dir.iterdir():
-        (run / "model" / item.name).write_bytes(item.read_bytes())
-    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.4}))
-    store = tmp_path / "store"
-    args = ["archive", "--run", str(run), "--version", "1.0", "--model-store", str(store)]
-    runner = CliRunner()
-
-    first = runner.invoke(app, args)
-    assert first.exit_code == 0, first.output
-    mar = store / "stars-1.0.mar"
-    with zipfile.ZipFile(mar) as archive:
-        names = set(archive.namelist())
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
-    assert manifest["model"] == {
-        "modelName": "stars",
-        "handler": "star_handler.py",
-        "modelVersion": "1.0",
-        "configFile": "model-config.yaml",
-    }
-    assert {
-        "star_handler.py",
-        "model-config.yaml",
-        "model/config.json",
-        "starrating/text.py",
-        "starrating/artifacts.py",
-        "handlers/batch.py",
-        "run/metrics.json",
-    } <= names
-    assert not any(n.startswith("starrating/cli/") or "__pycache__" in n for n in names)
-
-    again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--force" in again.output
-    forced = runner.invoke(app, [*args, "--force"])
-    assert forced.exit_code == 0, forced.output
-
-
-def test_archive_command_explains_bad_input(tmp_path: Path) -> None:
-    runner = CliRunner()
-    no_model = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "1.0"])
-    assert no_model.exit_code == 2
-    assert "no loadable model" in " ".join(no_model.output.split())
-    bad_version = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "../x"])
-    assert bad_version.exit_code == 2
-    assert "must be 1-64 letters" in " ".join(bad_version.output.split())

@@ -20,15 +20,14 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.routing import DEFAULT_VARIANT, Assignment, DefaultChooser
-from api.schemas import VERSION_PATTERN
-from api.store import ExperimentStore
-from api.torchserve import TorchServeClient
+from api.ab.store import ExperimentStore
+from api.seams import DEFAULT_VARIANT, Assignment, DefaultChooser
+from serving.torchserve import TorchServeClient
+from starrating.service import NAME_PATTERN, VERSION_PATTERN
 
 OVERRIDE_VARIANT = "override"
 """The variant name of requests whose client forced a version with ``X-Model-Version``."""
 RESERVED_VARIANTS = frozenset({OVERRIDE_VARIANT, DEFAULT_VARIANT})
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class VariantConfig(BaseModel):
@@ -135,7 +134,7 @@ class _Split:
 
 
 class ExperimentRouter:
-    """Implements ``api.routing.VariantChooser`` for an experiment (or none: the default)."""
+    """Implements ``api.seams.VariantChooser`` for an experiment (or none: the default)."""
 
     def __init__(
         self,

@@ -25,11 +25,13 @@ from typing import Any, Literal, Self
 import httpx
 
 from starrating.labels import STARS
+from starrating.service import DEFAULT_INFERENCE_URL, DEFAULT_MANAGEMENT_URL, MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "stars"
 KeyKind = Literal["inference", "management"]
+KEY_FILE_NAME = "key_file.json"
+"""What TorchServe calls the key file it writes into its working directory."""
 
 
 class TorchServeError(Exception):
@@ -140,10 +142,10 @@ class TorchServeClient:
 
     def __init__(
         self,
-        inference_url: str = "http://127.0.0.1:8080",
-        management_url: str = "http://127.0.0.1:8081",
+        inference_url: str = DEFAULT_INFERENCE_URL,
+        management_url: str = DEFAULT_MANAGEMENT_URL,
         *,
-        model_name: str = DEFAULT_MODEL_NAME,
+        model_name: str = MODEL_NAME,
         key_file: str | Path | None = None,
         timeout: float = 10.0,
         connect_timeout: float = 2.0,

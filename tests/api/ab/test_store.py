@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from api.store import (
+from api.ab.store import (
     DuplicateRequest,
     ExperimentStore,
     FeedbackConflict,
@@ -27,7 +27,7 @@ from api.store import (
     UnknownRequest,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -256,7 +256,7 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from datetime import UTC, datetime
-from api.store import ExperimentStore, PredictionRecord
+from api.ab.store import ExperimentStore, PredictionRecord
 
 store = ExperimentStore(sys.argv[1])
 i = 0

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.experiment import (
+from api.ab.router import (
     OVERRIDE_VARIANT,
     ExperimentAssignment,
     ExperimentConfig,
@@ -23,11 +23,11 @@ from api.experiment import (
     ExperimentRouter,
     check_versions_ready,
 )
-from api.store import ExperimentStore
-from api.torchserve import TorchServeClient
+from api.ab.store import ExperimentStore
+from serving.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _config(weights: tuple[float, ...] = (0.7, 0.2, 0.1), **extra: object) -> ExperimentConfig:
@@ -57,7 +57,7 @@ def test_assignment_is_the_same_in_every_router_instance() -> None:
 def test_assignment_is_the_same_in_a_fresh_process_with_another_hash_seed() -> None:
     # A restarted replica is a new process; Python's own str hash changes between processes.
     script = (
-        "import json, sys; from api.experiment import ExperimentConfig, ExperimentRouter; "
+        "import json, sys; from api.ab.router import ExperimentConfig, ExperimentRouter; "
         "c = ExperimentConfig.model_validate_json(sys.argv[1]); r = ExperimentRouter(c, 1); "
         "print(json.dumps([r.choose(f'user-{i}', None).variant for i in range(500)]))"
     )

@@ -1,6 +1,6 @@
 """``ExperimentRecorder``: what happens to a prediction after its response has been sent.
 
-Implements ``api.routing.PredictionRecorder``: counts the prediction in the per-variant metrics,
+Implements ``api.seams.PredictionRecorder``: counts the prediction in the per-variant metrics,
 writes it to the store on a worker thread, and, when the router samples the request for the
 shadow version, sends a copy of the texts there in its own task. The shadow answer is stored
 next to the live one and never reaches the user; at most ``max_shadow_in_flight`` copies run at
@@ -15,11 +15,11 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from api import experiment_metrics as m
-from api.experiment import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
-from api.routing import PredictionEvent
-from api.store import ExperimentStore, PredictionRecord
-from api.torchserve import TorchServeClient, TorchServeError
+from api.ab import metrics as m
+from api.ab.router import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
+from api.ab.store import ExperimentStore, PredictionRecord
+from api.seams import PredictionEvent
+from serving.torchserve import TorchServeClient, TorchServeError
 
 logger = logging.getLogger(__name__)
 

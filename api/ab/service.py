@@ -11,11 +11,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from api.experiment import ExperimentConfig, ExperimentRouter, check_versions_ready
-from api.recorder import ExperimentRecorder
+from api.ab.recorder import ExperimentRecorder
+from api.ab.router import ExperimentConfig, ExperimentRouter, check_versions_ready
+from api.ab.store import ExperimentStore
 from api.settings import Settings
-from api.store import ExperimentStore
-from api.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient
 
 
 @dataclass

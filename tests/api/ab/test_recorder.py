@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 
-from api.experiment import ExperimentAssignment, ExperimentConfig, ExperimentRouter
-from api.recorder import ExperimentRecorder
-from api.routing import PredictionEvent
-from api.store import ExperimentStore, PredictionRecord
-from api.torchserve import TorchServeClient
+from api.ab.recorder import ExperimentRecorder
+from api.ab.router import ExperimentAssignment, ExperimentConfig, ExperimentRouter
+from api.ab.store import ExperimentStore, PredictionRecord
+from api.seams import PredictionEvent
+from serving.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
 
 CONFIG = ExperimentConfig.model_validate(

@@ -38,11 +38,20 @@ import httpx
 import psutil
 from packaging.version import InvalidVersion, Version
 
-from api.torchserve import DEFAULT_MODEL_NAME, TorchServeError, TorchServeSyncClient
+from serving.torchserve import KEY_FILE_NAME, TorchServeError, TorchServeSyncClient
+from starrating.service import (
+    DEFAULT_INFERENCE_URL,
+    DEFAULT_MANAGEMENT_URL,
+    ENV_PREFIX,
+    GATEWAY_PORT,
+    LOOPBACK,
+    METRICS_PORT,
+    MODEL_NAME,
+)
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+LOOPBACK_HOSTS = frozenset({LOOPBACK, "localhost", "::1"})
 TORCHSERVE_MAIN_CLASS = "org.pytorch.serve.ModelServer"
 READY_CHECK_TEXT = "readiness check"
 Progress = Callable[[str], None]
@@ -72,7 +81,7 @@ class ServingPaths:
 
     @property
     def key_file(self) -> Path:
-        return self.torchserve_dir / "key_file.json"
+        return self.torchserve_dir / KEY_FILE_NAME
 
     @property
     def temp_dir(self) -> Path:
@@ -110,16 +119,16 @@ class TorchServeOptions:
     """How TorchServe is configured: addresses, model store, token authorization."""
 
     model_store: Path
-    inference_url: str = "http://127.0.0.1:8080"
-    management_url: str = "http://127.0.0.1:8081"
-    metrics_port: int = 8082
+    inference_url: str = DEFAULT_INFERENCE_URL
+    management_url: str = DEFAULT_MANAGEMENT_URL
+    metrics_port: int = METRICS_PORT
     # TorchServe 0.12 always starts its gRPC servers too (no switch to turn them off); a second
     # instance on the default ports exits at startup, so each instance needs its own.
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
     token_auth: bool = True
     token_expiration_min: int = 60
-    model_name: str = DEFAULT_MODEL_NAME
+    model_name: str = MODEL_NAME
 
     @classmethod
     def on_free_ports(cls, model_store: Path, *, token_auth: bool = True) -> TorchServeOptions:
@@ -127,8 +136,8 @@ class TorchServeOptions:
         and benchmarks."""
         return cls(
             model_store=model_store,
-            inference_url=f"http://127.0.0.1:{free_port()}",
-            management_url=f"http://127.0.0.1:{free_port()}",
+            inference_url=f"http://{LOOPBACK}:{free_port()}",
+            management_url=f"http://{LOOPBACK}:{free_port()}",
             metrics_port=free_port(),
             grpc_inference_port=free_port(),
             grpc_management_port=free_port(),
@@ -141,7 +150,7 @@ class TorchServeOptions:
 
     @staticmethod
     def _host(url: str) -> str:
-        return urlsplit(url).hostname or "127.0.0.1"
+        return urlsplit(url).hostname or LOOPBACK
 
     @property
     def model_api_enabled(self) -> bool:
@@ -207,7 +216,7 @@ class ServingStack:
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -220,7 +229,7 @@ def version_key(version: str) -> tuple[int, Version | str]:
         return (0, version)
 
 
-def discover_archives(model_store: Path, model_name: str = DEFAULT_MODEL_NAME) -> list[ArchiveInfo]:
+def discover_archives(model_store: Path, model_name: str = MODEL_NAME) -> list[ArchiveInfo]:
     """The model's archives in ``model_store``, oldest version first (read from each manifest)."""
     found: dict[str, ArchiveInfo] = {}
     for path in sorted(model_store.glob("*.mar")):
@@ -466,17 +475,18 @@ def gateway_env(
     env = dict(base)
     env.update(
         {
-            "STARRATING_HOME": str(paths.home),
-            "STARRATING_MODEL_STORE": str(options.model_store.resolve()),
-            "STARRATING_TORCHSERVE_URL": options.inference_url,
-            "STARRATING_TORCHSERVE_MANAGEMENT_URL": options.management_url,
-            "STARRATING_MODEL_NAME": options.model_name,
+            f"{ENV_PREFIX}HOME": str(paths.home),
+            f"{ENV_PREFIX}MODEL_STORE": str(options.model_store.resolve()),
+            f"{ENV_PREFIX}TORCHSERVE_URL": options.inference_url,
+            f"{ENV_PREFIX}TORCHSERVE_MANAGEMENT_URL": options.management_url,
+            f"{ENV_PREFIX}MODEL_NAME": options.model_name,
         }
     )
+    key_file = f"{ENV_PREFIX}TORCHSERVE_KEY_FILE"
     if options.token_auth:
-        env["STARRATING_TORCHSERVE_KEY_FILE"] = str(paths.key_file)
+        env[key_file] = str(paths.key_file)
     else:
-        env.pop("STARRATING_TORCHSERVE_KEY_FILE", None)
+        env.pop(key_file, None)
     return env
 
 
@@ -484,8 +494,8 @@ def serve(
     paths: ServingPaths,
     options: TorchServeOptions,
     *,
-    gateway_host: str | None = "127.0.0.1",
-    gateway_port: int = 8000,
+    gateway_host: str | None = LOOPBACK,
+    gateway_port: int = GATEWAY_PORT,
     gateway_workers: int = 1,
     default_version: str | None = None,
     env: Mapping[str, str] | None = None,

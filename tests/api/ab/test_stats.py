@@ -14,7 +14,7 @@ from statsmodels.stats.proportion import (
     proportions_ztest,
 )
 
-from api.stats import (
+from api.ab.stats import (
     Comparison,
     mean_interval,
     means_sample_size,

@@ -1,34 +1,29 @@
-#!/usr/bin/env python3
 """Readiness of TorchServe in the `serve` image: exit 0 when every version of the model has a
-READY worker, 1 otherwise (one line on stderr says why).
+READY worker, 1 otherwise (one line on stderr says why). Installed as the command
+``starrating-torchserve-healthcheck``.
 
 TorchServe's /ping answers Healthy before any model has loaded, so this asks the management
 API (GET /models/<name>/all) instead. With token authorization on it sends the management key
-from TorchServe's key_file.json. Standard library only: it runs as Docker's HEALTHCHECK, as the
-compose healthcheck and as the Kubernetes readiness probe, once every few seconds.
+from TorchServe's key_file.json. It runs as Docker's HEALTHCHECK, as the compose healthcheck and
+as the Kubernetes readiness probe, once every few seconds, so it stays light: the standard library,
+the core settings and the client's key file reader.
 
-Environment: STARRATING_MODEL_NAME (default stars), TS_MANAGEMENT_URL (default
-http://127.0.0.1:8081), TS_KEY_FILE (default key_file.json in the working directory, where
-TorchServe writes it).
+Settings, as the gateway reads them: STARRATING_MODEL_NAME, STARRATING_TORCHSERVE_MANAGEMENT_URL,
+STARRATING_TORCHSERVE_KEY_FILE (unset: key_file.json in the working directory, where TorchServe
+writes it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-
-def management_key(key_file: Path) -> str | None:
-    """The management key from TorchServe's key file, or None when token auth is off."""
-    if not key_file.is_file():
-        return None
-    keys: dict[str, Any] = json.loads(key_file.read_text(encoding="utf-8"))
-    return str(keys["management"]["key"])
+from serving.torchserve import KEY_FILE_NAME, TorchServeKeys
+from starrating.settings import TorchServeSettings
 
 
 def unready_versions(description: list[dict[str, Any]]) -> list[str]:
@@ -43,7 +38,7 @@ def unready_versions(description: list[dict[str, Any]]) -> list[str]:
 def check(management_url: str, model_name: str, key_file: Path, timeout_s: float = 3.0) -> str:
     """Empty string when ready, else the reason it is not."""
     request = urllib.request.Request(f"{management_url.rstrip('/')}/models/{model_name}/all")
-    key = management_key(key_file)
+    key = TorchServeKeys.read(key_file).management
     if key is not None:
         request.add_header("Authorization", f"Bearer {key}")
     try:
@@ -62,10 +57,11 @@ def check(management_url: str, model_name: str, key_file: Path, timeout_s: float
 
 
 def main() -> int:
+    settings = TorchServeSettings()
     reason = check(
-        management_url=os.environ.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081"),
-        model_name=os.environ.get("STARRATING_MODEL_NAME", "stars"),
-        key_file=Path(os.environ.get("TS_KEY_FILE", "key_file.json")),
+        management_url=settings.torchserve_management_url,
+        model_name=settings.model_name,
+        key_file=settings.torchserve_key_file or Path(KEY_FILE_NAME),
     )
     if reason:
         sys.stderr.write(f"not ready: {reason}\n")

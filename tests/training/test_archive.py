@@ -1,0 +1,138 @@
+"""The `.mar` archive: what `starrating archive` writes, and that the handler runs from it alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from starrating.cli import app
+from training.archive import archive_run
+
+# Run in an interpreter that sees only the unpacked archive and the third-party packages (no
+# site hooks, so not the project's editable install): what a TorchServe worker sees where
+# starrating is not installed. It loads the handler the way TorchServe does and predicts once.
+HANDLER_FROM_ARCHIVE = """
+import json, sys
+from pathlib import Path
+import ts, yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+import star_handler, starrating, handlers
+
+root = Path(sys.argv[1])
+loaded = {name: module.__file__ for name, module in sys.modules.items()
+          if name.split(".")[0] in {"starrating", "handlers", "star_handler"}}
+manifest = json.loads((root / "MAR-INF" / "MANIFEST.json").read_text())
+config = yaml.safe_load((root / manifest["model"]["configFile"]).read_text())
+metrics_yaml = Path(ts.__file__).parent / "configs" / "metrics.yaml"
+metrics = MetricsCacheYamlImpl(config_file_path=str(metrics_yaml))
+metrics.initialize_cache()
+context = Context("stars", str(root), manifest, 1, None, "0.12.0", metrics=metrics,
+                  model_yaml_config=config)
+context.request_ids = {0: "req-0"}
+metrics.request_ids = context.request_ids
+context.request_processor = [RequestProcessor({})]
+handler = star_handler.StarHandler()
+handler.initialize(context)
+answers = handler.handle([{"body": {"text": "I loved it!"}}], context)
+print(json.dumps({"loaded": loaded, "answers": answers}))
+"""
+
+
+def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for item in tiny_model_dir.iterdir():
+        (run / "model" / item.name).write_bytes(item.read_bytes())
+    mar = archive_run(run, "1.0", tmp_path / "store").path
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(unpacked)
+        names = set(archive.namelist())
+    shipped = {n for n in names if n.endswith(".py")}
+    assert shipped == {
+        "star_handler.py",
+        *(f"handlers/{m}.py" for m in ("__init__", "batch", "config", "numerics", "star_handler")),
+        *(f"starrating/{m}.py" for m in ("__init__", "artifacts", "labels", "service", "text")),
+    }
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(unpacked), sysconfig.get_paths()["purelib"]]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", HANDLER_FROM_ARCHIVE, str(unpacked)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] and all(
+        Path(path).is_relative_to(unpacked) for path in report["loaded"].values()
+    ), report["loaded"]
+    [answer] = report["answers"]
+    assert answer["stars"] in {1, 2, 3, 4, 5}
+    assert abs(sum(answer["probabilities"].values()) - 1) < 1e-4
+
+
+def test_archive_command_writes_a_mar_and_refuses_to_overwrite(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for item in tiny_model_dir.iterdir():
+        (run / "model" / item.name).write_bytes(item.read_bytes())
+    (run / "metrics.json").write_text(json.dumps({"accuracy": 0.4}))
+    store = tmp_path / "store"
+    args = ["archive", "--run", str(run), "--version", "1.0", "--model-store", str(store)]
+    runner = CliRunner()
+
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    mar = store / "stars-1.0.mar"
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"] == {
+        "modelName": "stars",
+        "handler": "star_handler.py",
+        "modelVersion": "1.0",
+        "configFile": "model-config.yaml",
+    }
+    assert {
+        "star_handler.py",
+        "model-config.yaml",
+        "model/config.json",
+        "starrating/text.py",
+        "starrating/artifacts.py",
+        "handlers/batch.py",
+        "run/metrics.json",
+    } <= names
+    assert not any(n.startswith("starrating/cli/") or "__pycache__" in n for n in names)
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_archive_command_explains_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    no_model = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "1.0"])
+    assert no_model.exit_code == 2
+    assert "no loadable model" in " ".join(no_model.output.split())
+    bad_version = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "../x"])
+    assert bad_version.exit_code == 2
+    assert "must be 1-64 letters" in " ".join(bad_version.output.split())
