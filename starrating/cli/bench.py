@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from starrating.cli.app import app, console, fail, needs_extra
+
+if TYPE_CHECKING:
+    from loadtests.bench_serving import ServingBenchReport
 
 bench_app = typer.Typer(
     help="Benchmarks: the serving stack and the training loop against their baselines.",
@@ -148,6 +151,13 @@ def serving_command(
     ) as exc:
         raise fail(str(exc)) from exc
 
+    console.print(_serving_table(report))
+    _print_serving_goals(report)
+    _write_json(json_path, report.to_json())
+
+
+def _serving_table(report: ServingBenchReport) -> Table:
+    """Reviews/s and latency percentiles of every setup, saturated and at one user."""
     table = Table(
         title=f"serving: {report.model}, {report.precision}, {report.users} users, "
         f"{report.texts_per_request} review(s) per request"
@@ -166,7 +176,11 @@ def serving_command(
             f"{result.p99_ms:,.1f}",
             notes,
         )
-    console.print(table)
+    return table
+
+
+def _print_serving_goals(report: ServingBenchReport) -> None:
+    """The ratios of the performance goals, each with its verdict, and the accuracy change."""
     if report.stack_over_limit is not None:
         console.print(
             f"stack/limit  = {report.stack_over_limit:.2f}  (goal ≥ {GOAL_STACK_OVER_LIMIT}) "
@@ -196,7 +210,6 @@ def serving_command(
             f"(goal within ±{GOAL_ACCURACY_POINTS}) "
             + _verdict(abs(change) <= GOAL_ACCURACY_POINTS)
         )
-    _write_json(json_path, report.to_json())
 
 
 @bench_app.command("training")

@@ -3,7 +3,7 @@
 Prepare the embedded reviews, train two versions (a quick control and a longer candidate),
 archive both, start TorchServe and the gateway, split traffic between them with an A/B
 experiment, replay test reviews as simulated users who rate what they got, print the stars of
-the three reviews from the talk, and leave the stack running for the dashboard.
+the three sample reviews, and leave the stack running for the dashboard.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from training.config import TrainConfig
 
-TALK_REVIEWS = (
+SAMPLE_REVIEWS = (
     "I loved it! I will recommend this to everyone.",
     "It's OK.",
     "Really bad. I hope they don't make this anymore.",
@@ -112,8 +112,8 @@ def _simulate_users(client: httpx.Client, reviews: list[dict[str, Any]]) -> None
             progress.advance(task)
 
 
-def _talk_table(client: httpx.Client, versions: list[DemoVersion]) -> Table:
-    table = Table(title="the three reviews from the talk")
+def _sample_reviews_table(client: httpx.Client, versions: list[DemoVersion]) -> Table:
+    table = Table(title="the three sample reviews")
     table.add_column("review")
     for v in versions:
         table.add_column(f"{v.variant} ({v.version})", justify="center")
@@ -121,12 +121,12 @@ def _talk_table(client: httpx.Client, versions: list[DemoVersion]) -> Table:
     for v in versions:
         response = client.post(
             "/v1/predictions",
-            json={"texts": list(TALK_REVIEWS)},
+            json={"texts": list(SAMPLE_REVIEWS)},
             headers={"X-Model-Version": v.version},
         )
         response.raise_for_status()
         answers[v.version] = response.json()["predictions"]
-    for i, text in enumerate(TALK_REVIEWS):
+    for i, text in enumerate(SAMPLE_REVIEWS):
         cells = []
         for v in versions:
             p = answers[v.version][i]
@@ -154,14 +154,7 @@ def demo(
     ),
 ) -> None:
     """Prepare the embedded data, train two versions, archive, serve, A/B test them, and rate
-    the reviews from the talk. The service stays up until `starrating stop`."""
-    import httpx
-
-    from api.settings import Settings
-    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
-    from serving.torchserve import TorchServeError
-    from training.archive import ArchiveError, archive_run
-
+    the three sample reviews. The service stays up until `starrating stop`."""
     # One line per HTTP call would drown the progress bars.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     versions = [
@@ -186,14 +179,50 @@ def demo(
         _train(data_dir, workdir / "runs" / v.version, model, v.epochs, retrain)
 
     console.rule("3/5  archive")
+    _archive(workdir / "runs", versions, store)
+
+    console.rule("4/5  serve: TorchServe + gateway")
+    stack = _serve(store, default_version=versions[0].version)
+
+    console.rule("5/5  A/B test: control 1.0 vs candidate 2.0, 50/50, sticky per user")
+    verdict = _ab_test(stack, versions, _read_split(data_dir / "test.jsonl", users))
+    console.print(f"[bold]verdict:[/] {verdict}")
+    console.print(
+        f"dashboard: [bold]{stack.gateway}/dashboard[/]   "
+        f"report: {stack.gateway}/v1/experiment/report\n"
+        f"admin token for PUT /v1/experiment: {stack.token_source}\n"
+        f"logs: {stack.logs}   stop everything with `starrating stop`"
+    )
+
+
+def _archive(runs: Path, versions: list[DemoVersion], store: Path) -> None:
+    from training.archive import ArchiveError, archive_run
+
     for v in versions:
         try:
-            result = archive_run(workdir / "runs" / v.version, v.version, store, force=True)
+            result = archive_run(runs / v.version, v.version, store, force=True)
         except ArchiveError as exc:
             raise fail(str(exc)) from exc
         console.print(f"wrote {result.path} ({result.size_bytes / 1e6:.0f} MB)")
 
-    console.rule("4/5  serve: TorchServe + gateway")
+
+@dataclass(frozen=True)
+class DemoStack:
+    """The running demo stack: where the gateway answers, its admin token, where logs go."""
+
+    gateway: str
+    token: str
+    token_source: str
+    logs: Path
+    gateway_log: Path
+
+
+def _serve(store: Path, default_version: str) -> DemoStack:
+    """Stop a stack already running, then start TorchServe and the gateway on ``store``."""
+    from api.settings import Settings
+    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
+    from serving.torchserve import TorchServeError
+
     settings = Settings()
     paths = ServingPaths.under(settings.home)
     token, token_source = _admin_token(settings.home)
@@ -214,7 +243,7 @@ def demo(
                 gateway_host=settings.host,
                 gateway_port=settings.port,
                 gateway_workers=settings.workers,
-                default_version=versions[0].version,
+                default_version=default_version,
                 env=os.environ,
                 progress=lambda message: status.update(message),
             )
@@ -222,8 +251,14 @@ def demo(
         raise fail(f"{exc}\nlogs: {paths.home / 'logs'}") from exc
     gateway = stack.gateway_url or f"http://{settings.host}:{settings.port}"
     console.print(f"gateway {gateway}, TorchServe {stack.inference_url} (token auth on)")
+    return DemoStack(gateway, token, token_source, paths.home / "logs", paths.gateway_log)
 
-    console.rule("5/5  A/B test: control 1.0 vs candidate 2.0, 50/50, sticky per user")
+
+def _ab_test(stack: DemoStack, versions: list[DemoVersion], reviews: list[dict[str, Any]]) -> str:
+    """Put a 50/50 sticky experiment in place, let simulated users rate ``reviews``, print the
+    sample reviews' stars; the report's verdict."""
+    import httpx
+
     experiment = {
         "name": "demo-minilm-epochs",
         "variants": [{"name": v.variant, "version": v.version, "weight": 0.5} for v in versions],
@@ -231,22 +266,17 @@ def demo(
         "shadow": None,
     }
     try:
-        with httpx.Client(base_url=gateway, timeout=30.0) as client:
+        with httpx.Client(base_url=stack.gateway, timeout=30.0) as client:
             client.put(
                 "/v1/experiment",
                 json=experiment,
-                headers={"Authorization": f"Bearer {token}"},
+                headers={"Authorization": f"Bearer {stack.token}"},
             ).raise_for_status()
-            _simulate_users(client, _read_split(data_dir / "test.jsonl", users))
-            console.print(_talk_table(client, versions))
+            _simulate_users(client, reviews)
+            console.print(_sample_reviews_table(client, versions))
             report = client.get("/v1/experiment/report").json()
     except httpx.HTTPError as exc:
         raise fail(
-            f"the gateway did not answer as expected: {exc}; logs: {paths.gateway_log}"
+            f"the gateway did not answer as expected: {exc}; logs: {stack.gateway_log}"
         ) from exc
-    console.print(f"[bold]verdict:[/] {report['verdict']}")
-    console.print(
-        f"dashboard: [bold]{gateway}/dashboard[/]   report: {gateway}/v1/experiment/report\n"
-        f"admin token for PUT /v1/experiment: {token_source}\n"
-        f"logs: {paths.home / 'logs'}   stop everything with `starrating stop`"
-    )
+    return str(report["verdict"])

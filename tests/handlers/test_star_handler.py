@@ -20,7 +20,7 @@ from tests.handlers.conftest import MODEL_CONFIG, make_context, start_batch
 from training.data.streaming import ReviewStream
 
 RunBatch = Callable[[list[dict[str, Any]]], tuple[list[Any], list[int]]]
-TALK = [
+SAMPLE_REVIEWS = [
     "I loved it! I will recommend this to everyone.",
     "It's OK.",
     "Really bad. I hope they don't make this anymore.",
@@ -43,7 +43,7 @@ def as_tensor(answer: dict[str, Any]) -> torch.Tensor:
 
 
 def test_batch_of_n_requests_gets_n_answers_in_order(run_batch: RunBatch) -> None:
-    rows = [{"body": {"text": t}} for t in TALK * 3]
+    rows = [{"body": {"text": t}} for t in SAMPLE_REVIEWS * 3]
     answers, statuses = run_batch(rows)
     assert len(answers) == len(rows)
     assert statuses == [200] * len(rows)
@@ -61,7 +61,7 @@ def test_batch_of_n_requests_gets_n_answers_in_order(run_batch: RunBatch) -> Non
 def test_predictions_equal_calling_the_model_directly(
     run_batch: RunBatch, tiny_model_dir: Path
 ) -> None:
-    texts = [*TALK, "great sound, the battery broke after a day", "ok"]
+    texts = [*SAMPLE_REVIEWS, "great sound, the battery broke after a day", "ok"]
     answers, _ = run_batch([{"body": {"text": t}} for t in texts])
     expected = direct_probabilities(tiny_model_dir, texts)
     got = torch.stack([as_tensor(a) for a in answers])
@@ -73,7 +73,7 @@ def test_malformed_requests_get_their_own_errors_and_do_not_fail_the_batch(
     run_batch: RunBatch,
 ) -> None:
     rows: list[dict[str, Any]] = [
-        {"body": {"text": TALK[0]}},
+        {"body": {"text": SAMPLE_REVIEWS[0]}},
         {"body": b"{not json"},
         {"body": {"text": "   \x00 "}},
         {"body": {"texts": []}},
@@ -83,8 +83,8 @@ def test_malformed_requests_get_their_own_errors_and_do_not_fail_the_batch(
         {"body": {"texts": ["x"] * 65}},
         {"body": {"text": "x" * 20_001}},
         {"body": b"\xff\xfe"},
-        {"data": json.dumps({"text": TALK[2]})},
-        {"body": bytearray(json.dumps({"texts": [TALK[1]]}).encode())},
+        {"data": json.dumps({"text": SAMPLE_REVIEWS[2]})},
+        {"body": bytearray(json.dumps({"texts": [SAMPLE_REVIEWS[1]]}).encode())},
     ]
     answers, statuses = run_batch(rows)
     codes = [a["error"]["code"] if isinstance(a, dict) and "error" in a else None for a in answers]
@@ -115,11 +115,11 @@ def test_a_batch_of_only_bad_requests_answers_each_with_an_error(run_batch: RunB
 
 
 def test_multi_text_request_answers_a_list_matching_single_requests(run_batch: RunBatch) -> None:
-    singles_rows: list[dict[str, Any]] = [{"body": {"text": t}} for t in TALK]
+    singles_rows: list[dict[str, Any]] = [{"body": {"text": t}} for t in SAMPLE_REVIEWS]
     rows: list[dict[str, Any]] = [
-        {"body": {"texts": TALK}},
+        {"body": {"texts": SAMPLE_REVIEWS}},
         *singles_rows,
-        {"body": {"texts": TALK[:1]}},
+        {"body": {"texts": SAMPLE_REVIEWS[:1]}},
     ]
     answers, _ = run_batch(rows)
     many, singles, one = answers[0], answers[1:4], answers[4]
@@ -142,7 +142,12 @@ def test_every_batching_strategy_gives_the_same_answers(
     handler = StarHandler()
     handler.initialize(context)
     assert (handler.config.strategy, handler.config.sub_batch_size) == (strategy, sub_batch_size)
-    texts = ["ok", *TALK, "the worst quality, it broke after a day and the refund was poor", "fine"]
+    texts = [
+        "ok",
+        *SAMPLE_REVIEWS,
+        "the worst quality, it broke after a day and the refund was poor",
+        "fine",
+    ]
     start_batch(context, len(texts))
     answers = handler.handle([{"body": {"text": t}} for t in texts], context)
     expected = direct_probabilities(tiny_model_dir, texts)
@@ -190,7 +195,7 @@ def test_batch_sizes_are_counted_in_a_torchserve_metric(
     handler.initialize(context)
     start_batch(context, 3)
     with caplog.at_level(logging.INFO):
-        handler.handle([{"body": {"text": t}} for t in TALK], context)
+        handler.handle([{"body": {"text": t}} for t in SAMPLE_REVIEWS], context)
     metric_lines = [
         r.getMessage() for r in caplog.records if "StarsHandlerBatches" in r.getMessage()
     ]

@@ -13,7 +13,7 @@ from starrating.artifacts import ArtifactError, load_artifacts
 from starrating.labels import ID2LABEL, LABEL2ID, id_to_star, star_to_id
 from starrating.text import encode_batch, normalize_text
 
-TALK = [
+SAMPLE_REVIEWS = [
     "I loved it! I will recommend this to everyone.",
     "It's OK.",
     "Really bad. I hope they don't make this anymore.",
