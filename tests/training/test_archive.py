@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from starrating.cli import app
@@ -46,13 +48,17 @@ print(json.dumps({"loaded": loaded, "answers": answers}))
 """
 
 
-def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def run(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """A run directory as `starrating train` leaves it, with the tiny model."""
     run = tmp_path / "run"
-    (run / "model").mkdir(parents=True)
-    for item in tiny_model_dir.iterdir():
-        (run / "model" / item.name).write_bytes(item.read_bytes())
+    shutil.copytree(tiny_model_dir, run / "model")
+    return run
+
+
+def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
+    run: Path, tmp_path: Path
+) -> None:
     mar = archive_run(run, "1.0", tmp_path / "store").path
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(mar) as archive:
@@ -87,13 +93,7 @@ def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
     assert abs(sum(answer["probabilities"].values()) - 1) < 1e-4
 
 
-def test_archive_command_writes_a_mar_and_refuses_to_overwrite(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    (run / "model").mkdir(parents=True)
-    for item in tiny_model_dir.iterdir():
-        (run / "model" / item.name).write_bytes(item.read_bytes())
+def test_archive_command_writes_a_mar_and_refuses_to_overwrite(run: Path, tmp_path: Path) -> None:
     (run / "metrics.json").write_text(json.dumps({"accuracy": 0.4}))
     store = tmp_path / "store"
     args = ["archive", "--run", str(run), "--version", "1.0", "--model-store", str(store)]
