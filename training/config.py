@@ -1,9 +1,10 @@
 """The training configuration: one typed dataclass, its command-line form and its JSON form.
 
-``python -m training``, ``torchrun ... -m training`` and SageMaker script mode
-(``training/train.py``) parse the same arguments into a ``TrainConfig``; ``starrating train``
-builds one directly and turns it back into arguments when it launches torchrun. The config used
-is saved as ``RUN/config.json``.
+``TrainConfig``'s fields, with their help texts, are the one list of training options:
+``config_options()`` describes them, and both command lines are built from it: the argparse
+parser of ``python -m training``, ``torchrun ... -m training`` and SageMaker script mode
+(``training/train.py``), and the options of ``starrating train``, which turns the config back
+into arguments when it launches torchrun. The config used is saved as ``RUN/config.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class ConfigError(ValueError):
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+def option_name(name: str) -> str:
+    """The command-line flag of a ``TrainConfig`` field: ``max_steps`` -> ``--max-steps``."""
+    return f"--{name.replace('_', '-')}"
 
 
 @dataclass
@@ -182,7 +188,7 @@ class TrainConfig:
         positive |= {"keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
             if not value > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise ConfigError(f"{option_name(name)} must be positive, got {value}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -198,7 +204,7 @@ class TrainConfig:
             "group_by_length",
         ):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+                raise ConfigError(f"{option_name(name)} must not be negative")
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -214,7 +220,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            args += [f"--{f.name.replace('_', '-')}", str(value)]
+            args += [option_name(f.name), str(value)]
         return args
 
 
@@ -234,8 +240,22 @@ def _parse_optional(inner: Any) -> Any:
     return parse
 
 
+@dataclass(frozen=True)
+class ConfigOption:
+    """The command-line form of one ``TrainConfig`` field."""
+
+    name: str  # the field
+    flag: str  # --max-steps
+    kind: Any  # the value type without None: int, Path, bool, str (for a Literal)
+    optional: bool  # None is a value (``int | None``)
+    choices: tuple[str, ...] | None  # the values of a Literal
+    required: bool
+    default: Any  # the field's default (None when required)
+    help: str
+
+
 def _value_type(annotation: Any) -> tuple[Any, bool]:
-    """(parser, optional) for a field annotation such as ``int | None`` or ``Path``."""
+    """(type, optional) for a field annotation such as ``int | None`` or ``Path``."""
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
@@ -245,6 +265,28 @@ def _value_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def config_options() -> list[ConfigOption]:
+    """One option per ``TrainConfig`` field, in field order, with the field's help text."""
+    hints = get_type_hints(TrainConfig)
+    options = []
+    for f in fields(TrainConfig):
+        kind, optional = _value_type(hints[f.name])
+        literal = get_origin(hints[f.name]) is Literal
+        options.append(
+            ConfigOption(
+                name=f.name,
+                flag=option_name(f.name),
+                kind=kind,
+                optional=optional,
+                choices=get_args(hints[f.name]) if literal else None,
+                required=f.default is MISSING,
+                default=None if f.default is MISSING else f.default,
+                help=f.metadata["help"],
+            )
+        )
+    return options
+
+
 def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     """An argparse parser for ``TrainConfig``: ``--max-steps`` and ``--max_steps`` both work
     (SageMaker passes hyperparameters with the names they were given), booleans take an
@@ -252,23 +294,21 @@ def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Fine-tune an encoder to predict 1-5 stars."
     )
-    hints = get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        names = [f"--{f.name.replace('_', '-')}"]
-        if "_" in f.name:
-            names.append(f"--{f.name}")
-        kind, optional = _value_type(hints[f.name])
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"]}
-        if kind is bool:
+    for option in config_options():
+        names = [option.flag]
+        if "_" in option.name:
+            names.append(f"--{option.name}")
+        kwargs: dict[str, Any] = {"dest": option.name, "help": option.help}
+        if option.kind is bool:
             kwargs |= {"type": _parse_bool, "nargs": "?", "const": True}
         else:
-            kwargs["type"] = _parse_optional(kind) if optional else kind
-        if get_origin(hints[f.name]) is Literal:
-            kwargs["choices"] = get_args(hints[f.name])
-        if f.default is MISSING:
+            kwargs["type"] = _parse_optional(option.kind) if option.optional else option.kind
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.required:
             kwargs["required"] = True
         else:
-            kwargs["default"] = f.default
+            kwargs["default"] = option.default
         parser.add_argument(*names, **kwargs)
     return parser
 

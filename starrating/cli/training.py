@@ -2,92 +2,81 @@
 
 ``train`` runs in this process for one process, and launches torchrun itself for
 ``--nproc-per-node N`` (the same ``python -m training`` entry point that SageMaker and a manual
-``torchrun`` use). Defaults and help texts come from ``training.config.TrainConfig``.
+``torchrun`` use). Its options are generated from ``training.config.TrainConfig``'s fields
+(names, defaults and help texts), like those of ``python -m training``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from starrating.cli.app import app, console, fail
-
-if TYPE_CHECKING:
-    from training.config import TrainConfig
+from training.config import ConfigError, ConfigOption, TrainConfig, config_options
 
 
-def _field(name: str) -> tuple[Any, str]:
-    """(default, help) of a TrainConfig field, without importing torch."""
-    from training.config import TrainConfig
+def _typer_option(option: ConfigOption) -> inspect.Parameter:
+    """The ``starrating train`` option of one TrainConfig field: the flag, default and help of
+    ``python -m training``. A flag that is on by default also gets its ``--no-`` form."""
+    flags = option.flag
+    if option.kind is bool and option.default is True:
+        flags = f"{option.flag}/--no-{option.flag.removeprefix('--')}"
+    return inspect.Parameter(
+        option.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=option.kind | None if option.optional else option.kind,
+        default=typer.Option(
+            ... if option.required else option.default,
+            flags,
+            help=option.help,
+            show_default=option.default is not None,
+        ),
+    )
 
-    found = {f.name: f for f in fields(TrainConfig)}[name]
-    return found.default, found.metadata["help"]
 
-
-def _option(name: str, *flags: str) -> Any:
-    default, help_text = _field(name)
-    return typer.Option(default, *flags, help=help_text, show_default=default is not None)
+def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one option per TrainConfig field (listed before its own options),
+    passed in its ``**config_values``: a new field is a new option of ``starrating train``."""
+    own = [
+        p
+        for p in inspect.signature(command).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    generated = [_typer_option(option) for option in config_options()]
+    # typer reads a command's options from inspect.signature, which honours __signature__.
+    command.__signature__ = inspect.Signature([*generated, *own])  # type: ignore[attr-defined]
+    return command
 
 
 @app.command()
+@with_config_options
 def train(
-    out: Path = typer.Option(..., "--out", help=_field("out")[1]),
-    data: Path | None = _option("data", "--data"),
-    model: str = _option("model", "--model"),
+    *,
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", min=1, help="Training processes (DDP); >1 launches torchrun."
     ),
-    epochs: int = _option("epochs", "--epochs"),
-    max_steps: int | None = _option("max_steps", "--max-steps"),
-    batch_size: int = _option("batch_size", "--batch-size"),
-    lr: float = _option("lr", "--lr"),
-    max_length: int = _option("max_length", "--max-length"),
-    precision: str = _option("precision", "--precision"),
-    seed: int = _option("seed", "--seed"),
-    checkpoint_dir: Path | None = _option("checkpoint_dir", "--checkpoint-dir"),
-    checkpoint_every: int = _option("checkpoint_every", "--checkpoint-every"),
-    resume: bool = _option("resume", "--resume"),
-    early_stop: bool = _option("early_stop", "--early-stop"),
-    train: Path | None = _option("train", "--train"),
-    validation: Path | None = _option("validation", "--validation"),
-    test: Path | None = _option("test", "--test"),
-    weight_decay: float = _option("weight_decay", "--weight-decay"),
-    warmup_ratio: float = _option("warmup_ratio", "--warmup-ratio"),
-    grad_clip: float = _option("grad_clip", "--grad-clip"),
-    ordinal_weight: float = _option("ordinal_weight", "--ordinal-weight"),
-    num_workers: int = _option("num_workers", "--num-workers"),
-    shuffle_buffer: int = _option("shuffle_buffer", "--shuffle-buffer"),
-    group_by_length: int = _option("group_by_length", "--group-by-length"),
-    keep_checkpoints: int = _option("keep_checkpoints", "--keep-checkpoints"),
-    log_every: int = _option("log_every", "--log-every"),
-    tracking_uri: str | None = _option("tracking_uri", "--tracking-uri"),
-    experiment: str = _option("experiment", "--experiment"),
-    progress: bool = typer.Option(
-        _field("progress")[0], "--progress/--no-progress", help=_field("progress")[1]
-    ),
+    **config_values: Any,
 ) -> None:
     """Fine-tune a model to predict 1-5 stars; writes the run directory OUT (model/,
     metrics.json, config.json, plots/, MLflow store)."""
-    from training.config import ConfigError, TrainConfig
-
-    given = locals()
-    config = TrainConfig(**{f.name: given[f.name] for f in fields(TrainConfig)})
+    config = TrainConfig(**config_values)
     try:
         config.validate()
-        if batch_size % nproc_per_node:
+        if config.batch_size % nproc_per_node:
             raise ConfigError(
-                f"--batch-size {batch_size} is the global batch and must divide evenly among "
-                f"--nproc-per-node {nproc_per_node} processes"
+                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+                f"among --nproc-per-node {nproc_per_node} processes"
             )
     except ConfigError as exc:
         raise fail(str(exc)) from exc
