@@ -18,6 +18,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from api import metrics
 from api.ab.service import ABTesting
+from api.batching import AdaptiveBatcher, Predictor
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import (
@@ -49,6 +50,18 @@ def _torchserve_client(settings: Settings) -> TorchServeClient:
     )
 
 
+def _predictor(settings: Settings, client: TorchServeClient) -> Predictor:
+    if not settings.coalesce:
+        return client
+    return AdaptiveBatcher(
+        client,
+        max_texts=settings.coalesce_max_texts,
+        max_wait_s=settings.coalesce_max_wait_ms / 1000,
+        max_in_flight=settings.coalesce_max_in_flight,
+        timeout_s=settings.upstream_timeout_s,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -71,6 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = client is None
         app.state.client = _torchserve_client(settings) if owned else client
+        app.state.predictor = _predictor(settings, app.state.client)
         if owned if ab_testing is None else ab_testing:
             app.state.ab = await asyncio.to_thread(ABTesting.open, settings, app.state.client)
             app.state.chooser = chooser if chooser is not None else app.state.ab.router
@@ -78,6 +92,8 @@ def create_app(
         try:
             yield
         finally:
+            if isinstance(app.state.predictor, AdaptiveBatcher):
+                await app.state.predictor.aclose()
             if app.state.ab is not None:
                 await app.state.ab.aclose()
             if owned:

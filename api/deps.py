@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.batching import Predictor
 from api.errors import Forbidden, Unauthorized
 from api.seams import PredictionRecorder, VariantChooser
 from api.settings import Settings
@@ -28,6 +29,11 @@ async def get_settings(request: Request) -> Settings:
 async def get_client(request: Request) -> TorchServeClient:
     client: TorchServeClient = request.app.state.client
     return client
+
+
+async def get_predictor(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
 
 
 async def get_chooser(request: Request) -> VariantChooser:
@@ -48,6 +54,8 @@ async def get_request_id(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[TorchServeClient, Depends(get_client)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+"""Predictions go through the adaptive batcher (or straight to the client with it off)."""
 ChooserDep = Annotated[VariantChooser, Depends(get_chooser)]
 RecorderDep = Annotated[PredictionRecorder, Depends(get_recorder)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

@@ -40,6 +40,23 @@ class Settings(TorchServeSettings):
         description="API requests answered at once; past it 503 at once, so requests cannot "
         "pile up behind a slow TorchServe (probes and /metrics are not counted)",
     )
+    # Adaptive batching (api/batching.py): concurrent predictions for one version share a
+    # TorchServe request; an idle gateway sends each at once.
+    coalesce: bool = Field(
+        default=True, description="coalesce concurrent predictions per version (adaptive batching)"
+    )
+    coalesce_max_texts: int = Field(
+        default=32, ge=1, le=10_000, description="texts per coalesced TorchServe request at most"
+    )
+    coalesce_max_wait_ms: float = Field(
+        default=10.0, ge=0, le=10_000, description="longest a prediction waits to be coalesced"
+    )
+    coalesce_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=1_000,
+        description="TorchServe requests in flight per version before predictions wait",
+    )
     readiness_timeout_s: PositiveSeconds = Field(
         default=1.0, description="/readyz gives up (not ready) after this long"
     )

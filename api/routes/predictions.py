@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Header, Request
 
 from api import metrics
-from api.deps import ChooserDep, ClientDep, RecorderDep, RequestIdDep, SettingsDep
+from api.deps import ChooserDep, PredictorDep, RecorderDep, RequestIdDep, SettingsDep
 from api.errors import InvalidInput, PayloadTooLarge
 from api.schemas import (
     USER_ID_PATTERN,
@@ -73,7 +73,7 @@ async def create_prediction(
     request: Request,
     background: BackgroundTasks,
     settings: SettingsDep,
-    client: ClientDep,
+    predictor: PredictorDep,
     chooser: ChooserDep,
     recorder: RecorderDep,
     request_id: RequestIdDep,
@@ -96,7 +96,7 @@ async def create_prediction(
 
     started = time.perf_counter()
     try:
-        predictions = await client.predict(texts, assignment.version)
+        predictions = await predictor.predict(texts, assignment.version)
     finally:
         upstream_s = time.perf_counter() - started
         metrics.UPSTREAM_LATENCY.observe(upstream_s)
