@@ -59,8 +59,6 @@ logger = logging.getLogger(__name__)
 
 ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Exit status of a run stopped by SIGTERM after writing its checkpoint (128 + SIGTERM).
-INTERRUPTED_EXIT_CODE = 143
 EVAL_BATCH_SIZE = 64
 
 

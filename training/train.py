@@ -52,12 +52,12 @@ def sagemaker_arguments(argv: Sequence[str], env: Mapping[str, str]) -> list[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.__main__ import configure_logging, run
     from training.config import parse_args
+    from training.run import configure_logging, run_training
 
     configure_logging()
     arguments = sagemaker_arguments(sys.argv[1:] if argv is None else argv, os.environ)
-    return run(parse_args(arguments, prog="train.py"))
+    return run_training(parse_args(arguments, prog="train.py"))
 
 
 __all__ = ["METRIC_DEFINITIONS", "main", "sagemaker_arguments"]

@@ -47,8 +47,8 @@ class DemoVersion:
 
 def _train(data_dir: Path, run_dir: Path, model: str, epochs: int, retrain: bool) -> None:
     from starrating.cli.training import print_run_summary
-    from training.__main__ import run
     from training.config import TrainConfig
+    from training.run import run_training
 
     # No checkpoints: a demo run is short, and each one is ~260 MB on disk.
     config = TrainConfig(out=run_dir, data=data_dir, model=model, epochs=epochs, checkpoint_every=0)
@@ -57,7 +57,7 @@ def _train(data_dir: Path, run_dir: Path, model: str, epochs: int, retrain: bool
         print_run_summary(run_dir)
         return
     config.validate()
-    if run(config) != 0:
+    if run_training(config) != 0:
         raise fail(f"training {run_dir} failed; see the log above")
     print_run_summary(run_dir)
 

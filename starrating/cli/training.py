@@ -83,7 +83,7 @@ def train(
     started = time.monotonic()
     code = _launch(config, nproc_per_node)
     if code != 0:
-        from training.loop import INTERRUPTED_EXIT_CODE
+        from training.run import INTERRUPTED_EXIT_CODE
 
         if code == INTERRUPTED_EXIT_CODE:
             raise fail(
@@ -97,9 +97,9 @@ def train(
 
 def _launch(config: TrainConfig, nproc_per_node: int) -> int:
     if nproc_per_node == 1:
-        from training.__main__ import run
+        from training.run import run_training
 
-        return run(config)
+        return run_training(config)
     command = [
         sys.executable,
         "-m",
@@ -129,7 +129,7 @@ def _launch(config: TrainConfig, nproc_per_node: int) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if terminated and code != 0:
-        from training.loop import INTERRUPTED_EXIT_CODE
+        from training.run import INTERRUPTED_EXIT_CODE
 
         # torchrun itself exits 1 on SIGTERM; the trainers wrote their checkpoint first.
         return INTERRUPTED_EXIT_CODE
