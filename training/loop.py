@@ -1,11 +1,13 @@
-"""The training loop: DDP, mixed precision, checkpoints, rules, tracking, evaluation, saving.
+"""The training loop: DDP, mixed precision, checkpoints, rules, tracking, evaluation.
 
 One code path for every setting: one process or many (torchrun), CPU or GPU, fp32/bf16/fp16
 (one autocast context; ``GradScaler(enabled=fp16)``; gradients unscaled before clipping).
 Processes move in lockstep: before each step they agree (one small CPU all-reduce) whether any
 of them still has a batch and whether any must stop. A process whose share of the epoch ran out
 one batch early steps with its previous batch at zero weight, so no review is dropped and DDP's
-all-reduce never waits on a process that left. Only rank 0 logs, tracks and writes files.
+all-reduce never waits on a process that left. Only rank 0 logs, tracks and writes files;
+what it writes when the steps are over (calibration, summary, model, plots) is
+``training.report``'s.
 """
 
 from __future__ import annotations
@@ -27,10 +29,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from starrating.artifacts import save_artifacts
 from starrating.models import load_pretrained
 from training import checkpoint as ckpt
-from training.calibration import fit_temperature
 from training.config import ConfigError, TrainConfig
 from training.data.streaming import Batch, ReviewStream, StreamPosition, known_rows, split_files
 from training.distributed import (
@@ -41,17 +41,10 @@ from training.distributed import (
     distributed_context,
     sum_across,
 )
-from training.evaluate import (
-    Predictions,
-    evaluate_predictions,
-    plot_confusion_matrix,
-    plot_reliability,
-    plot_training_curves,
-    predict,
-    write_json,
-)
+from training.evaluate import Predictions, evaluate_predictions, predict
 from training.metric_lines import log_metrics
 from training.progress import TrainingProgress
+from training.report import plot_run, save_run, summarise_run, track_run
 from training.rules import TrainingRules
 from training.tracking import RunTracker
 
@@ -595,117 +588,50 @@ class Trainer:
     # -- the end ---------------------------------------------------------------------------------
 
     def _finish(self, stop_reason: str | None) -> dict[str, Any] | None:
-        config, ctx = self.config, self.ctx
+        """The final predictions on every rank, then rank 0's report; its summary on rank 0."""
+        validation, test = self._final_predictions()
+        summary = self._report(validation, test, stop_reason) if self.ctx.is_main else None
+        barrier(self.ctx)
+        return summary
+
+    def _final_predictions(self) -> tuple[Predictions, Predictions | None]:
+        """Validation (the last evaluation's, when it was at this step) and test predictions."""
         if self.last_validation is not None and self.last_validation[0] == self.state.step:
             validation = self.last_validation[1]
         else:
             validation = self._predict(self.validation_files)
         test = self._predict(self.test_files) if self.test_files else None
-        if not ctx.is_main:
-            barrier(ctx)
-            return None
-        temperature = fit_temperature(validation.logits, validation.labels)
-        val_before = evaluate_predictions(validation)
-        val_after = evaluate_predictions(validation, temperature)
-        final_split, final = ("test", test) if test is not None else ("validation", validation)
-        before = evaluate_predictions(final, 1.0)
-        after = evaluate_predictions(final, temperature)
-        summary: dict[str, Any] = {
-            "split": final_split,
-            **{
-                k: after[k]
-                for k in ("n", "accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
-            },
-            "ece_before": before["ece"],
-            "ece_after": after["ece"],
-            "temperature": temperature,
-            "per_class": after["per_class"],
-            "confusion_matrix": after["confusion_matrix"],
-            "validation": {
-                k: val_after[k]
-                for k in ("n", "accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
-            }
-            | {"ece_before": val_before["ece"], "ece_after": val_after["ece"]},
+        return validation, test
+
+    def _report(
+        self, validation: Predictions, test: Predictions | None, stop_reason: str | None
+    ) -> dict[str, Any]:
+        """Calibrate, summarise, save, plot and track the finished run (rank 0)."""
+        out, history = self.config.out, self.state.history
+        result = summarise_run(validation, test, self._run_facts(stop_reason))
+        saved = save_run(out, result, history, self.model, self.tokenizer, self.config.max_length)
+        plots = plot_run(out, result, history)
+        log_metrics(result.final_metrics)
+        track_run(self.tracker, result, saved, plots, step=self.state.step)
+        logger.info(
+            "saved the model to %s and the evaluation to %s", saved.model_dir, out / "metrics.json"
+        )
+        return result.summary
+
+    def _run_facts(self, stop_reason: str | None) -> dict[str, Any]:
+        """How the run went and where it ran, for its summary."""
+        steps_per_epoch = self.plan.steps_per_epoch
+        return {
             "rules": self.rules.statuses(),
             "stopped": stop_reason or "completed",
             "steps": self.state.step,
-            "epochs": round(self.state.step / self.plan.steps_per_epoch, 2)
-            if self.plan.steps_per_epoch
-            else None,
+            "epochs": round(self.state.step / steps_per_epoch, 2) if steps_per_epoch else None,
             "train_time_s": round(self.state.train_time_s, 1),
-            "world_size": ctx.world_size,
+            "world_size": self.ctx.world_size,
             "precision": self.precision,
             "device": str(self.device),
-            "model": config.model,
+            "model": self.config.model,
         }
-        out = config.out
-        model_dir = save_artifacts(
-            out / "model",
-            self.model,
-            self.tokenizer,
-            max_length=config.max_length,
-            temperature=temperature,
-        )
-        files = [
-            write_json(out / "metrics.json", summary),
-            write_json(
-                out / "confusion_matrix.json",
-                {
-                    "split": final_split,
-                    "labels": [1, 2, 3, 4, 5],
-                    "rows": "true stars",
-                    "columns": "predicted stars",
-                    "matrix": summary["confusion_matrix"],
-                },
-            ),
-            write_json(out / "history.json", self.state.history),
-            config.out / "config.json",
-        ]
-        plots = [
-            plot_confusion_matrix(
-                summary["confusion_matrix"],
-                out / "plots" / "confusion_matrix.png",
-                f"{final_split} ({summary['n']} reviews)",
-            ),
-            plot_training_curves(self.state.history, out / "plots" / "training_curves.png"),
-            plot_reliability(final, temperature, out / "plots" / "reliability.png"),
-        ]
-        log_metrics(
-            {
-                f"{final_split}_{k}": summary[k]
-                for k in ("accuracy", "macro_f1", "mae", "off_by_one", "qwk")
-            }
-            | {
-                "ece_before": summary["ece_before"],
-                "ece_after": summary["ece_after"],
-                "temperature": temperature,
-            }
-        )
-        self.tracker.log_metrics(
-            {
-                f"{final_split}_{k}": summary[k]
-                for k in ("accuracy", "macro_f1", "mae", "off_by_one", "qwk", "loss")
-            }
-            | {
-                "ece_before": summary["ece_before"],
-                "ece_after": summary["ece_after"],
-                "temperature": temperature,
-                "train_time_s": summary["train_time_s"],
-            },
-            step=self.state.step,
-        )
-        self.tracker.set_tags(
-            {f"rule.{name}": r["status"] for name, r in summary["rules"].items()}
-            | {"stopped": summary["stopped"], "model_dir": str(model_dir.resolve())}
-        )
-        self.tracker.log_artifacts(files)
-        self.tracker.log_artifacts(plots, "plots")
-        self.tracker.end("FINISHED")
-        logger.info(
-            "saved the model to %s and the evaluation to %s", model_dir, out / "metrics.json"
-        )
-        barrier(ctx)
-        return summary
 
 
 def train(config: TrainConfig) -> dict[str, Any] | None:
