@@ -45,7 +45,7 @@ def _typer_option(option: ConfigOption) -> inspect.Parameter:
     )
 
 
-def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` with one option per TrainConfig field (listed before its own options),
     passed in its ``**config_values``: a new field is a new option of ``starrating train``."""
     own = [
@@ -60,7 +60,7 @@ def with_config_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @app.command()
-@with_config_options
+@_with_config_options
 def train(
     *,
     nproc_per_node: int = typer.Option(
