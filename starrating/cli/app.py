@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 app = typer.Typer(
     name="starrating",
@@ -60,8 +61,10 @@ def needs_extra(extra: str) -> Callable[[Command], Command]:
                 if not missing or missing in _PROJECT_PACKAGES:
                     raise
                 raise fail(
-                    f"this command needs the '{extra}' extra ({missing} is not installed): "
-                    f"pip install 'starrating[{extra}]'"
+                    escape(
+                        f"this command needs the '{extra}' extra ({missing} is not installed): "
+                        f"pip install 'starrating[{extra}]'"
+                    )
                 ) from exc
 
         return run  # type: ignore[return-value]

@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail
+from starrating.cli.app import app, console, fail, needs_extra
 from training.config import ConfigError, ConfigOption, TrainConfig, config_options
 
 
@@ -60,6 +60,7 @@ def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 @app.command()
+@needs_extra("train")
 @_with_config_options
 def train(
     *,
@@ -175,6 +176,7 @@ def print_run_summary(out: Path, wall_s: float | None = None) -> None:
 
 
 @app.command()
+@needs_extra("train")
 def evaluate(
     run: Path = typer.Option(..., "--run", help="A run directory written by `starrating train`."),
     data: Path = typer.Option(
@@ -217,6 +219,7 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 
 @app.command()
+@needs_extra("train")
 def runs(
     root: Path = typer.Option(
         Path("."), "--root", help="Search this directory for run directories (RUN/mlflow.db)."
