@@ -1,11 +1,17 @@
-# syntax=docker/dockerfile:1.7
 # Images of starrating, one per target (`make images` builds them all):
 #   serve    TorchServe with the starrating handler and the .mar files of model_store/
 #            (compose, Kubernetes, and SageMaker hosting through `docker run IMAGE serve`)
-#   gateway  the FastAPI gateway under uvicorn
-#   train    a SageMaker training image (CUDA build of torch), entry training/train.py
-# Dependencies are pinned in deploy/docker/requirements.lock and installed before any code is
-# copied, so code changes rebuild only the last layers.
+#   gateway  the FastAPI gateway under uvicorn (no torch, transformers, MLflow or TorchServe)
+#   train    a SageMaker training image, entry training/train.py (PyPI's CUDA build of torch
+#            unless TRAIN_TORCH_INDEX_URL names another index)
+# Each role installs its own pinned set, deploy/docker/requirements-<role>.lock (regenerate with
+# deploy/docker/lock.sh), before any code is copied: code changes rebuild only the last layers.
+#
+# Build arguments: PYTHON_IMAGE (a Python 3.11 image with `python` and `pip` on PATH; where no
+# registry can be pulled, `make base-images` builds one from Debian's packages), TORCH_VERSION,
+# TORCH_INDEX_URL (serve), TRAIN_TORCH_INDEX_URL (train). A TLS-intercepting proxy's CA bundle
+# can be given to pip as the BuildKit secret `pip-ca` (`--secret id=pip-ca,src=FILE`); it never
+# ends up in a layer.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -23,24 +29,44 @@ RUN groupadd --system --gid 10001 starrating \
 WORKDIR /opt/starrating
 
 # ---------------------------------------------------------------------------------------------
-# Pinned dependencies with the CPU build of torch (serving needs no GPU here).
-FROM python-base AS deps-cpu
+# Pinned dependencies per role. torch comes first from its own index (its dependencies pinned by
+# the role's lock), then the lock itself.
+FROM python-base AS deps-gateway
+COPY deploy/docker/requirements-gateway.lock /tmp/requirements.lock
+# numpy's and scipy's own test suites are a tenth of the image (~50 MB): dropped in the layer
+# that installs them.
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install -r /tmp/requirements.lock \
+    && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && find "$site/numpy" "$site/scipy" -depth -type d -name tests -exec rm -rf {} +
+
+# TorchServe and the handler: the CPU build of torch (serving needs no GPU here).
+FROM python-base AS deps-serve
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-COPY deploy/docker/requirements.lock /tmp/requirements.lock
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+COPY deploy/docker/requirements-serve.lock /tmp/requirements.lock
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
+       -c /tmp/requirements.lock "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.lock
 
-# Pinned dependencies with PyPI's default (CUDA) build of torch for GPU training.
-FROM python-base AS deps-cuda
+# Training: PyPI's default (CUDA) build of torch for GPU instances; a CPU build where
+# TRAIN_TORCH_INDEX_URL names the CPU index (tests, CPU instances).
+FROM python-base AS deps-train
 ARG TORCH_VERSION=2.13.0
-COPY deploy/docker/requirements.lock /tmp/requirements.lock
-RUN pip install "torch==${TORCH_VERSION}" \
+ARG TRAIN_TORCH_INDEX_URL=https://pypi.org/simple
+COPY deploy/docker/requirements-train.lock /tmp/requirements.lock
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install --index-url "${TRAIN_TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
+       -c /tmp/requirements.lock "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.lock
 
 # ---------------------------------------------------------------------------------------------
-# The project's source, gathered once; installed on top of either dependency stage (no
-# dependency resolution there).
+# The project's source, gathered once; installed on top of each role's dependencies (no
+# dependency resolution there; pip fetches only the build backend, setuptools).
 FROM scratch AS source
 COPY pyproject.toml README.md /src/
 COPY starrating /src/starrating
@@ -50,16 +76,26 @@ COPY api /src/api
 COPY serving /src/serving
 COPY loadtests /src/loadtests
 
-FROM deps-cpu AS app-cpu
+FROM deps-gateway AS app-gateway
 COPY --from=source /src/ ./
-RUN pip install --no-deps .
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install --no-deps .
 
-FROM deps-cuda AS app-cuda
+FROM deps-serve AS app-serve
 COPY --from=source /src/ ./
-RUN pip install --no-deps .
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install --no-deps .
+
+FROM deps-train AS app-train
+COPY --from=source /src/ ./
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------
-FROM app-cpu AS serve
+FROM app-serve AS serve
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
@@ -88,7 +124,7 @@ ENTRYPOINT ["tini", "-g", "--", "starrating-torchserve"]
 CMD ["start"]
 
 # ---------------------------------------------------------------------------------------------
-FROM app-cpu AS gateway
+FROM app-gateway AS gateway
 ENV STARRATING_HOST=0.0.0.0 \
     STARRATING_PORT=8000 \
     STARRATING_HOME=/var/lib/starrating
@@ -97,12 +133,14 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
-CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--no-server-header"]
+# On SIGTERM uvicorn stops accepting, lets in-flight requests finish (at most
+# --timeout-graceful-shutdown seconds) and exits 0.
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--no-server-header", "--timeout-graceful-shutdown", "20"]
 
 # ---------------------------------------------------------------------------------------------
 # SageMaker training image. The job's source_code channel lands in /opt/ml/input/data/code and
 # the SDK's torchrun driver starts training/train.py there; without SageMaker the entry runs it
 # directly (`docker run IMAGE --data ... --out ...`). No USER: SageMaker mounts /opt/ml/model,
 # /opt/ml/checkpoints and /opt/ml/output owned by root and the job must write into them.
-FROM app-cuda AS train
+FROM app-train AS train
 ENTRYPOINT ["python", "/opt/starrating/training/train.py"]

@@ -1,17 +1,18 @@
 """The Dockerfile: hadolint-clean, and each target has what a deployment relies on.
 
-No image is built here (no Docker engine on these machines); `make images` builds them where
-there is one.
+Read statically here; tests/containers builds the images and runs them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -101,29 +102,67 @@ def test_targets_exist(target: str) -> None:
     assert target in STAGES
 
 
+ROLES = ("gateway", "serve", "train")
+
+
+def lock(role: str) -> dict[str, str]:
+    pins = {}
+    for line in (REPO / f"deploy/docker/requirements-{role}.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    return pins
+
+
 def test_dependencies_are_installed_before_any_code_is_copied() -> None:
-    for deps in ("deps-cpu", "deps-cuda"):
-        copies = STAGES[deps].all("COPY")
-        assert copies == ["deploy/docker/requirements.lock /tmp/requirements.lock"]
-        installs = " ".join(STAGES[deps].all("RUN"))
-        assert "-r /tmp/requirements.lock" in installs and "torch==" in installs
-    for app, deps in (("app-cpu", "deps-cpu"), ("app-cuda", "deps-cuda")):
-        assert STAGES[app].base == deps
+    for role in ROLES:
+        deps = STAGES[f"deps-{role}"]
+        assert deps.all("COPY") == [
+            f"deploy/docker/requirements-{role}.lock /tmp/requirements.lock"
+        ]
+        installs = " ".join(deps.all("RUN"))
+        assert "-r /tmp/requirements.lock" in installs
+        assert ("torch==" in installs) == (role != "gateway")
+        app = STAGES[f"app-{role}"]
+        assert app.base == f"deps-{role}"
         # The project goes in without resolving anything again.
-        assert STAGES[app].all("RUN") == ["pip install --no-deps ."]
-        assert STAGES[app].all("COPY") == ["--from=source /src/ ./"]
+        [install] = app.all("RUN")
+        assert install.endswith("pip install --no-deps .")
+        assert app.all("COPY") == ["--from=source /src/ ./"]
     source = " ".join(STAGES["source"].all("COPY"))
-    for package in ("starrating", "training", "handlers", "api", "loadtests"):
+    for package in ("starrating", "training", "handlers", "api", "serving", "loadtests"):
         assert f"{package} /src/{package}" in source
 
 
-def test_serving_images_share_the_cpu_dependencies_and_train_has_cuda_torch() -> None:
-    assert [s.name for s in lineage("serve")][1:3] == ["app-cpu", "deps-cpu"]
-    assert [s.name for s in lineage("gateway")][1:3] == ["app-cpu", "deps-cpu"]
-    assert [s.name for s in lineage("train")][1:3] == ["app-cuda", "deps-cuda"]
-    cuda_install = " ".join(STAGES["deps-cuda"].all("RUN"))
-    assert "--index-url" not in cuda_install  # PyPI's default torch wheel is the CUDA build
-    assert "/whl/cpu" in " ".join(STAGES["deps-cpu"].all("ARG"))
+def test_each_image_installs_its_own_role_and_serving_uses_cpu_torch() -> None:
+    for target in ROLES:
+        assert [s.name for s in lineage(target)][1:3] == [f"app-{target}", f"deps-{target}"]
+    # serve: the CPU index by default; train: PyPI's default torch (the CUDA build) by default,
+    # another index only through its build argument.
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in STAGES["deps-serve"].all("ARG")
+    assert "TRAIN_TORCH_INDEX_URL=https://pypi.org/simple" in STAGES["deps-train"].all("ARG")
+    assert '--index-url "${TORCH_INDEX_URL}"' in " ".join(STAGES["deps-serve"].all("RUN"))
+    assert '--index-url "${TRAIN_TORCH_INDEX_URL}"' in " ".join(STAGES["deps-train"].all("RUN"))
+
+
+def test_the_base_image_is_an_argument_defaulting_to_the_official_slim_python() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in text
+    assert STAGES["python-base"].base == "${PYTHON_IMAGE}"
+    # No frontend image to pull (no registry here), and nothing of this machine baked in.
+    assert not text.startswith("# syntax")
+    for local in ("/opt/wheels", "ca-certificates.crt", "starrating-python"):
+        assert local not in text
+
+
+def test_pip_gets_a_proxy_ca_only_as_a_build_secret() -> None:
+    for stage in STAGES.values():
+        for run in stage.all("RUN"):
+            if "pip install" in run:
+                assert run.startswith("--mount=type=secret,id=pip-ca "), run
+    assert all(
+        kw != "ENV" or "PIP_CERT" not in a for s in STAGES.values() for kw, a in s.instructions
+    )
 
 
 @pytest.mark.parametrize("target", ["serve", "gateway"])
@@ -171,24 +210,51 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
             for source in words[:-1]:
                 source = source.rstrip("/")
                 assert (REPO / source).exists(), f"COPY {source}: no such path"
-                assert any(source == inc or source.startswith(inc + "/") for inc in included), (
-                    f"COPY {source}: excluded by .dockerignore"
-                )
+                assert any(
+                    fnmatch.fnmatch(source, inc) or source.startswith(inc + "/") for inc in included
+                ), f"COPY {source}: excluded by .dockerignore"
 
 
-def test_lock_pins_every_runtime_dependency_compatibly() -> None:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    lock = {}
-    for line in (REPO / "deploy/docker/requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            lock[re.sub(r"[-_.]+", "-", name.lower())] = version
-    for spec in pyproject["project"]["dependencies"]:
+def requirements(extra: str, pyproject: dict[str, Any]) -> list[Requirement]:
+    """The core's requirements and an extra's, nested extras of the project expanded."""
+    found = [Requirement(spec) for spec in pyproject["project"]["dependencies"]]
+    for spec in pyproject["project"]["optional-dependencies"][extra]:
         requirement = Requirement(spec)
+        if requirement.name == pyproject["project"]["name"]:
+            for nested in requirement.extras:
+                found += requirements(nested, pyproject)
+        else:
+            found.append(requirement)
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_lock_pins_its_roles_dependencies_compatibly(role: str) -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = lock(role)
+    for requirement in requirements(role, pyproject):
         name = re.sub(r"[-_.]+", "-", requirement.name.lower())
         if name == "torch":  # installed by the Dockerfile itself, per target
             continue
-        assert name in lock, f"{name} is missing from deploy/docker/requirements.lock"
-        assert requirement.specifier.contains(lock[name], prereleases=True), (
-            f"{name}=={lock[name]} does not satisfy {requirement.specifier}"
+        assert name in pins, f"{name} is missing from deploy/docker/requirements-{role}.lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{name}=={pins[name]} does not satisfy {requirement.specifier}"
         )
+
+
+def test_gateway_lock_is_lean_and_serve_lock_has_no_training_or_bench_deps() -> None:
+    gateway, serve = lock("gateway"), lock("serve")
+    for heavy in ("torch", "transformers", "mlflow", "torchserve", "torch-model-archiver"):
+        assert heavy not in gateway
+    for training_only in (
+        "mlflow",
+        "pyarrow",
+        "matplotlib",
+        "scikit-learn",
+        "locust",
+        "accelerate",
+    ):
+        assert training_only not in serve
+    # Versions agree where two roles share a package.
+    shared = set(gateway) & set(serve) & set(lock("train"))
+    assert shared and all(gateway[n] == serve[n] == lock("train")[n] for n in shared)
