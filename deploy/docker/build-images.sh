@@ -4,7 +4,8 @@
 #   PYTHON_IMAGE           base image (build arg; e.g. the one deploy/docker/base-image.sh makes)
 #   PIP_CA_BUNDLE          CA bundle for pip behind a TLS-intercepting proxy (BuildKit secret)
 #   TORCH_WHEEL            a local torch wheel, served to the build as its torch index on a
-#                          loopback port (serve, and train unless TRAIN_TORCH_INDEX_URL is set)
+#                          loopback port, TORCH_WHEEL_PORT (47311; serve, and train unless
+#                          TRAIN_TORCH_INDEX_URL is set)
 #   TORCH_INDEX_URL, TRAIN_TORCH_INDEX_URL   other indexes for torch
 #   DOCKER_BUILD_FLAGS     extra flags (default --network host: the build reaches PyPI and
 #                          Debian, and the wheel's port, through the host's network)
@@ -32,7 +33,12 @@ if [ -n "${TORCH_WHEEL:-}" ]; then
   index="$(mktemp -d)"
   mkdir "$index/torch"
   ln -s "$(readlink -f "$TORCH_WHEEL")" "$index/torch/$(basename "$TORCH_WHEEL")"
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # A fixed port: the index URL is a build argument, so it is part of the layer cache's key.
+  port="${TORCH_WHEEL_PORT:-47311}"
+  if ! python3 -c "import socket; socket.socket().bind(('127.0.0.1', $port))" 2>/dev/null; then
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    echo "images: port ${TORCH_WHEEL_PORT:-47311} is taken, serving the wheel on $port (no layer cache for torch)" >&2
+  fi
   python3 -m http.server --bind 127.0.0.1 --directory "$index" "$port" >/dev/null 2>&1 &
   server=$!
   for _ in $(seq 50); do
