@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -90,12 +90,26 @@ class Traffic:
     url: str
     answers: list[tuple[float, int, str | None]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    clients: list[Future[None]] = field(default_factory=list)
 
     def run(self, clients: int) -> ThreadPoolExecutor:
         pool = ThreadPoolExecutor(clients)
-        for number in range(clients):
-            pool.submit(self._client, number)
+        self.clients = [pool.submit(self._client, number) for number in range(clients)]
         return pool
+
+    def raise_if_a_client_died(self) -> None:
+        # A client that died on a transport error or a non-JSON 5xx would otherwise just stop
+        # adding answers, hiding exactly what the tests forbid.
+        for client in self.clients:
+            if client.done():
+                client.result()
+
+    def finish(self, pool: ThreadPoolExecutor) -> None:
+        """Stop the clients, wait for them, and re-raise whatever one of them died of."""
+        self.stop.set()
+        pool.shutdown()
+        for client in self.clients:
+            client.result()
 
     def _client(self, number: int) -> None:
         with httpx.Client(base_url=self.url, timeout=60.0) as http:
@@ -104,6 +118,7 @@ class Traffic:
                 self.answers.append((time.monotonic(), *status_of(response)))
 
     def count_after(self, moment: float, status: int) -> int:
+        self.raise_if_a_client_died()
         return sum(1 for at, code, _ in self.answers if at > moment and code == status)
 
 
@@ -123,8 +138,7 @@ def test_worker_killed_during_traffic_is_replaced_and_serving_recovers(
         )
         wait_for(lambda: traffic.count_after(killed_at, 200) >= 10, "traffic after the kill")
     finally:
-        traffic.stop.set()
-        pool.shutdown()
+        traffic.finish(pool)
 
     statuses = {(code, error) for _, code, error in traffic.answers}
     assert statuses <= {(200, None)} | {(503, code) for code in UNAVAILABLE}, statuses
@@ -319,6 +333,11 @@ def restart_gateway(stack: GatewayStack) -> None:
     stack.pid = start_gateway(stack.paths, stack.env, host="127.0.0.1", port=stack.port)
 
 
+def recorded_predictions(stack: GatewayStack) -> set[str]:
+    with sqlite3.connect(f"file:{database(stack)}?mode=ro", uri=True) as db:
+        return {row[0] for row in db.execute("SELECT request_id FROM predictions")}
+
+
 def predictions_for_feedback(stack: GatewayStack, count: int) -> list[tuple[str, int]]:
     """``count`` answered predictions, each with the rating a user will give it."""
     made = []
@@ -413,6 +432,8 @@ def test_full_disk_under_the_store_answers_503_and_corrupts_nothing(stack: Gatew
         "shadow": None,
     }
 
+    # The prediction itself must be on disk first: this test is about the feedback write.
+    wait_for(lambda: during_id in recorded_predictions(stack), "the prediction to be stored")
     undo = limit_file_size(stack.pid, 1)
     try:
         full = {
