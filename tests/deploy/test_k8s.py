@@ -3,6 +3,7 @@ validated strictly against the Kubernetes 1.33 JSON schemas (kubernetes-validate
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,18 @@ def test_container_and_cluster_torchserve_configs_agree() -> None:
     assert cluster_config.pop("disable_token_authorization") == "true"
     container_config.pop("token_expiration_min")
     assert cluster_config == container_config
+
+
+def test_gateway_drains_before_it_is_killed(eks: list[dict[str, Any]]) -> None:
+    """preStop sleep, then uvicorn's graceful shutdown, both within the grace period."""
+    pod = find(eks, "Deployment", "gateway")["spec"]["template"]["spec"]
+    [container] = [c for c in pod["containers"] if c["name"] == "gateway"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    sleep_s = int(command[1])
+    assert sleep_s >= 5  # endpoints and load balancers need a few seconds to drop the pod
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    drain = re.search(r'"--timeout-graceful-shutdown", "(\d+)"', dockerfile)
+    assert drain is not None, "the gateway's CMD bounds its drain"
+    assert "command" not in container and "args" not in container  # the image's CMD runs
+    assert pod["terminationGracePeriodSeconds"] > sleep_s + int(drain.group(1))
