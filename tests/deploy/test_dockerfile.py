@@ -64,9 +64,18 @@ def parse_stages(text: str) -> dict[str, Stage]:
 STAGES = parse_stages(DOCKERFILE.read_text(encoding="utf-8"))
 
 
-def test_hadolint_passes() -> None:
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        DOCKERFILE,
+        REPO / "deploy/docker/postgres/Dockerfile",
+        REPO / "deploy/docker/prometheus/Dockerfile",
+    ],
+    ids=["starrating", "postgres", "prometheus"],
+)
+def test_hadolint_passes(dockerfile: Path) -> None:
     result = subprocess.run(
-        [tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [tool("hadolint"), str(dockerfile)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
