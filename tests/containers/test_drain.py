@@ -27,7 +27,8 @@ import pytest
 
 from tests.containers.conftest import PROJECT, Stack, docker, free_port, wait_for
 
-pytestmark = [pytest.mark.containers, pytest.mark.slow]
+# The first test to use `images` waits for a cold build (about 8 minutes here).
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CLIENT = Path(__file__).with_name("drain_client.py")
 

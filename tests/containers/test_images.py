@@ -8,7 +8,8 @@ import pytest
 
 from tests.containers.conftest import docker
 
-pytestmark = [pytest.mark.containers, pytest.mark.slow]
+# The first test to use `images` waits for a cold build (about 8 minutes here).
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PROBE = (
     "import importlib.util, json; print(json.dumps({m: bool(importlib.util.find_spec(m)) "

@@ -16,7 +16,8 @@ import pytest
 
 from tests.containers.conftest import docker, free_port, tiny_store
 
-pytestmark = [pytest.mark.containers, pytest.mark.slow]
+# The first test to use `images` waits for a cold build (about 8 minutes here).
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REVIEW = "Really bad. I hope they don't make this anymore."
 INVOKE_TIMEOUT_S = 60.0

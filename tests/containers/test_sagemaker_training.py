@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from tests.containers.conftest import docker, wait_for
 from training.metric_lines import METRIC_DEFINITIONS
 
-pytestmark = [pytest.mark.containers, pytest.mark.slow]
+# The first test to use `images` waits for a cold build (about 8 minutes here).
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 STEPS = 30
 HYPERPARAMETERS = {

@@ -21,7 +21,8 @@ import pytest
 
 from tests.containers.conftest import REPO, Stack, docker, port_open, wait_for
 
-pytestmark = [pytest.mark.containers, pytest.mark.slow]
+# The first test to use `images` waits for a cold build (about 8 minutes here).
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PREDICT = "/v1/predictions"
 REVIEW = "I loved it! I will recommend this to everyone."
