@@ -1,7 +1,7 @@
 """Names and addresses every part of the service agrees on, defined once.
 
 The archive names files and TorchServe registers models by ``MODEL_NAME`` and a version; the
-gateway, the SageMaker hosting code and the healthcheck accept exactly the versions
+archive, the gateway and the SageMaker hosting code accept exactly the versions
 ``VERSION_PATTERN`` allows, so a version the archive writes is one the gateway routes to.
 Standard library only: the handler, the gateway and the image healthcheck all import it.
 """
