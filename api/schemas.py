@@ -67,12 +67,24 @@ class PredictionResponse(BaseModel):
     predictions: list[StarPrediction] = Field(description="one per text, in order")
 
 
+class ServedNumerics(BaseModel):
+    precision: str = Field(description="what the version's workers compute in: fp32, bf16, int8")
+    reason: str = Field(description="why: the archive's measurement and the serving device")
+    validation_accuracy: dict[str, float] = Field(
+        default_factory=dict,
+        description="accuracy per numerics on the run's validation split, measured when archived",
+    )
+
+
 class ModelVersionInfo(BaseModel):
     version: str
     is_default: bool = Field(description="answers requests that name no version")
     ready: bool = Field(description="at least one worker is ready to predict")
     workers: int = Field(description="workers TorchServe runs for this version")
     ready_workers: int = Field(description="of those, the ones ready to predict")
+    numerics: ServedNumerics | None = Field(
+        default=None, description="null when no worker of the version answered in time"
+    )
 
 
 class ModelsResponse(BaseModel):

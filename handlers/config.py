@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from handlers.numerics import PRECISIONS, Precision
+from handlers.numerics import AUTO, PRECISION_CHOICES, PrecisionChoice
 from starrating.service import HANDLER_ENV_PREFIX
 
 Strategy = Literal["padded", "sorted"]
@@ -26,7 +26,7 @@ class HandlerConfig:
     threads: int | None = None
     strategy: Strategy = "padded"
     sub_batch_size: int = 32
-    precision: Precision = "fp32"
+    precision: PrecisionChoice = AUTO
     max_texts_per_request: int = 64
     max_text_chars: int = 20_000
 
@@ -66,8 +66,8 @@ class HandlerConfig:
             raise ValueError(f"invalid handler configuration {raw}: {exc}") from exc
         if config.strategy not in STRATEGIES:
             raise ValueError(f"handler batching strategy must be one of {STRATEGIES}")
-        if config.precision not in PRECISIONS:
-            raise ValueError(f"handler precision must be one of {PRECISIONS}")
+        if config.precision not in PRECISION_CHOICES:
+            raise ValueError(f"handler precision must be one of {PRECISION_CHOICES}")
         if min(config.sub_batch_size, config.max_texts_per_request, config.max_text_chars) < 1:
             raise ValueError(f"handler sizes must be positive: {config}")
         if config.threads is not None and config.threads < 1:

@@ -1,23 +1,41 @@
-"""Inference numerics of the stars model: fp32 (default), bf16, or dynamic int8 (CPU only).
+"""Inference numerics of the stars model: fp32, bf16, or dynamic int8 (CPU only), and ``auto``.
 
-Opt-in speed-ups for CPU serving. ``int8`` quantizes the weights of every ``nn.Linear`` layer
-per output channel, dynamically (activations are quantized per batch at run time); per-channel
-weights lost 1.1 test-accuracy points on the trained MiniLM where per-tensor weights lost 5.7.
-``bf16`` casts all weights (fast where the CPU has AVX512-BF16/AMX, slow where it has not).
-Both change predictions slightly: ``starrating bench serving --precision`` measures the test
-accuracy of each beside its speed-up. The benchmark's in-process limit uses this same function,
-so it and the handler always run identical numerics.
+``auto`` (the default) is fast where it costs no accuracy. At archive time ``measure_numerics``
+rates the run's validation split in every numerics and keeps those within
+``TOLERANCE_POINTS`` accuracy points of fp32 (``numerics.json`` in the archive). The handler
+then picks, on the device it runs on, the fastest kept one: bf16 on a GPU with bf16 and on a CPU
+with AVX512-BF16 or AMX (elsewhere bf16 is emulated and slow), int8 on other CPUs, fp32
+otherwise. ``int8`` quantizes the weights of every ``nn.Linear`` per output channel,
+dynamically (activations are quantized per batch at run time); per-channel weights lost 1.1
+test-accuracy points on the trained MiniLM where per-tensor weights lost 5.7. ``bf16`` casts all
+weights. The benchmark's in-process limit uses ``apply_precision`` too, so it and the handler
+always run identical numerics.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
-from typing import Literal, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
+if TYPE_CHECKING:
+    from starrating.artifacts import Artifacts
+
 Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "int8")
+AUTO: Literal["auto"] = "auto"
+PrecisionChoice = Literal["auto", "fp32", "bf16", "int8"]
+PRECISION_CHOICES: tuple[PrecisionChoice, ...] = ("auto", *PRECISIONS)
+
+TOLERANCE_POINTS = 0.5
+"""``auto`` keeps a numerics whose validation accuracy is at most this many points below fp32."""
+NUMERICS_FILE = "numerics.json"
+"""The archive's record of the numerics measured at archive time (under ``run/``)."""
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
@@ -43,3 +61,158 @@ def apply_precision(model: ModelT, precision: str) -> ModelT:
             dtype=torch.qint8,
         )
     return quantized
+
+
+@dataclass(frozen=True)
+class NumericsRecord:
+    """What the archive measured: accuracy per numerics on a split, and which ones ``auto`` may use.
+
+    ``requested`` is what the archive was asked for; anything but ``auto`` is used as is.
+    ``kept`` holds fp32 and every numerics within ``tolerance_points`` of it; ``refused`` says
+    why each other one was left out.
+    """
+
+    requested: PrecisionChoice
+    split: str = ""
+    rows: int = 0
+    accuracy: dict[str, float] = field(default_factory=dict)
+    tolerance_points: float = TOLERANCE_POINTS
+    kept: tuple[Precision, ...] = ("fp32",)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "kept": list(self.kept)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NumericsRecord:
+        try:
+            record = cls(
+                requested=data["requested"],
+                split=str(data.get("split", "")),
+                rows=int(data.get("rows", 0)),
+                accuracy={str(k): float(v) for k, v in data.get("accuracy", {}).items()},
+                tolerance_points=float(data.get("tolerance_points", TOLERANCE_POINTS)),
+                kept=tuple(data.get("kept", ("fp32",))),
+                refused={str(k): str(v) for k, v in data.get("refused", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed {NUMERICS_FILE}: {exc!r}") from exc
+        if record.requested not in PRECISION_CHOICES or not set(record.kept) <= set(PRECISIONS):
+            raise ValueError(f"malformed {NUMERICS_FILE}: unknown numerics in {data}")
+        return record
+
+    def summary(self) -> str:
+        """One line for people: the accuracies, and what ``auto`` may serve."""
+        if self.requested != AUTO:
+            head = f"numerics {self.requested} (chosen when archived)"
+        else:
+            faster = [p for p in self.kept if p != "fp32"]
+            head = "numerics auto: " + (
+                f"{' or '.join(faster)} where the device runs it natively, else fp32"
+                if faster
+                else "fp32"
+            )
+        measured = [
+            f"{name} {100 * value:.2f}%"
+            + (f" ({100 * (value - self.accuracy['fp32']):+.2f})" if name != "fp32" else "")
+            for name, value in self.accuracy.items()
+        ]
+        parts = [head]
+        if measured:
+            parts.append(f"accuracy on {self.split} ({self.rows} rows): " + ", ".join(measured))
+        parts += [f"{name} left out: {why}" for name, why in self.refused.items()]
+        return "; ".join(parts)
+
+    @classmethod
+    def read(cls, path: Path) -> NumericsRecord | None:
+        """The record at ``path``; None when the archive has none (archived before it existed)."""
+        if not path.is_file():
+            return None
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def measure_numerics(
+    artifacts: Artifacts,
+    texts: Sequence[str],
+    stars: Sequence[int],
+    *,
+    requested: PrecisionChoice = "auto",
+    split: str = "validation",
+) -> NumericsRecord:
+    """Accuracy of each numerics the device can run on ``texts``, and the ones within tolerance."""
+    from dataclasses import replace
+
+    device = next(artifacts.model.parameters()).device
+    accuracy = {"fp32": artifacts.accuracy(texts, stars)}
+    kept: list[Precision] = ["fp32"]
+    refused: dict[str, str] = {}
+    for precision in PRECISIONS[1:]:
+        if precision == "int8" and device.type != "cpu":
+            refused[precision] = f"runs on CPU only, and this archive was measured on {device}"
+            continue
+        # bf16 casts the weights in place; a copy keeps the caller's fp32 model intact.
+        model = apply_precision(_copy(artifacts.model), precision)
+        accuracy[precision] = replace(artifacts, model=model).accuracy(texts, stars)
+        change = 100.0 * (accuracy[precision] - accuracy["fp32"])
+        if change >= -TOLERANCE_POINTS:
+            kept.append(precision)
+        else:
+            refused[precision] = (
+                f"{change:+.2f} accuracy points against fp32 on {split} "
+                f"(more than {TOLERANCE_POINTS} lost)"
+            )
+        del model
+    return NumericsRecord(
+        requested=requested,
+        split=split,
+        rows=len(texts),
+        accuracy=accuracy,
+        kept=tuple(kept),
+        refused=refused,
+    )
+
+
+def _copy(model: ModelT) -> ModelT:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (else bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        # The checks torch's own CPU kernels use (torch.cpu has no public name for them).
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def choose_precision(
+    configured: PrecisionChoice, record: NumericsRecord | None, device: torch.device
+) -> tuple[Precision, str]:
+    """The numerics to serve on ``device`` and why.
+
+    ``configured`` (the handler's setting, ``STARRATING_HANDLER_PRECISION`` included) wins
+    unless it is ``auto``; then the archive's explicit choice; then the fastest kept numerics.
+    """
+    if configured != AUTO:
+        return configured, "set in the handler configuration"
+    if record is None:
+        return "fp32", f"the archive has no {NUMERICS_FILE} (archived before auto existed)"
+    if record.requested != AUTO:
+        return record.requested, "chosen when archived"
+    fast_bf16 = has_fast_bf16(device)
+    if "bf16" in record.kept and fast_bf16:
+        return "bf16", f"{device.type} computes bf16 natively; {_accuracy_note(record, 'bf16')}"
+    if "int8" in record.kept and device.type == "cpu":
+        return "int8", f"CPU without bf16 kept; {_accuracy_note(record, 'int8')}"
+    reasons = [f"{name}: {why}" for name, why in record.refused.items()]
+    if "bf16" in record.kept and not fast_bf16:
+        reasons.append(f"bf16: {device.type} has no native bf16")
+    return "fp32", "; ".join(reasons) or "no faster numerics kept"
+
+
+def _accuracy_note(record: NumericsRecord, precision: str) -> str:
+    change = 100.0 * (record.accuracy[precision] - record.accuracy["fp32"])
+    return f"{change:+.2f} accuracy points against fp32 on {record.split} ({record.rows} rows)"

@@ -30,7 +30,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers import MODEL_SUBDIR
+from handlers import MODEL_SUBDIR, RUN_SUBDIR
 from handlers.batch import (
     PreparedBatch,
     RequestError,
@@ -40,10 +40,17 @@ from handlers.batch import (
     sub_batches,
 )
 from handlers.config import HandlerConfig
-from handlers.numerics import apply_precision
+from handlers.numerics import (
+    NUMERICS_FILE,
+    NumericsRecord,
+    Precision,
+    apply_precision,
+    choose_precision,
+)
 from starrating.artifacts import Artifacts, load_artifacts
 from starrating.labels import ID2LABEL, NUM_LABELS, id_to_star
 from starrating.service import MODEL_NAME
+from starrating.sizing import available_cpus
 from starrating.text import encode_batch
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,9 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.config = HandlerConfig()
         self.model_version = "unknown"
         self._batch_metric: Any = None
+        self.numerics: NumericsRecord | None = None
+        self.precision: Precision = "fp32"
+        self.precision_reason = ""
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -72,15 +82,18 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.config = HandlerConfig.resolve(
             yaml_config.get("handler"), self.device.type, os.environ
         )
-        if self.config.threads is not None:
-            torch.set_num_threads(self.config.threads)
+        torch.set_num_threads(
+            self.config.threads if self.config.threads is not None else available_cpus()
+        )
         self.manifest = context.manifest
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "unknown"))
-        model_dir = Path(properties["model_dir"]) / MODEL_SUBDIR
-        artifacts = load_artifacts(model_dir, device=self.device)
-        self.artifacts = replace(
-            artifacts, model=apply_precision(artifacts.model, self.config.precision)
+        archive_dir = Path(properties["model_dir"])
+        artifacts = load_artifacts(archive_dir / MODEL_SUBDIR, device=self.device)
+        self.numerics = NumericsRecord.read(archive_dir / RUN_SUBDIR / NUMERICS_FILE)
+        self.precision, self.precision_reason = choose_precision(
+            self.config.precision, self.numerics, self.device
         )
+        self.artifacts = replace(artifacts, model=apply_precision(artifacts.model, self.precision))
         self.model = self.artifacts.model
         metrics = getattr(context, "metrics", None)
         if metrics is not None:
@@ -100,8 +113,9 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             torch.get_num_threads(),
             self.config.strategy,
             self.config.sub_batch_size,
-            self.config.precision,
+            self.precision,
         )
+        logger.info("numerics %s: %s", self.precision, self.precision_reason)
         self.initialized = True
 
     def preprocess(self, data: Sequence[Mapping[str, Any]]) -> PreparedBatch:
@@ -165,6 +179,17 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             else:
                 answers.append(per_text[slot.start])
         return answers
+
+    def describe_handle(self) -> dict[str, Any]:
+        """TorchServe's customized describe (``GET /models/stars/V?customized=true``): the
+        numerics this worker serves, why, and the accuracies the archive measured."""
+        return {
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "numerics": self.numerics.to_json() if self.numerics is not None else None,
+            "threads": torch.get_num_threads(),
+            "device": str(self.device),
+        }
 
     def _count_batch(self, size: int) -> None:
         if self._batch_metric is not None:

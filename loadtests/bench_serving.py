@@ -23,11 +23,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers import MODEL_SUBDIR
 from loadtests.stack import StackTuning
 from starrating.settings import CoreSettings
+
+if TYPE_CHECKING:
+    from handlers.numerics import Precision, PrecisionChoice
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class ServingBenchConfig:
     warmup: float = 3.0
     users: int = 16
     texts_per_request: int = 1
-    precision: str = "fp32"
+    precision: PrecisionChoice = "auto"
     setups: tuple[str, ...] = SETUPS
     tuning: StackTuning = field(default_factory=StackTuning)
     limit_seconds: float | None = None  # per in-process configuration; default duration / 8
@@ -82,6 +85,8 @@ class ServingBenchReport:
     low_load: dict[str, SetupResult] = field(default_factory=dict)
     limit_runs: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)
+    precision_requested: str = ""
+    precision_reason: str = ""
 
     @property
     def stack_over_limit(self) -> float | None:
@@ -109,6 +114,8 @@ class ServingBenchReport:
         return {
             "model": self.model,
             "precision": self.precision,
+            "precision_requested": self.precision_requested,
+            "precision_reason": self.precision_reason,
             "users": self.users,
             "texts_per_request": self.texts_per_request,
             "duration_s": self.duration,
@@ -183,6 +190,40 @@ def model_under_test(model: Path | None) -> Iterator[ModelUnderTest]:
             )
 
 
+def resolve_precision(
+    model: ModelUnderTest, requested: PrecisionChoice, data: Path | None
+) -> tuple[Precision, str]:
+    """The numerics the stack serves for ``requested`` on this CPU, and why.
+
+    ``auto`` decides as the handler does: from the archive's ``numerics.json``, or for a model
+    without one from the accuracies measured now on the validation split of ``data``.
+    """
+    import torch
+
+    from handlers import RUN_SUBDIR
+    from handlers.numerics import (
+        AUTO,
+        NUMERICS_FILE,
+        NumericsRecord,
+        choose_precision,
+        measure_numerics,
+    )
+    from loadtests.reviews import load_reviews
+    from starrating.artifacts import load_artifacts
+
+    if requested != AUTO:
+        return choose_precision(requested, None, torch.device("cpu"))[0], "asked for"
+    record = None
+    if model.mar is not None:
+        record = NumericsRecord.read(model.model_dir.parent / RUN_SUBDIR / NUMERICS_FILE)
+    if record is None:
+        validation = load_reviews(data, splits=("validation",))
+        record = measure_numerics(
+            load_artifacts(model.model_dir), validation.texts, validation.stars
+        )
+    return choose_precision(AUTO, record, torch.device("cpu"))
+
+
 # --- the setups ---------------------------------------------------------------------------
 
 
@@ -203,14 +244,14 @@ def run_limit(
 ) -> None:
     """In-process throughput with ``precision``, and test accuracy of fp32 vs ``precision``."""
     from handlers.numerics import apply_precision
-    from loadtests.limit import accuracy, measure_limit
+    from loadtests.limit import measure_limit
     from starrating.artifacts import load_artifacts
 
     artifacts = load_artifacts(model_dir)
-    report.accuracy["fp32"] = accuracy(artifacts, test.texts, test.stars)
+    report.accuracy["fp32"] = artifacts.accuracy(test.texts, test.stars)
     if precision != "fp32":
         artifacts = replace(artifacts, model=apply_precision(artifacts.model, precision))
-        report.accuracy[precision] = accuracy(artifacts, test.texts, test.stars)
+        report.accuracy[precision] = artifacts.accuracy(test.texts, test.stars)
     runs = measure_limit(artifacts, texts, seconds=seconds)
     best = max(runs, key=lambda run: run.reviews_per_s)
     report.limit_runs = [
@@ -339,13 +380,18 @@ def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
         tempfile.TemporaryDirectory(prefix="starrating-bench-") as tmp,
     ):
         workdir = Path(tmp)
+        precision, reason = resolve_precision(model, config.precision, config.data)
+        logger.info("numerics %s (%s): %s", precision, config.precision, reason)
         report = ServingBenchReport(
             model.label,
-            config.precision,
+            precision,
             config.users,
             config.duration,
             texts_per_request=config.texts_per_request,
+            precision_requested=config.precision,
+            precision_reason=reason,
         )
+        config = replace(config, precision=precision)
         if "limit" in config.setups:
             seconds = config.limit_seconds or max(config.duration / 8, 0.5)
             run_limit(model.model_dir, texts, test, config.precision, seconds, report)

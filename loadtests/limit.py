@@ -22,8 +22,6 @@ from typing import Literal
 import torch
 
 from starrating.artifacts import Artifacts
-from starrating.labels import id_to_star
-from starrating.text import encode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +65,6 @@ def make_batches(
     return batches
 
 
-def rate_batch(artifacts: Artifacts, texts: Sequence[str]) -> torch.Tensor:
-    """Calibrated probabilities for one batch, as the handler computes them."""
-    encoded = encode_batch(artifacts.tokenizer, texts, artifacts.max_length)
-    with torch.inference_mode():
-        logits = artifacts.model(**encoded).logits
-    return artifacts.probabilities(logits)
-
-
 def time_configuration(
     artifacts: Artifacts,
     texts: Sequence[str],
@@ -86,13 +76,13 @@ def time_configuration(
     batches = make_batches(artifacts, texts, batch_size, padding)
     if not batches:
         raise ValueError("no texts to rate")
-    rate_batch(artifacts, batches[0])
+    artifacts.rate(batches[0])
     reviews = 0
     batch_seconds: list[float] = []
     start = now = time.perf_counter()
     while not batch_seconds or now - start < seconds:
         batch = batches[len(batch_seconds) % len(batches)]
-        rate_batch(artifacts, batch)
+        artifacts.rate(batch)
         reviews += len(batch)
         batch_seconds.append(time.perf_counter() - now)
         now = time.perf_counter()
@@ -141,17 +131,3 @@ def measure_limit(
                     )
                     runs.append(run)
     return runs
-
-
-def accuracy(
-    artifacts: Artifacts, texts: Sequence[str], stars: Sequence[int], batch_size: int = 32
-) -> float:
-    """Share of ``texts`` whose predicted star equals the true one."""
-    if len(texts) != len(stars) or not texts:
-        raise ValueError("need as many true stars as texts, and at least one text")
-    correct = 0
-    for start in range(0, len(texts), batch_size):
-        predicted = rate_batch(artifacts, texts[start : start + batch_size]).argmax(dim=-1)
-        truth = stars[start : start + batch_size]
-        correct += sum(id_to_star(int(p)) == t for p, t in zip(predicted, truth, strict=True))
-    return correct / len(texts)

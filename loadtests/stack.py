@@ -27,7 +27,7 @@ BENCH_VERSION = "bench"
 class StackTuning:
     """Overrides of the archive's serving settings; None keeps the archive's value."""
 
-    precision: str = "fp32"
+    precision: str = "auto"
     strategy: str | None = None
     sub_batch_size: int | None = None
     threads: int | None = None

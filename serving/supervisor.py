@@ -48,6 +48,7 @@ from starrating.service import (
     METRICS_PORT,
     MODEL_NAME,
 )
+from starrating.sizing import THREADS_ENV, serving_layout
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class TorchServeOptions:
     def config_properties(self, archives: list[ArchiveInfo]) -> str:
         """The text of TorchServe's ``config.properties``."""
         store = self.model_store.resolve()
+        workers = serving_layout(max(1, len(archives))).workers_per_version
         lines = [
             "# Written by `starrating serve`; rewritten at each start.",
             f"inference_address={self.inference_url}",
@@ -177,7 +179,9 @@ class TorchServeOptions:
             f"enable_model_api={str(self.model_api_enabled).lower()}",
             f"disable_token_authorization={str(not self.token_auth).lower()}",
             f"token_expiration_min={self.token_expiration_min}",
-            "default_workers_per_model=1",
+            # Workers per version and torch threads per worker from the CPUs this process may
+            # use (starrating.sizing); the archives' model-config.yaml leaves both open.
+            f"default_workers_per_model={workers}",
             # Settings never come from TS_* variables a user happens to have set.
             "enable_envvars_config=false",
             "install_py_dep_per_model=false",
@@ -266,6 +270,7 @@ def start_torchserve(
         )
     paths.make_dirs()
     paths.config_file.write_text(options.config_properties(archives))
+    layout = serving_layout(max(1, len(archives)))
     paths.key_file.unlink(missing_ok=True)
     launcher_log = paths.torchserve_logs / "stdout.log"
     with launcher_log.open("ab") as log:
@@ -284,7 +289,7 @@ def start_torchserve(
                 "--ncs",
             ],
             cwd=paths.torchserve_dir,
-            env=_torchserve_env(paths),
+            env=_torchserve_env(paths, threads=layout.threads_per_worker),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -331,6 +336,7 @@ def register_versions(
     until each version answers a real prediction. Returns the default version."""
     if not archives:
         raise LifecycleError("no model archives to serve")
+    workers = serving_layout(len(archives)).workers_per_version
     versions = [a.version for a in archives]
     default = default_version or versions[-1]
     if default not in versions:
@@ -339,7 +345,7 @@ def register_versions(
         if register:
             if progress:
                 progress(f"registering {archive.model_name} {archive.version}")
-            client.register(archive.path.name, initial_workers=1, synchronous=True)
+            client.register(archive.path.name, initial_workers=workers, synchronous=True)
     client.set_default(default)
     for version in versions:
         if progress:
@@ -577,8 +583,11 @@ def running_pid(pid_file: Path, marker: str) -> int | None:
         return None
 
 
-def _torchserve_env(paths: ServingPaths) -> dict[str, str]:
+def _torchserve_env(paths: ServingPaths, *, threads: int | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if threads is not None:
+        # The handler's torch threads; a value the user set wins.
+        env.setdefault(THREADS_ENV, str(threads))
     # TEMP for the JVM; TMPDIR/TMP as well because the launcher finds its pid file through
     # Python's tempfile, which looks at TMPDIR first.
     for name in ("TEMP", "TMPDIR", "TMP"):

@@ -103,6 +103,8 @@ class ModelVersion:
     batch_size: int
     max_batch_delay_ms: int
     archive: str
+    # The handler's describe_handle (``?customized=true`` only): numerics served, threads.
+    metadata: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -234,10 +236,17 @@ class TorchServeClient:
             return versions
         return [replace(v, is_default=v.version == default) for v in versions]
 
-    async def describe(self, version: str | None = None) -> ModelVersion:
-        """One version (the default when ``version`` is None)."""
+    async def describe(
+        self, version: str | None = None, *, customized: bool = False
+    ) -> ModelVersion:
+        """One version (the default when ``version`` is None); ``customized`` also asks a
+        worker for the handler's own description (``metadata``)."""
         response = await self._request(
-            "GET", "management", self._model_path(version, prefix="/models"), version=version
+            "GET",
+            "management",
+            self._model_path(version, prefix="/models"),
+            version=version,
+            params={"customized": "true"} if customized else None,
         )
         self._raise_for_status(response, version)
         body = _json(response)
@@ -418,8 +427,8 @@ class TorchServeSyncClient:
     def list_versions(self) -> list[ModelVersion]:
         return self._runner.run(self._client.list_versions())
 
-    def describe(self, version: str | None = None) -> ModelVersion:
-        return self._runner.run(self._client.describe(version))
+    def describe(self, version: str | None = None, *, customized: bool = False) -> ModelVersion:
+        return self._runner.run(self._client.describe(version, customized=customized))
 
     def model_ready(self, version: str | None = None) -> bool:
         return self._runner.run(self._client.model_ready(version))
@@ -499,6 +508,9 @@ def _model_version(item: Any) -> ModelVersion:
             batch_size=int(item.get("batchSize", 1)),
             max_batch_delay_ms=int(item.get("maxBatchDelay", 0)),
             archive=str(item.get("modelUrl", "")),
+            metadata=metadata
+            if isinstance(metadata := item.get("customizedMetadata"), dict)
+            else None,
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise BadUpstreamResponse(f"malformed model description from TorchServe: {exc!r}") from exc

@@ -8,12 +8,13 @@ maximum length as the tokenizer's ``model_max_length``, and the calibration temp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from starrating.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-from starrating.text import effective_max_length
+from starrating.labels import ID2LABEL, LABEL2ID, NUM_LABELS, id_to_star
+from starrating.text import effective_max_length, encode_batch
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,27 @@ class Artifacts:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities: softmax of logits divided by the temperature."""
         return (logits.float() / self.temperature).softmax(dim=-1)
+
+    def rate(self, texts: Sequence[str]) -> torch.Tensor:
+        """Calibrated probabilities of one batch, as the handler computes them."""
+        import torch
+
+        encoded = encode_batch(self.tokenizer, texts, self.max_length)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(**{k: v.to(device) for k, v in encoded.items()}).logits
+        return self.probabilities(logits).cpu()
+
+    def accuracy(self, texts: Sequence[str], stars: Sequence[int], batch_size: int = 32) -> float:
+        """Share of ``texts`` whose predicted star equals the true one."""
+        if len(texts) != len(stars) or not texts:
+            raise ValueError("need as many true stars as texts, and at least one text")
+        correct = 0
+        for start in range(0, len(texts), batch_size):
+            predicted = self.rate(texts[start : start + batch_size]).argmax(dim=-1).tolist()
+            truth = stars[start : start + batch_size]
+            correct += sum(id_to_star(p) == t for p, t in zip(predicted, truth, strict=True))
+        return correct / len(texts)
 
 
 def save_artifacts(

@@ -5,11 +5,14 @@ needs, also where starrating is not pip-installed: the modules of the ``handlers
 of the ``starrating`` core that the handler imports, named one by one (TorchServe puts the
 extracted archive on the worker's ``PYTHONPATH``), the run's saved model and tokenizer under
 ``model/``, the TorchServe settings (``handlers/model-config.yaml``) and the run's
-``metrics.json`` and ``config.json`` under ``run/`` when present.
+``metrics.json`` and ``config.json`` under ``run/`` when present, and ``run/numerics.json``:
+the accuracy of each inference numerics on the run's validation split, from which the handler's
+``auto`` numerics picks the fastest within half a point of fp32 (``handlers.numerics``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,8 +24,17 @@ from pathlib import Path
 
 import handlers
 import starrating
-from handlers import MODEL_SUBDIR
-from starrating.artifacts import ArtifactError, load_artifacts
+from handlers import MODEL_SUBDIR, RUN_SUBDIR
+from handlers.numerics import (
+    AUTO,
+    NUMERICS_FILE,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    NumericsRecord,
+    PrecisionChoice,
+    measure_numerics,
+)
+from starrating.artifacts import ArtifactError, Artifacts, load_artifacts
 from starrating.service import MODEL_NAME, VERSION_RULE, archive_file_name, is_version
 
 logger = logging.getLogger(__name__)
@@ -35,7 +47,7 @@ RUN_FILES = ("metrics.json", "config.json")
 # What a TorchServe worker imports from the archive, and nothing else of the project (the
 # command line, training, the gateway): a test imports the handler from an unpacked archive.
 HANDLER_MODULES = ("__init__", "batch", "config", "numerics", "star_handler")
-CORE_MODULES = ("__init__", "artifacts", "labels", "service", "text")
+CORE_MODULES = ("__init__", "artifacts", "labels", "service", "sizing", "text")
 
 
 class ArchiveError(ValueError):
@@ -50,6 +62,7 @@ class ArchiveResult:
     version: str
     size_bytes: int
     run_files: tuple[str, ...]
+    numerics: NumericsRecord
 
 
 def archive_path(model_store: Path, version: str) -> Path:
@@ -58,15 +71,27 @@ def archive_path(model_store: Path, version: str) -> Path:
 
 
 def archive_run(
-    run_dir: Path, version: str, model_store: Path, *, force: bool = False
+    run_dir: Path,
+    version: str,
+    model_store: Path,
+    *,
+    force: bool = False,
+    precision: PrecisionChoice = AUTO,
+    validation: Path | None = None,
 ) -> ArchiveResult:
-    """Write ``model_store/stars-<version>.mar`` from the run directory ``run_dir``."""
+    """Write ``model_store/stars-<version>.mar`` from the run directory ``run_dir``.
+
+    ``precision`` is what the handler serves in (``auto``: decided per device from the
+    accuracies measured here on ``validation``, default the run's own validation split).
+    """
     if not is_version(version):
         raise ArchiveError(f"version {version!r} must be {VERSION_RULE}")
+    if precision not in PRECISION_CHOICES:
+        raise ArchiveError(f"precision must be one of {', '.join(PRECISION_CHOICES)}")
     model_dir = run_dir / MODEL_SUBDIR
     try:
         # Refuse to archive what the handler could not load.
-        load_artifacts(model_dir)
+        artifacts = load_artifacts(model_dir)
     except (ArtifactError, OSError) as exc:
         raise ArchiveError(
             f"{run_dir} has no loadable model in {MODEL_SUBDIR}/ "
@@ -75,6 +100,8 @@ def archive_run(
     target = archive_path(model_store, version)
     if target.exists() and not force:
         raise ArchiveError(f"{target} already exists; pass --force to overwrite version {version}")
+    numerics = _measure_numerics(artifacts, run_dir, precision, validation)
+    del artifacts
     model_store.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="starrating-archive-") as staging_name:
@@ -84,10 +111,12 @@ def archive_run(
         _copy_modules(CORE_DIR, CORE_MODULES, payload / "starrating")
         _copy_modules(HANDLERS_DIR, HANDLER_MODULES, payload / "handlers")
         included = tuple(name for name in RUN_FILES if (run_dir / name).is_file())
-        if included:
-            (payload / "run").mkdir()
-            for name in included:
-                shutil.copy2(run_dir / name, payload / "run" / name)
+        (payload / RUN_SUBDIR).mkdir()
+        for name in included:
+            shutil.copy2(run_dir / name, payload / RUN_SUBDIR / name)
+        (payload / RUN_SUBDIR / NUMERICS_FILE).write_text(
+            json.dumps(numerics.to_json(), indent=2) + "\n", encoding="utf-8"
+        )
         out = staging / "out"
         out.mkdir()
         _run_model_archiver(version, payload, out, tmp=staging / "tmp")
@@ -98,7 +127,45 @@ def archive_run(
 
     size = target.stat().st_size
     logger.info("wrote %s (%.1f MB, version %s)", target, size / 1e6, version)
-    return ArchiveResult(path=target, version=version, size_bytes=size, run_files=included)
+    return ArchiveResult(
+        path=target, version=version, size_bytes=size, run_files=included, numerics=numerics
+    )
+
+
+def run_validation_split(run_dir: Path) -> Path | None:
+    """The validation split the run trained with, as its ``config.json`` names it."""
+    from training.config import TrainConfig
+
+    try:
+        raw = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    data, validation = (Path(raw[k]) if raw.get(k) else None for k in ("data", "validation"))
+    return TrainConfig(out=run_dir, data=data, validation=validation).split_path("validation")
+
+
+def _measure_numerics(
+    artifacts: Artifacts, run_dir: Path, precision: PrecisionChoice, validation: Path | None
+) -> NumericsRecord:
+    """Accuracy per numerics on the validation split; without one, ``auto`` serves fp32."""
+    from training.data.readers import DataFormatError
+    from training.data.streaming import read_split
+
+    split = validation if validation is not None else run_validation_split(run_dir)
+    if split is None or not split.exists():
+        where = split if split is not None else f"{run_dir}/config.json"
+        if precision == AUTO:
+            logger.warning(
+                "no validation split (%s): auto numerics will serve fp32; pass --validation", where
+            )
+        why = f"not measured: no validation split ({where})"
+        return NumericsRecord(requested=precision, refused=dict.fromkeys(PRECISIONS[1:], why))
+    try:
+        texts, stars = read_split(split)
+    except DataFormatError as exc:
+        raise ArchiveError(f"cannot measure numerics on {split}: {exc}") from exc
+    logger.info("measuring numerics on %s (%d reviews)", split, len(texts))
+    return measure_numerics(artifacts, texts, stars, requested=precision, split=split.name)
 
 
 def _copy_modules(package_dir: Path, modules: tuple[str, ...], target: Path) -> None:

@@ -24,13 +24,40 @@ def archive(
         None, "--model-store", help="Where .mar files go.", show_default="STARRATING_MODEL_STORE"
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing version."),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="Numerics the handler serves in: auto (the fastest the serving device runs "
+        "natively among those within 0.5 validation-accuracy points of fp32, measured now), "
+        "fp32, bf16 or int8 (CPU only).",
+    ),
+    validation: Path | None = typer.Option(
+        None,
+        "--validation",
+        help="Split to measure the numerics on.",
+        show_default="the run's validation split",
+    ),
 ) -> None:
-    """Pack a trained run into model_store/stars-VERSION.mar (handler, core, model, metrics)."""
+    """Pack a trained run into model_store/stars-VERSION.mar (handler, core, model, metrics).
+
+    The accuracy of fp32, bf16 and int8 on the validation split is measured and packed with it.
+    """
+    from handlers.numerics import PRECISION_CHOICES
     from training.archive import ArchiveError, archive_run
 
+    if precision not in PRECISION_CHOICES:
+        raise fail(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
     store = model_store if model_store is not None else CoreSettings().model_store
     try:
-        result = archive_run(run, version, store, force=force)
+        with console.status("measuring numerics on the validation split, then archiving"):
+            result = archive_run(
+                run,
+                version,
+                store,
+                force=force,
+                precision=precision,  # type: ignore[arg-type]
+                validation=validation,
+            )
     except ArchiveError as exc:
         raise fail(str(exc)) from exc
     extras = f" with {', '.join(result.run_files)}" if result.run_files else ""
@@ -38,6 +65,7 @@ def archive(
         f"wrote [bold]{result.path}[/] (version {result.version}, "
         f"{result.size_bytes / 1e6:.1f} MB){extras}"
     )
+    console.print(result.numerics.summary(), markup=False)
 
 
 @app.command()

@@ -66,7 +66,8 @@ class FakeTorchServe:
             if parts[0] == "predictions" and request.method == "POST":
                 return self._predict(parts[2] if len(parts) > 2 else None, request)
         elif parts[:2] == ["models", "stars"] and request.method == "GET":
-            return self._describe(parts[2] if len(parts) > 2 else None)
+            customized = request.url.params.get("customized") == "true"
+            return self._describe(parts[2] if len(parts) > 2 else None, customized)
         return httpx.Response(404, json={"code": 404, "message": "Requested resource not found"})
 
     def _predict(self, version: str | None, request: httpx.Request) -> httpx.Response:
@@ -89,13 +90,23 @@ class FakeTorchServe:
         ]
         return httpx.Response(200, json=answers)
 
-    def _describe(self, version: str | None) -> httpx.Response:
+    def _describe(self, version: str | None, customized: bool = False) -> httpx.Response:
         if version == "all":
             return httpx.Response(200, json=[self._description(v) for v in self.ready])
         served = version or self.default
         if served not in self.ready:
             return _not_found(served)
-        return httpx.Response(200, json=[self._description(served)])
+        description = self._description(served)
+        if customized:
+            # What StarHandler.describe_handle answers through a worker.
+            description["customizedMetadata"] = {
+                "precision": "int8",
+                "precision_reason": "CPU without bf16 kept; -0.20 accuracy points",
+                "numerics": {"accuracy": {"fp32": 0.66, "bf16": 0.66, "int8": 0.658}},
+                "threads": 1,
+                "device": "cpu",
+            }
+        return httpx.Response(200, json=[description])
 
     def _description(self, version: str) -> dict[str, Any]:
         status = "READY" if self.ready[version] else "UNLOADING"

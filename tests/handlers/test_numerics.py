@@ -1,7 +1,8 @@
-"""Opt-in inference numerics (bf16, dynamic int8) in the handler and its configuration."""
+"""Inference numerics (auto, fp32, bf16, int8): the archive's record, the handler's choice."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,15 @@ import pytest
 import torch
 import yaml
 
+from handlers import RUN_SUBDIR
 from handlers.config import HandlerConfig
-from handlers.numerics import apply_precision
+from handlers.numerics import (
+    NUMERICS_FILE,
+    NumericsRecord,
+    apply_precision,
+    choose_precision,
+    measure_numerics,
+)
 from handlers.star_handler import StarHandler
 from tests.conftest import build_tiny_model
 from tests.handlers.conftest import MODEL_CONFIG, make_context, start_batch
@@ -62,8 +70,84 @@ def test_int8_quantizes_every_linear_layer_and_bf16_casts_weights() -> None:
 
 def test_precision_comes_from_config_per_device_and_env() -> None:
     section = yaml.safe_load(MODEL_CONFIG.read_text())["handler"]
-    assert HandlerConfig.resolve(section, "cpu", {}).precision == "fp32"
+    assert HandlerConfig.resolve(section, "cpu", {}).precision == "auto"
+    assert HandlerConfig.resolve(section, "cuda", {}).precision == "auto"
     env = {"STARRATING_HANDLER_PRECISION": "int8"}
     assert HandlerConfig.resolve(section, "cpu", env).precision == "int8"
     with pytest.raises(ValueError, match="precision"):
         HandlerConfig.resolve(section, "cpu", {"STARRATING_HANDLER_PRECISION": "int4"})
+
+
+CPU = torch.device("cpu")
+MEASURED = {"fp32": 0.660, "bf16": 0.658, "int8": 0.640}
+
+
+def record(kept: tuple[str, ...], requested: str = "auto") -> NumericsRecord:
+    refused = {p: "-2.00 accuracy points" for p in ("bf16", "int8") if p not in kept}
+    return NumericsRecord(
+        requested=requested,  # type: ignore[arg-type]
+        split="validation.jsonl",
+        rows=500,
+        accuracy=MEASURED,
+        kept=kept,  # type: ignore[arg-type]
+        refused=refused,
+    )
+
+
+def test_auto_serves_the_fastest_kept_numerics_the_device_runs_natively(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("handlers.numerics.has_fast_bf16", lambda device: True)
+    assert choose_precision("auto", record(("fp32", "bf16", "int8")), CPU)[0] == "bf16"
+    assert choose_precision("auto", record(("fp32", "int8")), CPU)[0] == "int8"
+    monkeypatch.setattr("handlers.numerics.has_fast_bf16", lambda device: False)
+    precision, why = choose_precision("auto", record(("fp32", "bf16", "int8")), CPU)
+    assert precision == "int8" and "-2.00 accuracy points" in why
+    precision, why = choose_precision("auto", record(("fp32", "bf16")), CPU)
+    assert precision == "fp32"
+    assert "int8: -2.00 accuracy points" in why and "no native bf16" in why
+
+
+def test_explicit_numerics_win_over_auto_and_an_old_archive_serves_fp32() -> None:
+    assert choose_precision("int8", record(("fp32",)), CPU)[0] == "int8"
+    assert choose_precision("auto", record(("fp32",), requested="bf16"), CPU)[0] == "bf16"
+    precision, why = choose_precision("auto", None, CPU)
+    assert precision == "fp32" and NUMERICS_FILE in why
+
+
+def test_measure_numerics_keeps_what_stays_within_half_a_point(
+    handler_model_dir: Path,
+) -> None:
+    from starrating.artifacts import load_artifacts
+
+    artifacts = load_artifacts(handler_model_dir / "model")
+    stars = [(i % 5) + 1 for i in range(len(TEXTS * 5))]
+    measured = measure_numerics(artifacts, TEXTS * 5, stars)
+    assert set(measured.accuracy) == {"fp32", "bf16", "int8"}
+    assert measured.rows == 20 and measured.requested == "auto"
+    for name in ("bf16", "int8"):
+        lost = 100 * (measured.accuracy["fp32"] - measured.accuracy[name])
+        assert (name in measured.kept) == (lost <= 0.5)
+    # The caller's fp32 model is untouched (bf16 is measured on a copy).
+    assert {p.dtype for p in artifacts.model.parameters()} == {torch.float32}
+    assert NumericsRecord.from_json(measured.to_json()) == measured
+    with pytest.raises(ValueError, match="malformed"):
+        NumericsRecord.from_json({"requested": "fp8"})
+
+
+def test_the_handler_serves_what_the_archive_kept_and_describes_it(
+    handler_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("handlers.numerics.has_fast_bf16", lambda device: False)
+    archive = tmp_path / "extracted"
+    (archive / RUN_SUBDIR).mkdir(parents=True)
+    (archive / "model").symlink_to(handler_model_dir / "model", target_is_directory=True)
+    stored = record(("fp32", "int8"))
+    (archive / RUN_SUBDIR / NUMERICS_FILE).write_text(json.dumps(stored.to_json()))
+    handler = StarHandler()
+    handler.initialize(make_context(archive))
+    assert handler.precision == "int8"
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in handler.model.modules())
+    described = handler.describe_handle()
+    assert described["precision"] == "int8" and described["numerics"] == stored.to_json()
+    assert "CPU" in described["precision_reason"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import yaml
 from handlers.config import HandlerConfig
 from handlers.star_handler import StarHandler
 from starrating.artifacts import load_artifacts
+from starrating.sizing import available_cpus
 from starrating.text import encode_batch
 from tests.handlers.conftest import MODEL_CONFIG, make_context, start_batch
 from training.data.streaming import ReviewStream
@@ -226,7 +228,7 @@ def test_config_reads_yaml_per_device_and_env_overrides() -> None:
     cpu = HandlerConfig.resolve(section, "cpu", {})
     cuda = HandlerConfig.resolve(section, "cuda", {})
     assert (cpu.strategy, cuda.strategy) == ("sorted", "padded")
-    assert cpu.threads == section["threads"]
+    assert cpu.threads is None  # the launcher's STARRATING_HANDLER_THREADS decides
     env = {
         "STARRATING_HANDLER_THREADS": "2",
         "STARRATING_HANDLER_STRATEGY": "padded",
@@ -238,6 +240,21 @@ def test_config_reads_yaml_per_device_and_env_overrides() -> None:
         HandlerConfig.resolve(section, "cpu", {"STARRATING_HANDLER_STRATEGY": "fastest"})
     with pytest.raises(ValueError, match="threads"):
         HandlerConfig.resolve(section, "cpu", {"STARRATING_HANDLER_THREADS": "0"})
+
+
+def test_without_a_thread_setting_the_handler_uses_the_cpus_it_may(
+    handler_model_dir: Path,
+) -> None:
+    # Pinned to one CPU (as `taskset` or a cpuset would), the handler takes one thread, not
+    # one per core of the host.
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        StarHandler().initialize(make_context(handler_model_dir))
+        assert available_cpus() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_threads_per_worker_come_from_config(handler_model_dir: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from loadtests.limit import accuracy, make_batches, measure_limit, rate_batch
+from loadtests.limit import make_batches, measure_limit
 from starrating.labels import id_to_star
 
 
@@ -62,16 +62,16 @@ def test_measure_limit_times_every_thread_count_batch_size_and_padding(
         assert sum(run.batch_seconds) <= run.seconds
 
 
-def test_rate_batch_gives_calibrated_probabilities(tiny_artifacts):
-    probabilities = rate_batch(tiny_artifacts, ["really bad", "i loved it, great product"])
+def test_rate_gives_calibrated_probabilities(tiny_artifacts):
+    probabilities = tiny_artifacts.rate(["really bad", "i loved it, great product"])
     assert probabilities.shape == (2, 5)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
 
 
 def test_accuracy_counts_matching_stars(tiny_artifacts, tiny_reviews):
     texts = tiny_reviews.texts[:30]
-    predicted = [id_to_star(int(i)) for i in rate_batch(tiny_artifacts, texts).argmax(dim=1)]
+    predicted = [id_to_star(int(i)) for i in tiny_artifacts.rate(texts).argmax(dim=1)]
     truth = [p if i % 3 else p % 5 + 1 for i, p in enumerate(predicted)]  # every third wrong
-    assert accuracy(tiny_artifacts, texts, truth, batch_size=7) == pytest.approx(20 / 30)
+    assert tiny_artifacts.accuracy(texts, truth, batch_size=7) == pytest.approx(20 / 30)
     with pytest.raises(ValueError, match="as many"):
-        accuracy(tiny_artifacts, texts, truth[:-1])
+        tiny_artifacts.accuracy(texts, truth[:-1])

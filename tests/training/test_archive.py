@@ -68,7 +68,10 @@ def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
     assert shipped == {
         "star_handler.py",
         *(f"handlers/{m}.py" for m in ("__init__", "batch", "config", "numerics", "star_handler")),
-        *(f"starrating/{m}.py" for m in ("__init__", "artifacts", "labels", "service", "text")),
+        *(
+            f"starrating/{m}.py"
+            for m in ("__init__", "artifacts", "labels", "service", "sizing", "text")
+        ),
     }
 
     env = {
@@ -91,6 +94,37 @@ def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
     [answer] = report["answers"]
     assert answer["stars"] in {1, 2, 3, 4, 5}
     assert abs(sum(answer["probabilities"].values()) - 1) < 1e-4
+
+
+def test_the_archive_measures_each_numerics_on_the_runs_validation_split(
+    run: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    (run / "config.json").write_text(json.dumps({"out": str(run), "data": str(tiny_data_dir)}))
+    result = archive_run(run, "1.0", tmp_path / "store")
+    with zipfile.ZipFile(result.path) as archive:
+        stored = json.loads(archive.read("run/numerics.json"))
+    validation_rows = sum(1 for _ in (tiny_data_dir / "validation.jsonl").open())
+    assert stored == result.numerics.to_json()
+    assert stored["requested"] == "auto"
+    assert stored["rows"] == validation_rows and stored["split"] == "validation.jsonl"
+    assert set(stored["accuracy"]) == {"fp32", "bf16", "int8"}
+    assert all(0.0 <= value <= 1.0 for value in stored["accuracy"].values())
+    # Every numerics is either kept (within half a point of fp32) or refused with a reason.
+    assert "fp32" in stored["kept"]
+    for name in ("bf16", "int8"):
+        change = 100 * (stored["accuracy"][name] - stored["accuracy"]["fp32"])
+        assert (name in stored["kept"]) == (change >= -0.5), stored
+        assert (name in stored["refused"]) == (change < -0.5), stored
+
+
+def test_an_archive_without_a_validation_split_serves_fp32_and_says_why(
+    run: Path, tmp_path: Path
+) -> None:
+    numerics = archive_run(run, "1.0", tmp_path / "store").numerics
+    assert numerics.kept == ("fp32",) and not numerics.accuracy
+    assert all("no validation split" in why for why in numerics.refused.values())
+    explicit = archive_run(run, "2.0", tmp_path / "store", precision="bf16").numerics
+    assert explicit.requested == "bf16"
 
 
 def test_archive_command_writes_a_mar_and_refuses_to_overwrite(run: Path, tmp_path: Path) -> None:
@@ -126,6 +160,8 @@ def test_archive_command_writes_a_mar_and_refuses_to_overwrite(run: Path, tmp_pa
     assert again.exit_code == 2 and "--force" in again.output
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
+    # The command says what it measured and what auto may serve.
+    assert "numerics auto" in " ".join(forced.output.split())
 
 
 def test_archive_command_explains_bad_input(tmp_path: Path) -> None:
@@ -136,3 +172,8 @@ def test_archive_command_explains_bad_input(tmp_path: Path) -> None:
     bad_version = runner.invoke(app, ["archive", "--run", str(tmp_path), "--version", "../x"])
     assert bad_version.exit_code == 2
     assert "must be 1-64 letters" in " ".join(bad_version.output.split())
+    bad_precision = runner.invoke(
+        app, ["archive", "--run", str(tmp_path), "--version", "1.0", "--precision", "fp8"]
+    )
+    assert bad_precision.exit_code == 2
+    assert "--precision must be one of auto, fp32, bf16, int8" in bad_precision.output

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from starrating.labels import star_to_id
+from starrating.labels import id_to_star, star_to_id
 from starrating.text import encode_batch
 from training.data.readers import DataFormatError, open_text
 
@@ -67,6 +67,13 @@ def known_rows(location: Path) -> int | None:
             except (ValueError, KeyError, TypeError):
                 continue
     return None
+
+
+def read_split(location: Path) -> tuple[list[str], list[int]]:
+    """Every review of a split in file order: its texts and their true stars (1-5)."""
+    files = split_files(location)
+    rows = [_parse(index, line, files) for index, line in _numbered_lines(files)]
+    return [text for text, _ in rows], [id_to_star(label) for _, label in rows]
 
 
 def _numbered_lines(files: Sequence[Path]) -> Iterator[tuple[int, str]]:

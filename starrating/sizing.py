@@ -1,0 +1,53 @@
+"""How many TorchServe workers and torch threads the CPUs this process may use can carry.
+
+The count follows what a container may really use: the CPU affinity mask and the cgroup CPU
+quota (``docker run --cpus``, a Kubernetes CPU limit), not the host's cores. TorchServe sizes
+itself from the host's core count by default, which started 16 workers under a 1-CPU limit
+(pytorch/serve#3150). joblib's ``cpu_count`` (loky's) reads both the affinity and the cgroup
+v1/v2 quota, rounding a fractional quota up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starrating.service import HANDLER_ENV_PREFIX
+
+THREADS_ENV = f"{HANDLER_ENV_PREFIX}THREADS"
+"""torch threads per handler worker; the launchers set it from ``serving_layout``."""
+
+MAX_THREADS_PER_WORKER = 4
+"""More CPUs per version go to more workers rather than more threads: one short review batch
+keeps only a few intra-op threads busy (measured here only up to 2 threads: docs/performance.md)."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity and cgroup quota considered (at least 1)."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count(only_physical_cores=False)))
+
+
+@dataclass(frozen=True)
+class ServingLayout:
+    """Workers per model version and torch threads per worker."""
+
+    workers_per_version: int
+    threads_per_worker: int
+
+
+def serving_layout(versions: int, cpus: int | None = None) -> ServingLayout:
+    """Share ``cpus`` (default: ``available_cpus()``) among ``versions`` served side by side.
+
+    Each version gets an equal share, at least one CPU; a share is split into as few workers
+    as keep each at ``MAX_THREADS_PER_WORKER`` threads or fewer. The total never exceeds the
+    CPUs unless there are more versions than CPUs (then one worker with one thread each).
+    """
+    if versions < 1:
+        raise ValueError(f"need at least one version to serve, got {versions}")
+    cpus = available_cpus() if cpus is None else cpus
+    if cpus < 1:
+        raise ValueError(f"need at least one CPU, got {cpus}")
+    share = max(1, cpus // versions)
+    workers = -(-share // MAX_THREADS_PER_WORKER)
+    return ServingLayout(workers_per_version=workers, threads_per_worker=share // workers)
