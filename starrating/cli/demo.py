@@ -204,6 +204,7 @@ def _archive(runs: Path, versions: list[DemoVersion], store: Path) -> None:
         except ArchiveError as exc:
             raise fail(str(exc)) from exc
         console.print(f"wrote {result.path} ({result.size_bytes / 1e6:.0f} MB)")
+        console.print(f"  {result.numerics.summary()}", markup=False)
 
 
 @dataclass(frozen=True)
