@@ -27,4 +27,15 @@ if ! ls "$store"/*.mar >/dev/null 2>&1; then
   echo "starrating-torchserve: no .mar archive in $store (build one with 'starrating archive')" >&2
   exit 1
 fi
+# Workers per version and torch threads per worker from the CPUs this container may use (its
+# cgroup quota and affinity, not the host's cores), shared among the versions in the store; a
+# STARRATING_HANDLER_THREADS set by the operator wins. TorchServe keeps the last value of a key.
+layout="$(starrating-serving-layout "$store")"
+workers="${layout% *}"
+export STARRATING_HANDLER_THREADS="${STARRATING_HANDLER_THREADS:-${layout#* }}"
+sized="${TMPDIR:-/tmp}/starrating-torchserve.properties"
+{ cat "$config"; printf '\ndefault_workers_per_model=%s\n' "$workers"; } >"$sized"
+config="$sized"
+unset TS_CONFIG_FILE
+
 exec torchserve --foreground --ts-config "$config" --model-store "$store"

@@ -1,0 +1,29 @@
+"""`starrating-serving-layout`: what the serve image's entry point sizes TorchServe with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving import layout
+
+
+def test_prints_workers_and_threads_for_the_versions_in_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("starrating.sizing.available_cpus", lambda: 4)
+    monkeypatch.setattr(layout, "available_cpus", lambda: 4)
+    for version in ("1.0", "2.0"):
+        (tmp_path / f"stars-{version}.mar").touch()
+    assert layout.main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "1 2\n"
+    assert "2 version(s) on 4 CPU(s): 1 worker(s) x 2 thread(s) each" in err
+
+
+def test_an_empty_store_is_an_error_that_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert layout.main([str(tmp_path)]) == 1
+    assert f"no .mar archive in {tmp_path}" in capsys.readouterr().err
