@@ -99,6 +99,7 @@ def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_p
     out = tmp_path / "bench.json"
     args = ["bench", "serving", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir)]
     args += ["--duration", "1.5", "--users", "2", "--precision", "int8", "--json", str(out)]
+    args += ["--setups", "limit,naive,stack,direct"]  # the peers: tests/loadtests/test_peers.py
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for words in ("stack/limit", "stack/naive", "gateway overhead", "accuracy change int8"):
@@ -130,3 +131,27 @@ def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_p
     assert set(payload["accuracy"]) == {"fp32", "int8"}
     change = 100 * (payload["accuracy"]["int8"] - payload["accuracy"]["fp32"])
     assert payload["accuracy_change_points"] == pytest.approx(change)
+
+
+def test_auto_precision_is_resolved_as_the_handler_would(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from handlers.numerics import NumericsRecord
+    from loadtests.bench_serving import resolve_precision
+
+    monkeypatch.setattr("handlers.numerics.has_fast_bf16", lambda device: False)
+    with model_under_test(tiny_model_dir) as model:
+        assert resolve_precision(model, "bf16", tiny_data_dir) == ("bf16", "asked for")
+        # No archive record: measured now on the validation split, then chosen for this CPU.
+        precision, why = resolve_precision(model, "auto", tiny_data_dir)
+    assert precision in ("fp32", "int8") and "validation" in why
+    # An archive's own record decides, as it does in the handler.
+    mar = tmp_path / "stars-1.0.mar"
+    accuracy = {"fp32": 0.5, "int8": 0.5}
+    record = NumericsRecord("auto", "v", 9, accuracy, kept=("fp32", "int8"))
+    with zipfile.ZipFile(mar, "w") as archive:
+        for path in tiny_model_dir.iterdir():
+            archive.write(path, f"model/{path.name}")
+        archive.writestr("run/numerics.json", json.dumps(record.to_json()))
+    with model_under_test(mar) as model:
+        assert resolve_precision(model, "auto", tiny_data_dir)[0] == "int8"
