@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,7 +53,7 @@ class _Waiting:
 
 @dataclass
 class _VersionQueue:
-    waiting: list[_Waiting] = field(default_factory=list)
+    waiting: deque[_Waiting] = field(default_factory=deque)
     waiting_texts: int = 0
     in_flight: int = 0
     timer: asyncio.TimerHandle | None = None
@@ -114,7 +115,7 @@ class AdaptiveBatcher:
             while queue.waiting and (
                 not batch or count + len(queue.waiting[0].texts) <= self._max_texts
             ):
-                item = queue.waiting.pop(0)
+                item = queue.waiting.popleft()
                 batch.append(item)
                 count += len(item.texts)
             queue.waiting_texts -= count
