@@ -27,7 +27,7 @@ from api.middleware import (
     InFlightLimitMiddleware,
     RequestObserverMiddleware,
 )
-from api.routes import dashboard, experiment, feedback, health, models, predictions
+from api.routes import dashboard, experiment, feedback, health, models, predictions, v2
 from api.seams import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
 from api.settings import Settings
 from serving.torchserve import TorchServeClient
@@ -130,5 +130,7 @@ def create_app(
     app.include_router(dashboard.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
+    app.include_router(v2.inference)
     app.include_router(metrics.router)
     return app

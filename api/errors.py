@@ -2,12 +2,15 @@
 
 Clients always get ``{"error": {"code", "message"}}``: domain errors raised anywhere (the
 gateway's own and the TorchServe client's), request validation errors, unknown routes and
-unexpected failures alike. Nothing of a stack trace or of the submitted input is echoed back.
+unexpected failures alike. Under ``/v2`` (the Open Inference Protocol) the same errors take that
+protocol's form, ``{"error": "message"}``, and invalid input is its 400 instead of 422. Nothing
+of a stack trace or of the submitted input is echoed back.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 
@@ -97,10 +100,23 @@ UPSTREAM_ERRORS: tuple[tuple[type[torchserve.TorchServeError], HTTPStatus, str, 
 )
 
 
+OIP_PREFIX = "/v2"
+"""The Open Inference Protocol's routes, whose errors are ``{"error": "message"}``."""
+
+
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
-    """The one error body every failure is answered with."""
+    """The one error body every failure is answered with, in the form of ``path``'s protocol."""
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        if status == HTTPStatus.UNPROCESSABLE_ENTITY:
+            status = HTTPStatus.BAD_REQUEST
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
@@ -109,14 +125,14 @@ def error_response(
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return error_response(exc.status, exc.code, exc.message, headers, path=request.url.path)
 
 
 async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, torchserve.InvalidInput):
         # The handler refused the content: the client's fault, not TorchServe's.
         status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large" else 422
-        return error_response(status, exc.code, exc.message)
+        return error_response(status, exc.code, exc.message, path=request.url.path)
     status, code, message = next(
         (s, c, m) for kind, s, c, m in UPSTREAM_ERRORS if isinstance(exc, kind)
     )
@@ -130,7 +146,7 @@ async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
         exc,
         extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
     )
-    return error_response(status, code, message or str(exc))
+    return error_response(status, code, message or str(exc), path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -140,7 +156,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
         for error in exc.errors()
     ]
-    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid_request", "; ".join(problems))
+    return error_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        "; ".join(problems),
+        path=request.url.path,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -152,11 +173,29 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             HTTPStatus.UNPROCESSABLE_ENTITY,
             "invalid_request",
             "the body is not valid JSON (UTF-8, reasonably nested)",
+            path=request.url.path,
         )
     status = HTTPStatus(exc.status_code)
     code = status.phrase.lower().replace(" ", "_").replace("-", "_")
     message = exc.detail if isinstance(exc.detail, str) else status.phrase
-    return error_response(exc.status_code, code, message, exc.headers)
+    headers = exc.headers
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, code, message, headers, path=request.url.path)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette's 405 names only the methods of the first route whose path matched (GET
+    # /v1/experiment, not its PUT): every operation the OpenAPI document has for the path counts.
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = re.split(r"(\{[^}]+\})", template)
+        pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return sorted(methods)
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:
@@ -173,6 +212,7 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
         HTTPStatus.SERVICE_UNAVAILABLE,
         "store_unavailable",
         "the A/B store cannot be written right now; nothing was saved, try again shortly",
+        path=request.url.path,
     )
 
 
@@ -188,6 +228,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         HTTPStatus.INTERNAL_SERVER_ERROR,
         "internal_error",
         "the gateway failed to answer this request; it has been logged",
+        path=request.url.path,
     )
 
 

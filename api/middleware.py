@@ -30,9 +30,10 @@ from api.errors import Overloaded, PayloadTooLarge, error_response
 logger = logging.getLogger("api.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{8,64}$"
+_SANE_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 UNMATCHED_ROUTE = "unmatched"
-LIMITED_PREFIX = "/v1/"
+LIMITED_PREFIXES = ("/v1/", "/v2/models/")
 
 
 def _request_id(headers: Headers) -> str:
@@ -61,7 +62,8 @@ class RequestObserverMiddleware:
             nonlocal status, observed
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                # From the state: a route may adopt the client's id from the body (OIP "id").
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = state["request_id"]
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 # Counted and logged before the last byte leaves: whoever has the answer can
                 # already see it in /metrics and the log (background work is not timed).
@@ -110,8 +112,9 @@ class InFlightLimitMiddleware:
     """503 ``overloaded`` (with ``Retry-After``) for an API request past ``max_in_flight``.
 
     Behind a slow or stuck TorchServe every request would otherwise wait out its timeout, and
-    the waiting requests (and their bodies) would pile up without bound. Only ``/v1/`` routes
-    count: probes and /metrics must answer under any load.
+    the waiting requests (and their bodies) would pile up without bound. Only ``/v1/`` routes and
+    the Open Inference Protocol's model routes count: probes and /metrics must answer under any
+    load.
     """
 
     def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
@@ -120,7 +123,7 @@ class InFlightLimitMiddleware:
         self.in_flight = 0  # one event loop per process: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
@@ -128,7 +131,11 @@ class InFlightLimitMiddleware:
                 f"{self.max_in_flight} requests are already being answered; retry shortly"
             )
             response = error_response(
-                error.status, error.code, error.message, headers={"Retry-After": "1"}
+                error.status,
+                error.code,
+                error.message,
+                headers={"Retry-After": "1"},
+                path=scope["path"],
             )
             await response(scope, receive, send)
             return
@@ -180,5 +187,5 @@ class BodySizeLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
-        response = error_response(error.status, error.code, error.message)
+        response = error_response(error.status, error.code, error.message, path=scope["path"])
         await response(scope, receive, send)

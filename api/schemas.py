@@ -7,28 +7,52 @@ known when this module is imported.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from starrating.labels import STARS
+from starrating.text import NON_BLANK_PATTERN
 
 USER_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 """Printable ASCII without spaces: user ids are hashed and stored, never free text."""
 
 
+def _whole_number(value: object) -> object:
+    # JSON Schema's "integer" is any number with a zero fraction: 2.0 is one, 2.5 and true not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number), Field(strict=True)]
+"""An integer as JSON Schema means it (``2`` or ``2.0``); never a bool, a string or ``2.5``."""
+REVIEW_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NON_BLANK_PATTERN}
+"""A review text in the OpenAPI document: a string that is not blank after normalisation."""
+
+
+def _prediction_request_schema(schema: dict[str, Any]) -> None:
+    # What the validator below enforces, said in the schema: exactly one of text/texts (oneOf),
+    # neither null, texts not empty, no blank text.
+    properties = schema["properties"]
+    properties["text"] = {**REVIEW_SCHEMA, "description": "one review"}
+    properties["texts"] = {
+        "type": "array",
+        "items": REVIEW_SCHEMA,
+        "minItems": 1,
+        "description": "a batch of reviews",
+    }
+    schema["oneOf"] = [{"required": ["text"]}, {"required": ["texts"]}]
+    schema["examples"] = [
+        {"text": "I loved it! I will recommend this to everyone."},
+        {"texts": ["It's OK.", "Really bad."], "user_id": "user-42"},
+    ]
+
+
 class PredictionRequest(BaseModel):
     """One review (``text``) or a batch (``texts``)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"text": "I loved it! I will recommend this to everyone."},
-                {"texts": ["It's OK.", "Really bad."], "user_id": "user-42"},
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_prediction_request_schema)
 
     text: str | None = Field(default=None, description="one review")
     texts: list[str] | None = Field(default=None, description="a batch of reviews")

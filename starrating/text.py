@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 DEFAULT_MAX_LENGTH = 256
 _WHITESPACE = re.compile(r"\s+")
 # C0/C1 control characters other than whitespace (NUL and friends) carry no meaning in a review.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_CHARACTERS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
+NON_BLANK_PATTERN = rf"[^\s{_CONTROL_CHARACTERS}]"
+"""A text in which this matches somewhere keeps a character after ``normalize_text`` (for JSON
+Schema ``pattern``, which matches anywhere): refused texts are not in the gateway's schema."""
 
 
 def normalize_text(text: str) -> str:

@@ -15,7 +15,7 @@ from api.ab import metrics as m
 from api.ab.store import FeedbackConflict, UnknownRequest
 from api.errors import ApiError
 from api.routes.experiment import ABDep
-from api.schemas import error_responses
+from api.schemas import WholeNumber, error_responses
 from starrating.labels import STARS
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
@@ -38,8 +38,8 @@ class FeedbackRequest(BaseModel):
     )
 
     request_id: str = Field(min_length=1, max_length=128, description="from the prediction")
-    stars: int = Field(ge=min(STARS), le=max(STARS), strict=True, description="true rating")
-    index: int = Field(
+    stars: WholeNumber = Field(ge=min(STARS), le=max(STARS), description="true rating")
+    index: WholeNumber = Field(
         default=0, ge=0, le=100_000, description='position in a "texts" batch (0 for "text")'
     )
 

@@ -214,6 +214,17 @@ def test_feedback_is_stored_and_answers_what_was_predicted(gateway: TestClient) 
     }
 
 
+def test_feedback_stars_as_a_whole_number_float_is_taken(gateway: TestClient) -> None:
+    # JSON Schema's "integer" includes 2.0: clients generated from the schema may send it.
+    request_id = _predict(gateway, "great", "user-1")["request_id"]
+    body = {"request_id": request_id, "stars": 2.0, "index": 0.0}
+
+    response = gateway.post("/v1/feedback", json=body)
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["stars"], response.json()["index"]) == (2, 0)
+
+
 def test_feedback_for_an_unknown_request_is_404(gateway: TestClient) -> None:
     response = gateway.post("/v1/feedback", json={"request_id": "no-such-request", "stars": 3})
     assert response.status_code == 404
@@ -251,6 +262,8 @@ def test_feedback_for_each_text_of_a_batch(gateway: TestClient) -> None:
         {"request_id": "r", "stars": 6},
         {"request_id": "r", "stars": "4"},
         {"request_id": "r", "stars": 4.5},
+        {"request_id": "r", "stars": True},
+        {"request_id": "r", "stars": 4, "index": "1"},
         {"request_id": "", "stars": 4},
         {"stars": 4},
         {"request_id": "r", "stars": 4, "text": "sneaky"},
