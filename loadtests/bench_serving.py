@@ -7,10 +7,14 @@ One invocation measures, on the same model and the same review texts:
 - ``naive``: FastAPI + ``transformers.pipeline`` per request, fp32, one uvicorn worker;
 - ``stack``: gateway -> TorchServe -> handler;
 - ``direct``: the same load straight at TorchServe, to isolate the gateway's cost;
+- the peers (``loadtests.peers``): Ray Serve, BentoML, LitServe and TorchServe with a handler in
+  the style of its Hugging Face example, each batching as its docs recommend, with the stack's
+  numerics and number of torch threads;
 
-and the ratios ``stack/limit`` and ``stack/naive`` (throughput, reviews/s) and the gateway
-overhead (stack p50 - direct p50 with one user). All HTTP setups get the same closed-loop load
-(``loadtests.loadgen``): one review per request, a fixed number of users, no think time.
+and the ratios ``stack/limit``, ``stack/naive`` and ``stack/best peer`` (throughput,
+reviews/s) and the gateway overhead (stack p50 - direct p50 with one user). All HTTP setups get
+the same closed-loop load (``loadtests.loadgen``): one review per request, a fixed number of
+users, no think time.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from handlers import MODEL_SUBDIR
+from loadtests.peers import PEERS
 from loadtests.stack import StackTuning
 from starrating.settings import CoreSettings
 
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SETUPS = ("limit", "naive", "stack", "direct")
+SETUPS = ("limit", "naive", "stack", "direct", *PEERS)
 
 
 class BenchError(RuntimeError):
@@ -83,6 +88,7 @@ class ServingBenchReport:
     texts_per_request: int = 1
     setups: dict[str, SetupResult] = field(default_factory=dict)
     low_load: dict[str, SetupResult] = field(default_factory=dict)
+    peers: dict[str, SetupResult] = field(default_factory=dict)
     limit_runs: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, float] = field(default_factory=dict)
     precision_requested: str = ""
@@ -95,6 +101,16 @@ class ServingBenchReport:
     @property
     def stack_over_naive(self) -> float | None:
         return _ratio(self.setups.get("stack"), self.setups.get("naive"))
+
+    @property
+    def best_peer(self) -> str | None:
+        """The peer with the highest throughput, if any ran."""
+        return max(self.peers, key=lambda name: self.peers[name].rps, default=None)
+
+    @property
+    def stack_over_best_peer(self) -> float | None:
+        best = self.best_peer
+        return _ratio(self.setups.get("stack"), self.peers[best] if best else None)
 
     @property
     def gateway_overhead_ms(self) -> float | None:
@@ -122,10 +138,13 @@ class ServingBenchReport:
             "stack_over_limit": self.stack_over_limit,
             "stack_over_naive": self.stack_over_naive,
             "gateway_overhead_ms": self.gateway_overhead_ms,
+            "stack_over_best_peer": self.stack_over_best_peer,
+            "best_peer": self.best_peer,
             "accuracy": self.accuracy,
             "accuracy_change_points": self.accuracy_change_points,
             **{name: asdict(result) for name, result in self.setups.items()},
             "low_load": {name: asdict(result) for name, result in self.low_load.items()},
+            "peers": {name: asdict(result) for name, result in self.peers.items()},
             "limit_runs": self.limit_runs,
         }
 
@@ -365,6 +384,54 @@ def run_stack(
                 report.low_load[name] = drive(name, 1, max(config.duration / 2, 1.0), 1)
 
 
+def peer_threads(tuning: StackTuning) -> int:
+    """The torch threads of the stack's TorchServe workers together: what each peer gets.
+
+    As ``serving.supervisor`` sizes one version (``starrating.sizing``), unless ``--threads``,
+    ``--workers`` or ``STARRATING_HANDLER_THREADS`` say otherwise.
+    """
+    import os
+
+    from starrating.sizing import THREADS_ENV, serving_layout
+
+    layout = serving_layout(1)
+    threads = tuning.threads or int(os.environ.get(THREADS_ENV) or layout.threads_per_worker)
+    return (tuning.workers or layout.workers_per_version) * threads
+
+
+def run_peers(
+    model_dir: Path,
+    texts: Sequence[str],
+    config: ServingBenchConfig,
+    workdir: Path,
+    report: ServingBenchReport,
+) -> None:
+    """The same saturating load on each requested peer, started and stopped in turn."""
+    from loadtests.loadgen import run_load
+    from loadtests.peers import running_peer
+    from loadtests.peers.rating import MAX_BATCH_SIZE, MAX_WAIT_S, PeerSettings
+
+    settings = PeerSettings(model_dir, config.precision, peer_threads(config.tuning))
+    for name in (peer for peer in PEERS if peer in config.setups):
+        with running_peer(name, settings, workdir / "peers" / name) as endpoint:
+            result = run_load(
+                endpoint.url,
+                endpoint.path,
+                texts,
+                users=config.users,
+                duration=config.duration,
+                warmup=config.warmup,
+                texts_per_request=config.texts_per_request,
+            )
+        report.peers[name] = load_result(
+            result,
+            precision=settings.precision,
+            threads=settings.threads,
+            max_batch_size=MAX_BATCH_SIZE,
+            max_wait_ms=round(1000 * MAX_WAIT_S, 3),
+        )
+
+
 def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
     """Run every requested setup in turn and return the report."""
     from loadtests.reviews import load_reviews
@@ -399,4 +466,6 @@ def run_serving_bench(config: ServingBenchConfig) -> ServingBenchReport:
             report.setups["naive"] = run_naive(model.model_dir, texts, config, workdir)
         if {"stack", "direct"} & set(config.setups):
             run_stack(model, texts, config, workdir, report)
+        if set(PEERS) & set(config.setups):
+            run_peers(model.model_dir, texts, config, workdir, report)
     return report

@@ -25,6 +25,7 @@ app.add_typer(bench_app, name="bench")
 GOAL_STACK_OVER_LIMIT = 0.70
 GOAL_STACK_OVER_NAIVE = 3.0
 GOAL_GATEWAY_OVERHEAD_MS = 1.5
+GOAL_STACK_OVER_BEST_PEER = 1.0
 GOAL_ACCURACY_POINTS = 0.5
 GOAL_LOOP_OVER_TRAINER = 1.0
 GOAL_FIRST_STEP_RATIO = 1.2
@@ -74,7 +75,9 @@ def serving_command(
     setup: list[str] = typer.Option(
         [],
         "--setup",
-        help="Run only these setups (repeatable): limit, naive, stack, direct. Default: all.",
+        "--setups",
+        help="Run only these setups (repeatable or comma-separated): limit, naive, stack, "
+        "direct, and the peers ray-serve, bentoml, litserve, torchserve-hf. Default: all.",
     ),
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="TorchServe workers (default: the archive's)."
@@ -96,8 +99,10 @@ def serving_command(
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
-    """Reviews/s and p50/p95/p99 of the stack, the in-process limit, the naive server and
-    TorchServe direct, with the ratios stack/limit, stack/naive and the gateway overhead."""
+    """Reviews/s and p50/p95/p99 of the stack, the in-process limit, the naive server,
+    TorchServe direct and the peers (Ray Serve, BentoML, LitServe, TorchServe with a Hugging
+    Face example handler), with the ratios stack/limit, stack/naive, stack/best peer and the
+    gateway overhead."""
     from handlers.config import STRATEGIES
     from handlers.numerics import PRECISION_CHOICES
     from loadtests.bench_serving import (
@@ -117,6 +122,7 @@ def serving_command(
         raise fail(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
     if strategy is not None and strategy not in STRATEGIES:
         raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    setup = [name.strip() for names in setup for name in names.split(",") if name.strip()]
     unknown = sorted(set(setup) - set(SETUPS))
     if unknown:
         raise fail(f"unknown --setup {', '.join(unknown)}; choose from {', '.join(SETUPS)}")
@@ -167,6 +173,7 @@ def _serving_table(report: ServingBenchReport) -> Table:
         table.add_column(column, justify="left" if column in ("setup", "notes") else "right")
     rows = [(name, result) for name, result in report.setups.items()]
     rows += [(f"{name} (1 user)", result) for name, result in report.low_load.items()]
+    rows += [(f"{name} (peer)", result) for name, result in report.peers.items()]
     for name, result in rows:
         notes = ", ".join(f"{k}={v}" for k, v in result.detail.items())
         table.add_row(
@@ -194,6 +201,17 @@ def _print_serving_goals(report: ServingBenchReport) -> None:
             f"equal or better p95: {stack.p95_ms:.0f} vs {naive.p95_ms:.0f} ms) "
             + _verdict(
                 report.stack_over_naive >= GOAL_STACK_OVER_NAIVE and stack.p95_ms <= naive.p95_ms
+            )
+        )
+    if report.stack_over_best_peer is not None and report.best_peer is not None:
+        stack, peer = report.setups["stack"], report.peers[report.best_peer]
+        console.print(
+            f"stack/best peer = {report.stack_over_best_peer:.2f}  ({report.best_peer}; goal ≥ "
+            f"{GOAL_STACK_OVER_BEST_PEER} at equal or better p95: {stack.p95_ms:.0f} vs "
+            f"{peer.p95_ms:.0f} ms) "
+            + _verdict(
+                report.stack_over_best_peer >= GOAL_STACK_OVER_BEST_PEER
+                and stack.p95_ms <= peer.p95_ms
             )
         )
     if report.gateway_overhead_ms is not None:
