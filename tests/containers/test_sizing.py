@@ -90,10 +90,12 @@ def test_torchserve_under_a_1_cpu_limit_runs_one_worker_with_one_thread_per_vers
     one_cpu_torchserve: str,
 ) -> None:
     wait_for(
-        lambda: docker(
-            "exec", one_cpu_torchserve, "starrating-torchserve-healthcheck", check=False
-        ).returncode
-        == 0,
+        lambda: (
+            docker(
+                "exec", one_cpu_torchserve, "starrating-torchserve-healthcheck", check=False
+            ).returncode
+            == 0
+        ),
         "every version to have a ready worker",
         timeout_s=300,
     )
