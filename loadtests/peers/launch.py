@@ -21,7 +21,7 @@ import httpx
 
 from loadtests.loadgen import request_body, stars_of
 from loadtests.peers.rating import READY_TEXT
-from loadtests.servers import ServerStartError
+from loadtests.servers import ServerStartError, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +84,7 @@ def stop_tree(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> 
     import psutil
 
     children = descendants(process.pid)
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, grace)
     left: list[psutil.Process] = []
     for pid in children:
         try:
