@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from handlers.config import HandlerConfig
+from starrating.labels import NUM_LABELS
 from starrating.text import normalize_text
+
+if TYPE_CHECKING:
+    from starrating.artifacts import Artifacts
 
 
 class RequestError(ValueError):
@@ -101,3 +105,23 @@ def sub_batches(lengths: torch.Tensor, config: HandlerConfig) -> list[torch.Tens
         return [torch.arange(len(lengths))]
     order = torch.argsort(lengths, stable=True)
     return list(torch.split(order, config.sub_batch_size))
+
+
+def score(
+    artifacts: Artifacts, encoding: Mapping[str, torch.Tensor], config: HandlerConfig
+) -> torch.Tensor:
+    """Calibrated probabilities, one row per text of ``encoding`` (on the model's device), in
+    order: the forward passes of ``sub_batches``, each trimmed to its own longest text."""
+    mask = encoding["attention_mask"]
+    lengths = mask.sum(dim=1)
+    right_padded = getattr(artifacts.tokenizer, "padding_side", "right") == "right"
+    probabilities = torch.empty(len(lengths), NUM_LABELS)
+    with torch.inference_mode():
+        for rows in sub_batches(lengths.cpu(), config):
+            rows = rows.to(mask.device)
+            longest = int(lengths[rows].max())
+            window = slice(0, longest) if right_padded else slice(-longest, None)
+            inputs = {k: v[rows][:, window] for k, v in encoding.items()}
+            logits = artifacts.model(**inputs).logits
+            probabilities[rows.cpu()] = artifacts.probabilities(logits).cpu()
+    return probabilities

@@ -37,7 +37,7 @@ from handlers.batch import (
     RequestSlot,
     ScoredBatch,
     parse_request,
-    sub_batches,
+    score,
 )
 from handlers.config import HandlerConfig
 from handlers.numerics import (
@@ -48,7 +48,7 @@ from handlers.numerics import (
     choose_precision,
 )
 from starrating.artifacts import Artifacts, load_artifacts
-from starrating.labels import ID2LABEL, NUM_LABELS, id_to_star
+from starrating.labels import ID2LABEL, id_to_star
 from starrating.service import MODEL_NAME
 from starrating.sizing import available_cpus
 from starrating.text import encode_batch
@@ -141,19 +141,7 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         assert self.artifacts is not None, "initialize() must run first"
         if data.encoding is None:
             return ScoredBatch(data.slots, None)
-        mask = data.encoding["attention_mask"]
-        lengths = mask.sum(dim=1)
-        right_padded = getattr(self.artifacts.tokenizer, "padding_side", "right") == "right"
-        probabilities = torch.empty(len(lengths), NUM_LABELS)
-        with torch.inference_mode():
-            for rows in sub_batches(lengths.cpu(), self.config):
-                rows = rows.to(mask.device)
-                longest = int(lengths[rows].max())
-                window = slice(0, longest) if right_padded else slice(-longest, None)
-                inputs = {k: v[rows][:, window] for k, v in data.encoding.items()}
-                logits = self.artifacts.model(**inputs).logits
-                probabilities[rows.cpu()] = self.artifacts.probabilities(logits).cpu()
-        return ScoredBatch(data.slots, probabilities)
+        return ScoredBatch(data.slots, score(self.artifacts, data.encoding, self.config))
 
     def postprocess(self, data: ScoredBatch) -> list[Any]:
         """One answer per request, in order: an object, a list of objects, or an error."""

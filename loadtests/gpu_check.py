@@ -56,11 +56,11 @@ from torch.multiprocessing.spawn import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from handlers.batch import sub_batches
+from handlers.batch import score
 from handlers.config import HandlerConfig
 from handlers.numerics import apply_precision
 from starrating.artifacts import Artifacts
-from starrating.labels import NUM_LABELS, STARS, star_to_id
+from starrating.labels import STARS, star_to_id
 from starrating.models import DEFAULT_MODEL, load_pretrained
 from starrating.text import effective_max_length, encode_batch
 from training import checkpoint as ckpt
@@ -398,20 +398,7 @@ def rate_as_handler(
     ``inference`` (which import TorchServe): one ``encode_batch``, moved to the device, then
     the forward passes of ``sub_batches``, each trimmed to its longest text."""
     encoded = encode_batch(artifacts.tokenizer, texts, artifacts.max_length)
-    encoding = {k: v.to(device) for k, v in encoded.items()}
-    mask = encoding["attention_mask"]
-    lengths = mask.sum(dim=1)
-    right_padded = getattr(artifacts.tokenizer, "padding_side", "right") == "right"
-    probabilities = torch.empty(len(lengths), NUM_LABELS)
-    with torch.inference_mode():
-        for rows in sub_batches(lengths.cpu(), config):
-            rows = rows.to(mask.device)
-            longest = int(lengths[rows].max())
-            window = slice(0, longest) if right_padded else slice(-longest, None)
-            inputs = {k: v[rows][:, window] for k, v in encoding.items()}
-            logits = artifacts.model(**inputs).logits
-            probabilities[rows.cpu()] = artifacts.probabilities(logits).cpu()
-    return probabilities
+    return score(artifacts, {k: v.to(device) for k, v in encoded.items()}, config)
 
 
 def measure_inference(
