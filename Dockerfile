@@ -125,16 +125,21 @@ CMD ["start"]
 
 # ---------------------------------------------------------------------------------------------
 FROM app-gateway AS gateway
+# STARRATING_DRAIN_DELAY_S: on SIGTERM /readyz answers 503 for 5 s while requests are still
+# served, so a load balancer polling it stops sending before the listener closes (compose
+# keeps this; Kubernetes, whose preStop sleep already waited, sets less).
 ENV STARRATING_HOST=0.0.0.0 \
     STARRATING_PORT=8000 \
-    STARRATING_HOME=/var/lib/starrating
+    STARRATING_HOME=/var/lib/starrating \
+    STARRATING_DRAIN_DELAY_S=5
 RUN mkdir -p /var/lib/starrating && chown starrating:starrating /var/lib/starrating
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
-# On SIGTERM uvicorn stops accepting, lets in-flight requests finish (at most
-# --timeout-graceful-shutdown seconds) and exits 0.
+# On SIGTERM the gateway turns unready for STARRATING_DRAIN_DELAY_S (api/drain.py), then uvicorn
+# stops accepting, lets in-flight requests finish (at most --timeout-graceful-shutdown seconds)
+# and exits 0: stop within delay + 20 s (compose's stop_grace_period, Kubernetes' grace period).
 CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--no-server-header", "--timeout-graceful-shutdown", "20"]
 
 # ---------------------------------------------------------------------------------------------

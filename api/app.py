@@ -19,6 +19,7 @@ from httpx_aiohttp import AiohttpTransport
 from api import metrics
 from api.ab.service import ABTesting
 from api.batching import AdaptiveBatcher, Predictor
+from api.drain import Drain
 from api.errors import install_error_handlers
 from api.logging import configure_logging
 from api.middleware import (
@@ -89,9 +90,11 @@ def create_app(
             app.state.ab = await asyncio.to_thread(ABTesting.open, settings, app.state.client)
             app.state.chooser = chooser if chooser is not None else app.state.ab.router
             app.state.recorder = recorder if recorder is not None else app.state.ab.recorder
+        app.state.drain.install(asyncio.get_running_loop())
         try:
             yield
         finally:
+            app.state.drain.uninstall()
             if isinstance(app.state.predictor, AdaptiveBatcher):
                 await app.state.predictor.aclose()
             if app.state.ab is not None:
@@ -109,6 +112,7 @@ def create_app(
     app.state.chooser = chooser if chooser is not None else DefaultChooser()
     app.state.recorder = recorder if recorder is not None else NoRecorder()
     app.state.ab = None
+    app.state.drain = Drain(settings.drain_delay_s)
 
     install_error_handlers(app)
     # Added innermost first: the observer sees every answer, 413s included.

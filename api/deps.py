@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.batching import Predictor
+from api.drain import Drain
 from api.errors import Forbidden, Unauthorized
 from api.seams import PredictionRecorder, VariantChooser
 from api.settings import Settings
@@ -46,6 +47,11 @@ async def get_recorder(request: Request) -> PredictionRecorder:
     return recorder
 
 
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 async def get_request_id(request: Request) -> str:
     """The id the request middleware gave this request (the client's, if it sent a sane one)."""
     request_id: str = request.state.request_id
@@ -58,6 +64,7 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 """Predictions go through the adaptive batcher (or straight to the client with it off)."""
 ChooserDep = Annotated[VariantChooser, Depends(get_chooser)]
 RecorderDep = Annotated[PredictionRecorder, Depends(get_recorder)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 _bearer = HTTPBearer(auto_error=False, description="STARRATING_ADMIN_TOKEN")

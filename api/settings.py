@@ -60,6 +60,14 @@ class Settings(TorchServeSettings):
     readiness_timeout_s: PositiveSeconds = Field(
         default=1.0, description="/readyz gives up (not ready) after this long"
     )
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM, /readyz answers 503 for this long while requests are still "
+        "served, then the server stops accepting and drains (api/drain.py); 0: stop at once. "
+        "Set it to what whoever routes by /readyz needs to notice (the image: 5 s)",
+    )
 
     # Request limits: past them a request is refused with 413 before it reaches TorchServe.
     max_body_bytes: int = Field(default=1_000_000, ge=1024, le=100_000_000)

@@ -2,7 +2,8 @@
 
 ``/healthz`` says the process answers. ``/readyz`` says TorchServe is reachable and every
 version the gateway sends traffic to is ready, and it says so fast: each check gives up after
-``readiness_timeout_s`` and counts as not ready.
+``readiness_timeout_s`` and counts as not ready. From SIGTERM on (api/drain.py) it answers 503
+"draining" while the gateway still serves what it is sent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from api.deps import ChooserDep, ClientDep, SettingsDep
+from api.deps import ChooserDep, ClientDep, DrainDep, SettingsDep
 from api.errors import NotReady
 from api.schemas import HealthResponse, ReadinessResponse, error_responses
 
@@ -32,8 +33,10 @@ async def healthz() -> HealthResponse:
     summary="Readiness: TorchServe reachable and the served versions ready",
 )
 async def readyz(
-    settings: SettingsDep, client: ClientDep, chooser: ChooserDep
+    settings: SettingsDep, client: ClientDep, chooser: ChooserDep, drain: DrainDep
 ) -> ReadinessResponse:
+    if drain.draining:
+        raise NotReady("draining: the gateway is shutting down (SIGTERM)")
     checked: list[str] = []
     try:
         async with asyncio.timeout(settings.readiness_timeout_s):

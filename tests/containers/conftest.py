@@ -131,6 +131,8 @@ class Stack:
             **self.secrets,
             "COMPOSE_PROJECT": PROJECT,
             "COMPOSE_ENV_FILE": str(self.env_file),
+            # The client the tests use (Debian's, where the first on PATH wants buildx).
+            "DOCKER": DOCKER,
         }
 
     def up(self) -> float:

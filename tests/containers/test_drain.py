@@ -6,9 +6,11 @@ the stack itself is left alone. The load comes from drain_client.py in a contain
 network (see there why not through the published port); every client thread's future is
 checked, and a client that died fails the test.
 
-- SIGTERM: the listener closes (new connections are refused), every request already accepted
-  is answered 200, and the process exits 0 within the drain bound. A connection that raced the
-  close (in the kernel's accept backlog, never handed to uvicorn) is reset without an answer.
+- SIGTERM: /readyz answers 503 "draining" at once while predictions are still answered, for
+  the image's STARRATING_DRAIN_DELAY_S; then the listener closes (new connections are refused),
+  every request already accepted is answered 200, and the process exits 0 within delay + the
+  graceful bound. A connection that raced the close (in the kernel's accept backlog, never
+  handed to uvicorn) is reset without an answer.
 - A restart loop of that replica under a client that sends again what was never answered
   (refused, or reset before an answer; a prediction is safe to resend): no request is lost.
 """
@@ -19,6 +21,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ class Replica:
     name: str
     url: str
     image: str
+    drain_delay_s: float
 
 
 @pytest.fixture
@@ -56,7 +60,8 @@ def replica(stack: Stack) -> Iterator[Replica]:
     )  # fmt: skip
     docker("network", "connect", "--alias", "gateway-drain", f"{PROJECT}_backend", name)
     docker("start", name)
-    replica = Replica(name, f"http://127.0.0.1:{port}", gateway["Config"]["Image"])
+    delay = next(e.split("=", 1)[1] for e in env if e.startswith("STARRATING_DRAIN_DELAY_S="))
+    replica = Replica(name, f"http://127.0.0.1:{port}", gateway["Config"]["Image"], float(delay))
     try:
         wait_for(lambda: ready(replica.url), "the replica's readiness", timeout_s=120)
         yield replica
@@ -69,6 +74,34 @@ def ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def readiness_until_gone(url: str, seconds: float) -> list[tuple[float, int, str]]:
+    """/readyz answers (seconds since the call, status, body) until one fails to come."""
+    start = time.monotonic()
+    seen: list[tuple[float, int, str]] = []
+    while time.monotonic() - start < seconds:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=2)
+        except httpx.TransportError:
+            break
+        seen.append((time.monotonic() - start, response.status_code, response.text))
+        time.sleep(0.2)
+    return seen
+
+
+def shutdown_seconds(container: str) -> float:
+    """From uvicorn's "Shutting down" (the drain delay over) to "Finished server process", read
+    from the container's JSON log lines."""
+    moments: dict[str, datetime] = {}
+    logs = docker("logs", container)
+    for line in (logs.stdout + logs.stderr).splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            for event in ("Shutting down", "Finished server process"):
+                if record["message"].startswith(event):
+                    moments[event] = datetime.fromisoformat(record["time"])
+    return (moments["Finished server process"] - moments["Shutting down"]).total_seconds()
 
 
 def start_load(replica: Replica, seconds: float, clients: int, retry: bool) -> str:
@@ -100,17 +133,30 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(replica: Rep
     time.sleep(8)  # steady load
     at = time.time()
     docker("kill", "--signal", "TERM", replica.name)
+    readiness = readiness_until_gone(replica.url, replica.drain_delay_s + 10)
     code = int(docker("wait", replica.name, timeout=60).stdout.strip())
     exited_after = time.time() - at
     load = load_result(client)
     after = sum(1 for t in load["answered_at"] if t > at)
+    unready_for = readiness[-1][0] if readiness else 0.0
+    drained_s = shutdown_seconds(replica.name)
     print(
         f"drain: {load['sent']} sent, {load['answered']} answered ({after} of them after "
         f"SIGTERM), {load['refused']} refused at connect, {load['reset']} reset before an "
-        f"answer, {len(load['lost'])} otherwise lost; exit {code} after {exited_after:.1f}s"
+        f"answer, {len(load['lost'])} otherwise lost; /readyz 503 for {unready_for:.1f}s "
+        f"({len(readiness)} probes); uvicorn's shutdown took {drained_s:.2f}s; exit {code} "
+        f"seen {exited_after:.1f}s after SIGTERM"
     )
     assert code == 0
-    assert exited_after < 20  # --timeout-graceful-shutdown bounds the drain
+    # Readiness false at once (the first probe after SIGTERM) and through the delay, while the
+    # replica still answered predictions.
+    assert readiness, "no /readyz answer after SIGTERM"
+    assert readiness[0][0] < 1.0
+    assert all(status == 503 and "draining" in body for _, status, body in readiness)
+    assert unready_for >= replica.drain_delay_s * 0.8
+    assert sum(1 for t in load["answered_at"] if t > at + replica.drain_delay_s * 0.5) >= 1
+    # --timeout-graceful-shutdown (20 s) bounds the drain after the delay.
+    assert exited_after < replica.drain_delay_s + 20
     assert after >= 1  # requests in flight at SIGTERM were answered
     assert load["refused"] >= 1  # the listener closed: no new connection was taken
     # No answer was cut off or turned into an error: what was not answered was never accepted

@@ -210,7 +210,8 @@ def test_container_and_cluster_torchserve_configs_agree() -> None:
 
 
 def test_gateway_drains_before_it_is_killed(eks: list[dict[str, Any]]) -> None:
-    """preStop sleep, then uvicorn's graceful shutdown, both within the grace period."""
+    """preStop sleep, the gateway's unready delay after SIGTERM, then uvicorn's graceful
+    shutdown, all within the grace period."""
     pod = find(eks, "Deployment", "gateway")["spec"]["template"]["spec"]
     [container] = [c for c in pod["containers"] if c["name"] == "gateway"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -221,4 +222,6 @@ def test_gateway_drains_before_it_is_killed(eks: list[dict[str, Any]]) -> None:
     drain = re.search(r'"--timeout-graceful-shutdown", "(\d+)"', dockerfile)
     assert drain is not None, "the gateway's CMD bounds its drain"
     assert "command" not in container and "args" not in container  # the image's CMD runs
-    assert pod["terminationGracePeriodSeconds"] > sleep_s + int(drain.group(1))
+    delay_s = float(find(eks, "ConfigMap", "gateway-config")["data"]["STARRATING_DRAIN_DELAY_S"])
+    assert 0 < delay_s < sleep_s  # readiness turns false, briefly: the sleep did the waiting
+    assert pod["terminationGracePeriodSeconds"] > sleep_s + delay_s + int(drain.group(1))
