@@ -2,7 +2,8 @@
 # Entry point of the `serve` image: TorchServe in the foreground with every .mar registered.
 #   start (default)  compose and Kubernetes: config $TS_CONFIG_FILE, archives $STARRATING_MODEL_STORE
 #   serve            SageMaker hosting (SageMaker runs `docker run IMAGE serve`): archives from
-#                    /opt/ml/model, TorchServe's /ping and /invocations on port 8080
+#                    /opt/ml/model, /ping and /invocations on port 8080 through
+#                    starrating-sagemaker-front (/ping 200 only once the model has predicted)
 #   anything else    run as a command (e.g. `sh` to look around)
 set -eu
 
@@ -38,4 +39,7 @@ sized="${TMPDIR:-/tmp}/starrating-torchserve.properties"
 config="$sized"
 unset TS_CONFIG_FILE
 
+if [ "$mode" = serve ]; then
+  exec starrating-sagemaker-front --ts-config "$config" --model-store "$store"
+fi
 exec torchserve --foreground --ts-config "$config" --model-store "$store"
