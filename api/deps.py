@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.ab.service import ABTesting
 from api.batching import Predictor
 from api.drain import Drain
 from api.errors import Forbidden, Unauthorized
@@ -47,6 +48,12 @@ async def get_recorder(request: Request) -> PredictionRecorder:
     return recorder
 
 
+async def get_ab_testing(request: Request) -> ABTesting | None:
+    """The A/B subsystem, or None where the gateway runs without a store."""
+    ab: ABTesting | None = request.app.state.ab
+    return ab
+
+
 async def get_drain(request: Request) -> Drain:
     drain: Drain = request.app.state.drain
     return drain
@@ -65,6 +72,7 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ChooserDep = Annotated[VariantChooser, Depends(get_chooser)]
 RecorderDep = Annotated[PredictionRecorder, Depends(get_recorder)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
+ABTestingDep = Annotated[ABTesting | None, Depends(get_ab_testing)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 _bearer = HTTPBearer(auto_error=False, description="STARRATING_ADMIN_TOKEN")

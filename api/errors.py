@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import metrics
 from serving import torchserve
+from starrating.service import STALE_EXPERIMENT
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class PayloadTooLarge(ApiError):
 class NotReady(ApiError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "not_ready"
+
+
+class StaleExperiment(NotReady):
+    """The experiment routes to a version TorchServe does not have: it will not fix itself."""
+
+    code = STALE_EXPERIMENT
 
 
 class Overloaded(ApiError):

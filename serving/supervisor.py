@@ -47,6 +47,7 @@ from starrating.service import (
     LOOPBACK,
     METRICS_PORT,
     MODEL_NAME,
+    STALE_EXPERIMENT,
 )
 from starrating.sizing import THREADS_ENV, serving_layout
 
@@ -60,6 +61,11 @@ Progress = Callable[[str], None]
 
 class LifecycleError(RuntimeError):
     """The stack could not be started or stopped; the message says what to look at."""
+
+
+class StaleExperimentError(LifecycleError):
+    """The gateway started, but its stored experiment routes to a version TorchServe does not
+    have. The stack is left running so that the experiment can be changed through it."""
 
 
 @dataclass(frozen=True)
@@ -437,6 +443,7 @@ def start_gateway(
     paths.gateway_pid.write_text(f"{process.pid}\n")
     url = f"http://{_url_host(host)}:{port}/readyz"
     deadline = time.monotonic() + timeout_s
+    reason = "it never answered"
     with httpx.Client(timeout=2.0) as http:
         while True:
             if process.poll() is not None:
@@ -446,18 +453,35 @@ def start_gateway(
                     + _tail(paths.gateway_log)
                 )
             try:
-                if http.get(url).status_code == 200:
+                readyz = http.get(url)
+                if readyz.status_code == 200:
                     break
+                code, reason = _readiness_error(readyz)
+                if code == STALE_EXPERIMENT:
+                    # Waiting cannot help; the gateway stays up to take a new experiment.
+                    raise StaleExperimentError(
+                        f"the gateway cannot serve: {reason}. The gateway (pid {process.pid}) "
+                        "and TorchServe are left running for that; `starrating stop` stops them"
+                    )
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 stop_gateway(paths)
                 raise LifecycleError(
-                    f"the gateway did not become ready at {url}; see {paths.gateway_log}"
+                    f"the gateway did not become ready at {url}: {reason}; see {paths.gateway_log}"
                 )
             time.sleep(0.2)
     logger.info("gateway is up (pid %d) on http://%s:%d", process.pid, host, port)
     return process.pid
+
+
+def _readiness_error(readyz: httpx.Response) -> tuple[str | None, str]:
+    """The error code and message of a /readyz answer that is not 200."""
+    try:
+        error = readyz.json()["error"]
+        return str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return None, f"/readyz answered {readyz.status_code}"
 
 
 def stop_gateway(paths: ServingPaths, *, timeout_s: float = 15.0) -> bool:
@@ -546,6 +570,8 @@ def serve(
                 workers=gateway_workers,
             )
             gateway_url = f"http://{_url_host(gateway_host)}:{gateway_port}"
+    except StaleExperimentError:
+        raise
     except BaseException:
         stop_torchserve(paths)
         raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Self
@@ -111,6 +111,24 @@ async def check_versions_ready(config: ExperimentConfig, client: TorchServeClien
     idle = sorted(v for v in config.versions() if not known[v].ready)
     if idle:
         raise ExperimentNotReady(f"model versions {idle} have no ready worker")
+
+
+def stale_experiment_reason(
+    config: ExperimentConfig, registered: Collection[str], among: Collection[str] | None = None
+) -> str | None:
+    """What to tell an operator when the experiment routes to versions TorchServe does not have
+    (a ``.mar`` removed, a store volume reused): those of ``among`` (default: all of its
+    versions, shadow included). None when TorchServe has them all."""
+    routed = config.versions() if among is None else config.versions() & set(among)
+    missing = sorted(routed - set(registered))
+    if not missing:
+        return None
+    return (
+        f"experiment {config.name!r} routes to model version {', '.join(missing)}, which "
+        f"TorchServe does not have (registered: {', '.join(sorted(registered)) or 'none'}): "
+        f"archive it into the model store (starrating archive --run RUN_DIR --version "
+        f"{missing[0]}) and restart serving, or change the experiment (PUT /v1/experiment)"
+    )
 
 
 @dataclass(frozen=True)

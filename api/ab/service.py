@@ -8,14 +8,25 @@ app's recorder.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from api.ab.recorder import ExperimentRecorder
-from api.ab.router import ExperimentConfig, ExperimentRouter, check_versions_ready
+from api.ab.router import (
+    ExperimentConfig,
+    ExperimentRouter,
+    check_versions_ready,
+    stale_experiment_reason,
+)
 from api.ab.store import ExperimentStore
 from api.settings import Settings
-from serving.torchserve import TorchServeClient
+from serving.torchserve import TorchServeClient, TorchServeError
+from starrating.service import STALE_EXPERIMENT
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +62,34 @@ class ABTesting:
     async def reload(self) -> None:
         """Pick up a config another replica stored."""
         await self.store.run(self.router.reload, self.store)
+
+    async def stale_reason(self, among: Collection[str] | None = None) -> str | None:
+        """Why the experiment in force cannot be served: it routes to versions (of ``among``,
+        default all) that TorchServe does not have. None when it has them, or without an
+        experiment; the client's errors when TorchServe cannot be asked."""
+        config = self.router.config
+        if config is None:
+            return None
+        registered = [v.version for v in await self.recorder.client.list_versions()]
+        return stale_experiment_reason(config, registered, among)
+
+    async def warn_if_stale(self, timeout_s: float) -> None:
+        """At start: log an experiment routing to versions TorchServe does not have, naming the
+        experiment, the versions and what to do (``/readyz`` says the same until it is fixed).
+        Gives up quietly after ``timeout_s`` or when TorchServe cannot be asked."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                reason = await self.stale_reason()
+        except (TorchServeError, TimeoutError) as exc:
+            logger.info("the stored experiment's versions could not be checked at start: %r", exc)
+            return
+        if reason is not None:
+            assert self.router.config is not None
+            logger.warning(
+                "%s",
+                reason,
+                extra={"fields": {"experiment": self.router.config.name, "code": STALE_EXPERIMENT}},
+            )
 
     async def aclose(self) -> None:
         await self.recorder.aclose()

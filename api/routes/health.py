@@ -12,9 +12,11 @@ import asyncio
 
 from fastapi import APIRouter
 
-from api.deps import ChooserDep, ClientDep, DrainDep, SettingsDep
-from api.errors import NotReady
+from api.ab.service import ABTesting
+from api.deps import ABTestingDep, ChooserDep, ClientDep, DrainDep, SettingsDep
+from api.errors import NotReady, StaleExperiment
 from api.schemas import HealthResponse, ReadinessResponse, error_responses
+from serving.torchserve import TorchServeClient
 
 router = APIRouter(tags=["operations"])
 
@@ -33,7 +35,11 @@ async def healthz() -> HealthResponse:
     summary="Readiness: TorchServe reachable and the served versions ready",
 )
 async def readyz(
-    settings: SettingsDep, client: ClientDep, chooser: ChooserDep, drain: DrainDep
+    settings: SettingsDep,
+    client: ClientDep,
+    chooser: ChooserDep,
+    drain: DrainDep,
+    ab: ABTestingDep,
 ) -> ReadinessResponse:
     if drain.draining:
         raise NotReady("draining: the gateway is shutting down (SIGTERM)")
@@ -43,15 +49,23 @@ async def readyz(
             for version in chooser.served_versions():
                 name = version or DEFAULT_VERSION_NAME
                 if not await client.model_ready(version):
-                    reachable = await client.ping()
-                    raise NotReady(
-                        f"model version {name} has no ready worker"
-                        if reachable
-                        else "the model server is unreachable"
-                    )
+                    raise await _not_ready(client, version, ab)
                 checked.append(name)
     except TimeoutError:
         raise NotReady(
             f"the model server did not answer within {settings.readiness_timeout_s}s"
         ) from None
     return ReadinessResponse(status="ready", versions=checked)
+
+
+async def _not_ready(
+    client: TorchServeClient, version: str | None, ab: ABTesting | None
+) -> NotReady:
+    """Why ``version`` cannot answer: TorchServe down, the experiment stale, or no worker yet."""
+    if not await client.ping():
+        return NotReady("the model server is unreachable")
+    if ab is not None and version is not None:
+        reason = await ab.stale_reason(among=[version])
+        if reason is not None:
+            return StaleExperiment(reason)
+    return NotReady(f"model version {version or DEFAULT_VERSION_NAME} has no ready worker")

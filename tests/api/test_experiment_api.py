@@ -443,3 +443,43 @@ def test_dashboard_page_and_assets_are_served_self_contained(gateway: TestClient
     assert gateway.get("/dashboard/favicon.svg").headers["content-type"] == "image/svg+xml"
     for other in ("dashboard.html", "..%2F..%2Fstore.py", "secrets.txt"):
         assert gateway.get(f"/dashboard/{other}").status_code == 404
+
+
+def test_a_stored_experiment_routing_to_a_removed_version_is_named_at_start_and_in_readyz(
+    open_gateway: GatewayFactory, torchserve: FakeTorchServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = open_gateway()
+    assert first.put("/v1/experiment", json=SPLIT, headers=AUTH).status_code == 200
+    # Version 2.0's .mar is gone (a store volume reused): TorchServe no longer has it.
+    del torchserve.ready["2.0"]
+
+    with caplog.at_level("WARNING", logger="api.ab.service"):
+        restarted = open_gateway()
+    readyz = restarted.get("/readyz")
+
+    [logged] = [r for r in caplog.records if r.name == "api.ab.service"]
+    assert logged.levelname == "WARNING"
+    assert readyz.status_code == 503
+    error = readyz.json()["error"]
+    assert error["code"] == "stale_experiment"
+    for said in (logged.getMessage(), error["message"]):
+        assert "experiment 'exp-1' routes to model version 2.0" in said
+        assert "registered: 1.0" in said
+        assert "starrating archive --run RUN_DIR --version 2.0" in said
+        assert "PUT /v1/experiment" in said
+    # Changing the experiment is the way out: readiness comes back without a restart.
+    only_one = {**SPLIT, "variants": [{"name": "A", "version": "1.0", "weight": 1.0}]}
+    assert restarted.put("/v1/experiment", json=only_one, headers=AUTH).status_code == 200
+    assert restarted.get("/readyz").status_code == 200
+
+
+def test_a_version_without_a_ready_worker_is_not_called_stale(
+    gateway: TestClient, torchserve: FakeTorchServe
+) -> None:
+    torchserve.ready["2.0"] = False
+    readyz = gateway.get("/readyz")
+    assert readyz.status_code == 503
+    assert readyz.json()["error"] == {
+        "code": "not_ready",
+        "message": "model version 2.0 has no ready worker",
+    }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from api.ab.store import ExperimentStore
 from serving.supervisor import free_port
 from tests.serving.helpers import running_torchserve, starrating
 
@@ -85,3 +88,77 @@ def test_insecure_dev_serves_without_tokens(
         answer = httpx.post(f"{ts.inference_url}/predictions/stars/1.0", json={"text": "ok"})
     assert ping.status_code == 200
     assert answer.status_code == 200 and answer.json()["model_version"] == "1.0"
+
+
+def test_serve_names_a_stale_experiment_at_once_and_leaves_the_stack_to_fix_it(
+    tiny_store: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """A reused A/B store whose experiment routes to 3.0, a version this model store lacks."""
+    store, _ = tiny_store
+    home = tmp_path / "home"
+    database = f"sqlite:///{tmp_path / 'ab.db'}"
+    experiments = ExperimentStore(database)
+    experiments.save_experiment(
+        "old-test",
+        {
+            "name": "old-test",
+            "variants": [
+                {"name": "A", "version": "1.0", "weight": 0.5},
+                {"name": "B", "version": "3.0", "weight": 0.5},
+            ],
+            "sticky": True,
+            "shadow": None,
+        },
+    )
+    experiments.close()
+    gateway_port = free_port()
+    env = {
+        **os.environ,
+        "STARRATING_HOME": str(home),
+        "STARRATING_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
+        "STARRATING_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
+        "STARRATING_PORT": str(gateway_port),
+        "STARRATING_DATABASE_URL": database,
+        "STARRATING_ADMIN_TOKEN": "admin-s3cret-token",
+        "COLUMNS": "300",
+    }
+    metrics, *grpc = (str(free_port()) for _ in range(3))
+    try:
+        started = time.monotonic()
+        served = starrating(
+            "serve", "--model-store", str(store), "--metrics-port", metrics, "--grpc-ports", *grpc,
+            env=env,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        said = " ".join((served.stdout + served.stderr).split())  # rich wraps long lines
+        assert served.returncode != 0
+        assert "experiment 'old-test' routes to model version 3.0" in said, said
+        assert "registered: 1.0, 2.0" in said
+        assert "starrating archive --run RUN_DIR --version 3.0" in said
+        assert "PUT /v1/experiment" in said
+        assert "starrating stop" in said
+        assert took < 60  # no wait for the readiness timeout: it would not fix itself
+        # The gateway's own log says it too, as one JSON line.
+        logged = [
+            json.loads(line)
+            for line in (home / "logs" / "gateway.log").read_text().splitlines()
+            if line.startswith("{") and "old-test" in line
+        ]
+        assert any(r["level"] == "WARNING" and "version 3.0" in r["message"] for r in logged)
+        # The way out the message names: a new experiment through the running gateway.
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        fixed = httpx.put(
+            f"{gateway}/v1/experiment",
+            json={
+                "name": "only-1",
+                "variants": [{"name": "A", "version": "1.0", "weight": 1.0}],
+                "sticky": True,
+                "shadow": None,
+            },
+            headers={"Authorization": "Bearer admin-s3cret-token"},
+            timeout=30,
+        )
+        assert fixed.status_code == 200, fixed.text
+        assert httpx.get(f"{gateway}/readyz", timeout=5).status_code == 200
+    finally:
+        assert starrating("stop", env=env).returncode == 0
