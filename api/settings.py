@@ -74,6 +74,21 @@ class Settings(TorchServeSettings):
     max_batch_size: int = Field(default=64, ge=1, le=10_000)
     max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
 
+    # Explanations (POST /v1/explanations): one costs tens of predictions (integrated gradients),
+    # so they have a tighter text limit, their own bound on how many run at once, and more time.
+    explain_max_text_chars: int = Field(
+        default=2_000, ge=1, le=1_000_000, description="longest text an explanation takes"
+    )
+    explain_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=10_000,
+        description="explanations answered at once; past it 503 at once (predictions unaffected)",
+    )
+    explain_timeout_s: PositiveSeconds = Field(
+        default=60.0, description="whole-request timeout of an explanation; past it: 504"
+    )
+
     # Admin routes (experiment changes): closed while no token is configured.
     admin_token: SecretStr | None = Field(default=None, description="bearer token; None = closed")
 

@@ -2,7 +2,8 @@
 
 Batching is chosen per device type (``batching.cpu``, ``batching.cuda``); every value can be
 overridden by an environment variable ``STARRATING_HANDLER_<NAME>`` (``THREADS``, ``STRATEGY``,
-``SUB_BATCH_SIZE``, ``PRECISION``, ``MAX_TEXTS_PER_REQUEST``, ``MAX_TEXT_CHARS``), which
+``SUB_BATCH_SIZE``, ``PRECISION``, ``MAX_TEXTS_PER_REQUEST``, ``MAX_TEXT_CHARS``,
+``EXPLAIN_STEPS``, ``EXPLAIN_INTERNAL_BATCH_SIZE``), which
 TorchServe passes on to its workers.
 """
 
@@ -29,6 +30,10 @@ class HandlerConfig:
     precision: PrecisionChoice = AUTO
     max_texts_per_request: int = 64
     max_text_chars: int = 20_000
+    explain_steps: int = 32
+    """Points on the integrated-gradients path per explained text (more: closer to exact)."""
+    explain_internal_batch_size: int = 64
+    """Rows (texts x steps) per forward/backward pass of an explanation: bounds its memory."""
 
     @classmethod
     def resolve(
@@ -47,6 +52,10 @@ class HandlerConfig:
                 "max_texts_per_request", cls.max_texts_per_request
             ),
             "max_text_chars": section.get("max_text_chars", cls.max_text_chars),
+            "explain_steps": section.get("explain_steps", cls.explain_steps),
+            "explain_internal_batch_size": section.get(
+                "explain_internal_batch_size", cls.explain_internal_batch_size
+            ),
         }
         for name in raw:
             value = env.get(HANDLER_ENV_PREFIX + name.upper())
@@ -61,6 +70,8 @@ class HandlerConfig:
                 precision=str(raw["precision"]),  # type: ignore[arg-type]
                 max_texts_per_request=int(raw["max_texts_per_request"]),
                 max_text_chars=int(raw["max_text_chars"]),
+                explain_steps=int(raw["explain_steps"]),
+                explain_internal_batch_size=int(raw["explain_internal_batch_size"]),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid handler configuration {raw}: {exc}") from exc
@@ -68,7 +79,14 @@ class HandlerConfig:
             raise ValueError(f"handler batching strategy must be one of {STRATEGIES}")
         if config.precision not in PRECISION_CHOICES:
             raise ValueError(f"handler precision must be one of {PRECISION_CHOICES}")
-        if min(config.sub_batch_size, config.max_texts_per_request, config.max_text_chars) < 1:
+        sizes = (
+            config.sub_batch_size,
+            config.max_texts_per_request,
+            config.max_text_chars,
+            config.explain_steps,
+            config.explain_internal_batch_size,
+        )
+        if min(sizes) < 1:
             raise ValueError(f"handler sizes must be positive: {config}")
         if config.threads is not None and config.threads < 1:
             raise ValueError(f"handler threads must be positive, got {config.threads}")

@@ -14,6 +14,13 @@ padded to its longest text (right on a GPU); ``sorted`` runs length-sorted sub-b
 to the longest one of its batch costs more than batching saves; ``sub_batch_size: 1`` runs one
 text at a time).
 
+Explanations: a request that comes through TorchServe's explanations API
+(``/explanations/stars/V``) is answered with its prediction plus the words' integrated-gradients
+attributions toward the predicted star (``handlers/explain.py``), with the fp32 weights (loaded
+once, on the first explanation, when the predictions run in another precision). TorchServe's
+own handler asks only the first request of a batch whether it wants an explanation; this one
+asks each, so predictions and explanations can share a batch.
+
 Review text is never logged.
 """
 
@@ -24,7 +31,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
@@ -40,6 +47,7 @@ from handlers.batch import (
     score,
 )
 from handlers.config import HandlerConfig
+from handlers.explain import explain
 from handlers.numerics import (
     NUMERICS_FILE,
     NumericsRecord,
@@ -48,10 +56,13 @@ from handlers.numerics import (
     choose_precision,
 )
 from starrating.artifacts import Artifacts, load_artifacts
-from starrating.labels import ID2LABEL, id_to_star
+from starrating.labels import ID2LABEL, id_to_star, star_to_id
 from starrating.service import MODEL_NAME
 from starrating.sizing import available_cpus
 from starrating.text import encode_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +81,8 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.numerics: NumericsRecord | None = None
         self.precision: Precision = "fp32"
         self.precision_reason = ""
+        self._model_dir: Path | None = None
+        self._explainer: PreTrainedModel | None = None
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -88,7 +101,8 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.manifest = context.manifest
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "unknown"))
         archive_dir = Path(properties["model_dir"])
-        artifacts = load_artifacts(archive_dir / MODEL_SUBDIR, device=self.device)
+        self._model_dir = archive_dir / MODEL_SUBDIR
+        artifacts = load_artifacts(self._model_dir, device=self.device)
         self.numerics = NumericsRecord.read(archive_dir / RUN_SUBDIR / NUMERICS_FILE)
         self.precision, self.precision_reason = choose_precision(
             self.config.precision, self.numerics, self.device
@@ -167,6 +181,63 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             else:
                 answers.append(per_text[slot.start])
         return answers
+
+    def _is_explain(self) -> bool:
+        # BaseHandler asks the batch's first request only and then explains all or none;
+        # handle() asks every request instead.
+        return False
+
+    def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[Any]:
+        """Predictions for the batch; the requests that asked for it also get explanations."""
+        answers: list[Any] = super().handle(data, context)
+        rows = [i for i in range(len(data)) if context.get_request_header(i, "explain") == "True"]
+        if rows:
+            self._add_explanations(data, answers, rows)
+        return answers
+
+    def _add_explanations(
+        self, data: Sequence[Mapping[str, Any]], answers: list[Any], rows: list[int]
+    ) -> None:
+        """Merge attributions into the answers of ``rows``: all their texts in one call."""
+        assert self.artifacts is not None, "initialize() must run first"
+        texts: list[str] = []
+        places: list[tuple[int, int | None]] = []  # (row, index in a "texts" answer, or None)
+        for row in rows:
+            if isinstance(answers[row], dict) and "error" in answers[row]:
+                continue
+            request_texts, many = parse_request(data[row], self.config)
+            texts.extend(request_texts)
+            places.extend((row, i if many else None) for i in range(len(request_texts)))
+        if not texts:
+            return
+        targets = [
+            star_to_id((answers[row] if i is None else answers[row][i])["stars"])
+            for row, i in places
+        ]
+        explanations = explain(
+            self._explainer_model(),
+            self.artifacts.tokenizer,
+            texts,
+            targets,
+            max_length=self.artifacts.max_length,
+            steps=self.config.explain_steps,
+            internal_batch_size=self.config.explain_internal_batch_size,
+        )
+        for (row, i), explanation in zip(places, explanations, strict=True):
+            extra = {**explanation.as_answer(), "steps": self.config.explain_steps}
+            if i is None:
+                answers[row] = {**answers[row], **extra}
+            else:
+                answers[row][i] = {**answers[row][i], **extra}
+
+    def _explainer_model(self) -> PreTrainedModel:
+        """The fp32 model: gradients need it (an int8 model has none, bf16 loses precision)."""
+        assert self.artifacts is not None and self._model_dir is not None
+        if self.precision == "fp32":
+            return self.artifacts.model
+        if self._explainer is None:
+            self._explainer = load_artifacts(self._model_dir, device=self.device).model
+        return self._explainer
 
     def describe_handle(self) -> dict[str, Any]:
         """TorchServe's customized describe (``GET /models/stars/V?customized=true``): the

@@ -93,6 +93,29 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class ExplainedWord:
+    """One word of an explained text: its characters in ``Explanation.text`` and attribution."""
+
+    word: str
+    start: int
+    end: int
+    attribution: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A text's prediction and why: integrated-gradients attributions toward its stars."""
+
+    prediction: Prediction
+    text: str
+    """The text as the model read it (normalised): the words' offsets point into it."""
+    words: tuple[ExplainedWord, ...]
+    steps: int
+    convergence_delta: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     """One registered version as the management API describes it."""
 
@@ -198,16 +221,33 @@ class TorchServeClient:
         response = await self._request(
             "POST", "inference", path, json={"texts": list(texts)}, version=version
         )
-        body = _json(response)
-        if response.status_code == 400 and _is_error_object(body):
-            error = body["error"]
-            raise InvalidInput(str(error.get("code", "invalid_input")), str(error.get("message")))
-        self._raise_for_status(response, version)
+        body = self._answer(response, version)
         if not isinstance(body, list) or len(body) != len(texts):
             raise BadUpstreamResponse(
                 f"expected a list of {len(texts)} predictions from TorchServe, got {_shape(body)}"
             )
         return [_prediction(item) for item in body]
+
+    async def explain(
+        self, text: str, version: str | None = None, *, timeout: float | None = None
+    ) -> Explanation:
+        """The prediction of ``text`` with its words' attributions (TorchServe's explanations
+        API); ``timeout`` replaces the client's, since one explanation costs many predictions."""
+        path = self._model_path(version, prefix="/explanations")
+        options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        response = await self._request(
+            "POST", "inference", path, json={"text": text}, version=version, **options
+        )
+        return _explanation(self._answer(response, version))
+
+    def _answer(self, response: httpx.Response, version: str | None) -> Any:
+        """The handler's JSON answer; its error object (400) or a failed status raised."""
+        body = _json(response)
+        if response.status_code == 400 and _is_error_object(body):
+            error = body["error"]
+            raise InvalidInput(str(error.get("code", "invalid_input")), str(error.get("message")))
+        self._raise_for_status(response, version)
+        return body
 
     async def ping(self) -> bool:
         """TorchServe's own health (true before any model has loaded: not a readiness check)."""
@@ -495,6 +535,26 @@ def _prediction(item: Any) -> Prediction:
     if isinstance(stars, bool) or stars not in STARS or set(probabilities) != expected:
         raise BadUpstreamResponse("prediction from TorchServe is outside the 1-5 star scheme")
     return Prediction(stars=int(stars), probabilities=probabilities, model_version=version)
+
+
+def _explanation(item: Any) -> Explanation:
+    prediction = _prediction(item)
+    try:
+        return Explanation(
+            prediction=prediction,
+            text=str(item["text"]),
+            words=tuple(
+                ExplainedWord(
+                    str(w["word"]), int(w["start"]), int(w["end"]), float(w["attribution"])
+                )
+                for w in item["words"]
+            ),
+            steps=int(item["steps"]),
+            convergence_delta=float(item["convergence_delta"]),
+            truncated=bool(item["truncated"]),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise BadUpstreamResponse(f"malformed explanation from TorchServe: {exc!r}") from exc
 
 
 def _model_version(item: Any) -> ModelVersion:

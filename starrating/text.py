@@ -36,10 +36,14 @@ def encode_batch(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     max_length: int | None = None,
+    *,
+    offsets: bool = False,
 ) -> BatchEncoding:
     """Tokenise a whole batch in one call, padded to the longest text, truncated to max length.
 
     ``max_length`` defaults to the tokenizer's ``model_max_length`` (set by ``save_artifacts``).
+    ``offsets`` adds ``offset_mapping``: each token's character span in the normalised text
+    (a fast tokenizer's); take it out before calling the model.
     """
     limit = max_length if max_length is not None else effective_max_length(tokenizer)
     encoded: BatchEncoding = tokenizer(
@@ -48,6 +52,7 @@ def encode_batch(
         truncation=True,
         max_length=limit,
         return_tensors="pt",
+        return_offsets_mapping=offsets,
     )
     return encoded
 

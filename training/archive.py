@@ -46,7 +46,7 @@ MODEL_CONFIG = HANDLERS_DIR / "model-config.yaml"
 RUN_FILES = ("metrics.json", "config.json")
 # What a TorchServe worker imports from the archive, and nothing else of the project (the
 # command line, training, the gateway): a test imports the handler from an unpacked archive.
-HANDLER_MODULES = ("__init__", "batch", "config", "numerics", "star_handler")
+HANDLER_MODULES = ("__init__", "batch", "config", "explain", "numerics", "star_handler")
 CORE_MODULES = ("__init__", "artifacts", "labels", "service", "sizing", "text")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,8 @@ class FakeTorchServe:
     hang_s: float = 0.0
     garbage: bool = False
     predictions: list[tuple[str | None, list[str]]] = field(default_factory=list)
+    explanations: list[tuple[str | None, str]] = field(default_factory=list)
+    explain_hang_s: float = 0.0
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.hang_s:
@@ -65,6 +68,8 @@ class FakeTorchServe:
                 return httpx.Response(200, json={"status": "Healthy"})
             if parts[0] == "predictions" and request.method == "POST":
                 return self._predict(parts[2] if len(parts) > 2 else None, request)
+            if parts[0] == "explanations" and request.method == "POST":
+                return await self._explain(parts[2] if len(parts) > 2 else None, request)
         elif parts[:2] == ["models", "stars"] and request.method == "GET":
             customized = request.url.params.get("customized") == "true"
             return self._describe(parts[2] if len(parts) > 2 else None, customized)
@@ -89,6 +94,34 @@ class FakeTorchServe:
             for text in texts
         ]
         return httpx.Response(200, json=answers)
+
+    async def _explain(self, version: str | None, request: httpx.Request) -> httpx.Response:
+        """The handler's explanation answer: the prediction, each word attributed its length."""
+        text: str = json.loads(request.content)["text"]
+        self.explanations.append((version, text))
+        if self.explain_hang_s:
+            await asyncio.sleep(self.explain_hang_s)
+        served = version or self.default
+        if served not in self.ready:
+            return _not_found(served)
+        stars = fake_stars(text)
+        words: list[dict[str, Any]] = [
+            {"word": m.group(), "start": m.start(), "end": m.end(), "attribution": len(m.group())}
+            for m in re.finditer(r"\w+|[^\w\s]", text)
+        ]
+        answer = {
+            "stars": stars,
+            "probabilities": fake_probabilities(stars),
+            "model_version": served,
+            "text": text,
+            "words": words,
+            "special_tokens": 0.0,
+            "logit_difference": float(sum(w["attribution"] for w in words)),
+            "convergence_delta": 0.0,
+            "truncated": False,
+            "steps": 32,
+        }
+        return httpx.Response(200, json=answer)
 
     def _describe(self, version: str | None, customized: bool = False) -> httpx.Response:
         if version == "all":
