@@ -13,17 +13,29 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, Request
+from fastapi import BackgroundTasks, Depends, Header, Request
 
 from api import metrics
 from api.deps import ChooserDep, PredictorDep, RecorderDep, SettingsDep
 from api.errors import InvalidInput, PayloadTooLarge
+from api.schemas import USER_ID_PATTERN
 from api.seams import Assignment, PredictionEvent, PredictionRecorder
 from api.settings import Settings
 from serving.torchserve import Prediction
+from starrating.service import VERSION_PATTERN
 from starrating.text import normalize_text
 
 logger = logging.getLogger(__name__)
+
+VersionHeader = Annotated[
+    str | None, Header(pattern=VERSION_PATTERN, description="force this model version")
+]
+"""``X-Model-Version``: the client forces a version (counted apart from the experiment)."""
+UserIdHeader = Annotated[
+    str | None,
+    Header(pattern=USER_ID_PATTERN, description="who is asking (or the body's user id)"),
+]
+"""``X-User-Id``: who is asking, for sticky A/B assignment."""
 
 
 def check_limits(texts: list[str], settings: Settings, max_text_chars: int | None = None) -> None:

@@ -27,6 +27,14 @@ def _whole_number(value: object) -> object:
 
 WholeNumber = Annotated[int, BeforeValidator(_whole_number), Field(strict=True)]
 """An integer as JSON Schema means it (``2`` or ``2.0``); never a bool, a string or ``2.5``."""
+UserId = Annotated[
+    str | None,
+    Field(
+        pattern=USER_ID_PATTERN,
+        description="who is asking, for sticky A/B assignment (or header X-User-Id)",
+    ),
+]
+"""The optional ``user_id`` of a request body."""
 REVIEW_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NON_BLANK_PATTERN}
 """A review text in the OpenAPI document: a string that is not blank after normalisation."""
 
@@ -56,11 +64,7 @@ class PredictionRequest(BaseModel):
 
     text: str | None = Field(default=None, description="one review")
     texts: list[str] | None = Field(default=None, description="a batch of reviews")
-    user_id: str | None = Field(
-        default=None,
-        pattern=USER_ID_PATTERN,
-        description="who is asking, for sticky A/B assignment (or header X-User-Id)",
-    )
+    user_id: UserId = None
 
     @model_validator(mode="after")
     def _one_of_text_or_texts(self) -> Self:

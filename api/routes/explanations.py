@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ClientDep
 from api.errors import Overloaded
-from api.rating import RatingDep, check_limits
-from api.schemas import REVIEW_SCHEMA, USER_ID_PATTERN, error_responses
-from starrating.service import VERSION_PATTERN
+from api.rating import RatingDep, UserIdHeader, VersionHeader, check_limits
+from api.schemas import REVIEW_SCHEMA, UserId, error_responses
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 
@@ -35,11 +34,7 @@ class ExplanationRequest(BaseModel):
     )
 
     text: Annotated[str, Field(description="one review", json_schema_extra=REVIEW_SCHEMA)]
-    user_id: str | None = Field(
-        default=None,
-        pattern=USER_ID_PATTERN,
-        description="who is asking, for sticky A/B assignment (or header X-User-Id)",
-    )
+    user_id: UserId = None
 
 
 class ExplainedWord(BaseModel):
@@ -99,14 +94,8 @@ async def create_explanation(
     rating: RatingDep,
     client: ClientDep,
     slots: Annotated[ExplanationSlots, Depends(get_slots)],
-    x_model_version: Annotated[
-        str | None,
-        Header(pattern=VERSION_PATTERN, description="force this model version"),
-    ] = None,
-    x_user_id: Annotated[
-        str | None,
-        Header(pattern=USER_ID_PATTERN, description='who is asking (or "user_id" in the body)'),
-    ] = None,
+    x_model_version: VersionHeader = None,
+    x_user_id: UserIdHeader = None,
 ) -> ExplanationResponse:
     settings = rating.settings
     rating.request.state.text_lengths = [len(body.text)]

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Header
-
-from api.rating import RatingDep
-from api.schemas import (
-    USER_ID_PATTERN,
-    PredictionRequest,
-    PredictionResponse,
-    StarPrediction,
-    error_responses,
-)
-from starrating.service import VERSION_PATTERN
+from api.rating import RatingDep, UserIdHeader, VersionHeader
+from api.schemas import PredictionRequest, PredictionResponse, StarPrediction, error_responses
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -28,14 +19,8 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 async def create_prediction(
     body: PredictionRequest,
     rating: RatingDep,
-    x_model_version: Annotated[
-        str | None,
-        Header(pattern=VERSION_PATTERN, description="force this model version"),
-    ] = None,
-    x_user_id: Annotated[
-        str | None,
-        Header(pattern=USER_ID_PATTERN, description='who is asking (or "user_id" in the body)'),
-    ] = None,
+    x_model_version: VersionHeader = None,
+    x_user_id: UserIdHeader = None,
 ) -> PredictionResponse:
     rated = await rating.rate(
         body.all_texts, user_id=body.user_id or x_user_id, forced_version=x_model_version

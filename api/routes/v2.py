@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.routing import APIRoute
 
 from api.deps import ClientDep, SettingsDep
@@ -36,9 +36,9 @@ from api.oip import (
     request_user_id,
     requested_outputs,
 )
-from api.rating import RatingDep
+from api.rating import RatingDep, UserIdHeader
 from api.routes import health
-from api.schemas import USER_ID_PATTERN, ReadinessResponse
+from api.schemas import ReadinessResponse
 from starrating import __version__
 from starrating.service import VERSION_PATTERN
 
@@ -200,10 +200,6 @@ async def version_ready(
     return await _ready(model_name, version, settings, client)
 
 
-UserIdHeader = Annotated[
-    str | None,
-    Header(pattern=USER_ID_PATTERN, description='who is asking (or parameters "user_id")'),
-]
 INFER_ERRORS = _responses(400, 404, 413, 502, 503, 504)
 
 

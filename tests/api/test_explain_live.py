@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.api.live import LiveGateway, running_gateway
+from tests.api.test_experiment_e2e import CHROMIUM_FLAGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -25,15 +26,6 @@ SAMPLES = [
     "Really bad. I hope they don't make this anymore.",
 ]
 HOSTILE = '<img src=x onerror="window.__pwned = 1"> loved it <script>window.__pwned = 2</script>'
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The handler's integration error at its default 32 steps stays far below this on these models.
 COMPLETENESS_TOLERANCE = 0.02
 
