@@ -33,16 +33,23 @@ RESERVED_VARIANTS = frozenset({OVERRIDE_VARIANT, DEFAULT_VARIANT})
 class VariantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, description="how reports and metrics call it")
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="how reports and metrics call it; unique in the experiment",
+        json_schema_extra={"not": {"enum": sorted(RESERVED_VARIANTS)}},
+    )
     version: str = Field(pattern=VERSION_PATTERN, description="the TorchServe model version")
-    weight: float = Field(ge=0, le=1e6, allow_inf_nan=False, description="relative share")
+    # strict: a JSON number (2 or 0.5), never true or "0.5", as the schema says
+    weight: float = Field(
+        ge=0, le=1e6, allow_inf_nan=False, strict=True, description="relative share"
+    )
 
 
 class ShadowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str = Field(pattern=VERSION_PATTERN, description="the version that gets copies")
-    sample: float = Field(ge=0, le=1, description="share of requests copied to it")
+    sample: float = Field(ge=0, le=1, strict=True, description="share of requests copied to it")
 
 
 class ExperimentConfig(BaseModel):
@@ -67,7 +74,17 @@ class ExperimentConfig(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="also salts the assignment hash")
     variants: list[VariantConfig] = Field(
-        min_length=1, max_length=16, description="the first is the control"
+        min_length=1,
+        max_length=16,
+        description="the first is the control; names unique (JSON Schema cannot say that)",
+        # what _consistent checks of the weights, said in the schema: one of them above 0
+        json_schema_extra={
+            "contains": {
+                "type": "object",
+                "properties": {"weight": {"exclusiveMinimum": 0}},
+                "required": ["weight"],
+            }
+        },
     )
     sticky: bool = Field(default=True, description="a user id always gets the same variant")
     shadow: ShadowConfig | None = None

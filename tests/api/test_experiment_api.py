@@ -147,6 +147,30 @@ def test_put_refuses_malformed_splits(gateway: TestClient) -> None:
     assert "sum to more than 0" in response.json()["error"]["message"]
 
 
+def test_the_experiment_schema_refuses_what_put_refuses(gateway: TestClient) -> None:
+    import jsonschema
+
+    document = gateway.get("/openapi.json").json()
+    schema = {"$ref": "#/components/schemas/ExperimentConfig", **document}
+    validator = jsonschema.Draft202012Validator(schema)
+    variant = {"name": "A", "version": "1.0", "weight": 1}
+    refused = {
+        "weights all 0": {**SPLIT, "variants": [{**variant, "weight": 0}]},
+        "weight true": {**SPLIT, "variants": [{**variant, "weight": True}]},
+        "weight a string": {**SPLIT, "variants": [{**variant, "weight": "1"}]},
+        "sample false": {**SPLIT, "shadow": {"version": "1.0", "sample": False}},
+        "reserved name": {**SPLIT, "variants": [{**variant, "name": "override"}]},
+    }
+
+    for name, body in refused.items():
+        assert not validator.is_valid(body), name
+        assert gateway.put("/v1/experiment", json=body, headers=AUTH).status_code == 422, name
+    assert validator.is_valid(SPLIT)
+    assert validator.is_valid(
+        {**SPLIT, "variants": [variant, {**variant, "name": "B", "weight": 0}]}
+    )
+
+
 def test_split_and_weights_survive_a_gateway_restart(
     open_gateway: GatewayFactory, gateway: TestClient
 ) -> None:

@@ -67,7 +67,10 @@ def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
     shipped = {n for n in names if n.endswith(".py")}
     assert shipped == {
         "star_handler.py",
-        *(f"handlers/{m}.py" for m in ("__init__", "batch", "config", "numerics", "star_handler")),
+        *(
+            f"handlers/{m}.py"
+            for m in ("__init__", "batch", "config", "explain", "numerics", "star_handler")
+        ),
         *(
             f"starrating/{m}.py"
             for m in ("__init__", "artifacts", "labels", "service", "sizing", "text")
