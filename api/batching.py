@@ -95,7 +95,7 @@ class AdaptiveBatcher:
             return await asyncio.wait_for(asyncio.shield(answer), self._timeout_s)
         except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"no answer from TorchServe within {self._timeout_s:g} s"
+                f"no answer from TorchServe within {self._timeout_s:g} s", version
             ) from exc
 
     async def aclose(self) -> None:

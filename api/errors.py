@@ -111,6 +111,10 @@ OIP_PREFIX = "/v2"
 """The Open Inference Protocol's routes, whose errors are ``{"error": "message"}``."""
 
 
+RETRY_AFTER = {"Retry-After": "1"}
+"""On a 503 from TorchServe being unreachable or without a ready worker: worth a retry soon."""
+
+
 def error_response(
     status: int,
     code: str,
@@ -140,6 +144,13 @@ async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
         # The handler refused the content: the client's fault, not TorchServe's.
         status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if exc.code == "too_large" else 422
         return error_response(status, exc.code, exc.message, path=request.url.path)
+    if isinstance(exc, torchserve.UpstreamTimeout):
+        # A live model that is slow stays 504; TorchServe gone mid-request or restarting (the
+        # version without a ready worker while it loads) is unavailability: 503, retry soon.
+        settings = request.app.state.settings
+        exc = await request.app.state.client.timeout_cause(
+            exc, within_s=settings.readiness_timeout_s, waited_s=settings.upstream_timeout_s
+        )
     status, code, message = next(
         (s, c, m) for kind, s, c, m in UPSTREAM_ERRORS if isinstance(exc, kind)
     )
@@ -153,7 +164,8 @@ async def _upstream_error(request: Request, exc: Exception) -> JSONResponse:
         exc,
         extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
     )
-    return error_response(status, code, message or str(exc), path=request.url.path)
+    headers = RETRY_AFTER if status == HTTPStatus.SERVICE_UNAVAILABLE else None
+    return error_response(status, code, message or str(exc), headers, path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

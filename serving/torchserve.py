@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -51,7 +52,12 @@ class UpstreamAuthFailed(UpstreamUnavailable):
 
 
 class UpstreamTimeout(TorchServeError):
-    """TorchServe took longer than the configured timeout to answer."""
+    """TorchServe took longer than the configured timeout to answer (``version``: the one asked,
+    None for the default or a call that names none)."""
+
+    def __init__(self, message: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class UnknownVersion(TorchServeError):
@@ -128,6 +134,8 @@ class ModelVersion:
     archive: str
     # The handler's describe_handle (``?customized=true`` only): numerics served, threads.
     metadata: dict[str, Any] | None = None
+    newest_worker_start: datetime | None = None
+    """When the most recently (re)started worker started, as TorchServe says (UTC)."""
 
     @property
     def ready(self) -> bool:
@@ -294,6 +302,35 @@ class TorchServeClient:
             raise BadUpstreamResponse(f"expected a model description, got {_shape(body)}")
         return _model_version(body[0])
 
+    async def timeout_cause(
+        self, timeout: UpstreamTimeout, within_s: float, waited_s: float
+    ) -> TorchServeError:
+        """What a call that timed out after ``waited_s`` really met, asked of the management API
+        within ``within_s``: ``UpstreamUnavailable`` when TorchServe cannot be reached now (gone
+        mid-request, its address vanished with its container), ``ModelNotReady`` when the
+        version has no ready worker (TorchServe restarting and still loading it, or not
+        registered again yet) or a worker of it (re)started within the last 2 x ``waited_s``
+        (the call waited for it to load), else ``timeout`` itself: a live model that is slow,
+        or a management API that is stuck too."""
+        try:
+            async with asyncio.timeout(within_s):
+                description = await self.describe(timeout.version)
+        except UnknownVersion:
+            return ModelNotReady(f"{timeout}; version {timeout.version} is not registered (yet)")
+        except UpstreamUnavailable as exc:
+            return type(exc)(f"{timeout}; then: {exc}")
+        except (TimeoutError, TorchServeError):
+            return timeout
+        if not description.ready:
+            return ModelNotReady(f"{timeout}; version {description.version} has no ready worker")
+        started = description.newest_worker_start
+        age_s = (datetime.now(UTC) - started).total_seconds() if started else None
+        if age_s is not None and age_s < 2 * waited_s:
+            return ModelNotReady(
+                f"{timeout}; a worker of version {description.version} started {age_s:.0f}s ago"
+            )
+        return timeout
+
     async def model_ready(self, version: str | None = None) -> bool:
         """True when the version is registered and has at least one ready worker."""
         try:
@@ -369,11 +406,11 @@ class TorchServeClient:
     ) -> httpx.Response:
         base = self.inference_url if kind == "inference" else self.management_url
         key = self._keys.for_kind(kind)
-        response = await self._send(method, base + path, key, **kwargs)
+        response = await self._send(method, base + path, key, version=version, **kwargs)
         if _is_auth_failure(response) and self._key_file is not None:
             fresh = await self._fresh_key(kind, rejected=key)
             if fresh is not None:
-                response = await self._send(method, base + path, fresh, **kwargs)
+                response = await self._send(method, base + path, fresh, version=version, **kwargs)
         if _is_auth_failure(response):
             raise UpstreamAuthFailed(
                 f"TorchServe rejected the {kind} token; is STARRATING_TORCHSERVE_KEY_FILE the "
@@ -381,7 +418,9 @@ class TorchServeClient:
             )
         return response
 
-    async def _send(self, method: str, url: str, key: str | None, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, key: str | None, version: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
             for _ in range(self._connect_retries):
@@ -393,7 +432,9 @@ class TorchServeClient:
         except httpx.ConnectTimeout as exc:
             raise UpstreamUnavailable(f"cannot connect to TorchServe at {url}: timeout") from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"TorchServe did not answer {method} {url} in time") from exc
+            raise UpstreamTimeout(
+                f"TorchServe did not answer {method} {url} in time", version
+            ) from exc
         except httpx.TransportError as exc:
             raise UpstreamUnavailable(f"cannot reach TorchServe at {url}: {exc!r}") from exc
 
@@ -430,7 +471,7 @@ class TorchServeClient:
             # 507 "Worker died.": the worker crashed with this request; TorchServe restarts it.
             raise ModelNotReady(f"TorchServe has no worker ready: {message}")
         if status in (408, 504):
-            raise UpstreamTimeout(f"TorchServe timed out: {message}")
+            raise UpstreamTimeout(f"TorchServe timed out: {message}", version)
         if status == 413:
             raise InvalidInput("too_large", f"TorchServe refused the request size: {message}")
         raise BadUpstreamResponse(f"TorchServe answered HTTP {status}: {message}")
@@ -557,9 +598,19 @@ def _explanation(item: Any) -> Explanation:
         raise BadUpstreamResponse(f"malformed explanation from TorchServe: {exc!r}") from exc
 
 
+def _started(worker: Mapping[str, Any]) -> datetime | None:
+    """A worker's ``startTime`` (``2024-09-01T10:00:00.123Z``); None when absent or odd."""
+    try:
+        started = datetime.fromisoformat(str(worker["startTime"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
+    return started if started.tzinfo is not None else None
+
+
 def _model_version(item: Any) -> ModelVersion:
     try:
         workers = item.get("workers") or []
+        starts = [s for s in (_started(w) for w in workers) if s is not None]
         return ModelVersion(
             version=str(item["modelVersion"]),
             is_default=False,
@@ -571,6 +622,7 @@ def _model_version(item: Any) -> ModelVersion:
             metadata=metadata
             if isinstance(metadata := item.get("customizedMetadata"), dict)
             else None,
+            newest_worker_start=max(starts, default=None),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise BadUpstreamResponse(f"malformed model description from TorchServe: {exc!r}") from exc

@@ -191,13 +191,13 @@ def test_torchserve_killed_answers_503_at_once_and_recovers_without_a_gateway_re
             refused = http.post(PREDICT, json={"text": REVIEW})
             assert time.monotonic() - started < 1.0
             assert refused.status_code == 503 and error_code(refused) in UNAVAILABLE
+            assert refused.headers["retry-after"] == "1"
             ready = http.get("/readyz")
             assert ready.status_code == 503
             after_kill = traffic.after(killed + 1.0)
             assert {(s, c) for _, s, c in after_kill} <= {(503, c) for c in UNAVAILABLE}
             # restart: unless-stopped does not restart a killed container; start it again.
             docker("start", torchserve)
-            restarted = time.monotonic()
             back = wait_for(
                 lambda: http.post(PREDICT, json={"text": REVIEW}).status_code == 200,
                 "predictions after TorchServe started again",
@@ -207,21 +207,12 @@ def test_torchserve_killed_answers_503_at_once_and_recovers_without_a_gateway_re
         finally:
             traffic.finish()
     print(f"TorchServe back {back:.0f}s after docker start")
+    # No 504 either: a request in flight when the container vanished (its address sends no
+    # reset: the network namespace is gone) or queued while the restarted TorchServe was still
+    # loading the model times out, and the gateway then finds TorchServe unreachable or the
+    # version without a ready worker: 503, retry shortly. 504 is for a live model that is slow.
     statuses = {(s, c) for _, s, c in traffic.answers}
-    assert statuses <= {(200, None), (504, "upstream_timeout")} | {(503, c) for c in UNAVAILABLE}, (
-        statuses
-    )
-    # 504 (a clear upstream timeout) only where TorchServe held a request without answering:
-    # in flight when the container vanished (its address sends no reset: the network namespace
-    # is gone), or queued while the restarted TorchServe was still loading the model. Never
-    # once predictions were back.
-    timeouts = [at for at, s, _ in traffic.answers if s == 504]
-    unexplained = [
-        at - killed
-        for at in timeouts
-        if not (at < killed + 0.5 or restarted <= at <= restarted + back)
-    ]
-    assert not unexplained, (unexplained, restarted - killed, back)
+    assert statuses <= {(200, None)} | {(503, c) for c in UNAVAILABLE}, statuses
     assert (
         docker("inspect", "--format", "{{.State.StartedAt}}", stack.container("gateway")).stdout
         == gateway_started
