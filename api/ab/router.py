@@ -36,7 +36,7 @@ class VariantConfig(BaseModel):
     name: str = Field(
         pattern=NAME_PATTERN,
         description="how reports and metrics call it; unique in the experiment",
-        json_schema_extra={"not": {"enum": sorted(RESERVED_VARIANTS)}},
+        json_schema_extra={"not": {"enum": [*sorted(RESERVED_VARIANTS)]}},
     )
     version: str = Field(pattern=VERSION_PATTERN, description="the TorchServe model version")
     # strict: a JSON number (2 or 0.5), never true or "0.5", as the schema says
