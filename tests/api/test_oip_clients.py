@@ -4,11 +4,15 @@ Triton's ``tritonclient.http.InferenceServerClient`` and KServe's ``InferenceRES
 (protocol v2), unchanged, against ``/v2``: health, metadata, readiness and inference, with the
 same stars ``/v1/predictions`` gives for the same texts and version, and an answer ``id`` that
 ``/v1/feedback`` takes. The stack is the one ``starrating serve`` starts (``tests.api.live``).
+On the same stack, schemathesis with every check (``--checks all``) over the routes issue 17
+added or fixed finds no mismatch between the OpenAPI document and what the gateway does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -138,3 +142,38 @@ def test_kserve_rest_client_v2_round_trip(stack: LiveGateway) -> None:
         "2.0": v1_stars(stack, "2.0"),
         "routed": v1_stars(stack, "1.0"),
     }
+
+
+def test_schemathesis_every_check_on_the_protocol_and_rating_routes(stack: LiveGateway) -> None:
+    # PUT /v1/experiment is left out: it refuses (422) versions TorchServe does not have right
+    # now, which no static schema can say.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{stack.url}/openapi.json",
+            "--checks",
+            "all",
+            "--include-path-regex",
+            "^/(v2|v1/predictions|v1/explanations|v1/feedback|explain)",
+            "--max-time",
+            "30",
+            "--seed",
+            "7",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--output-sanitize",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Tested: 13" in result.stdout
