@@ -58,7 +58,7 @@ from handlers.numerics import (
 from starrating.artifacts import Artifacts, load_artifacts
 from starrating.labels import ID2LABEL, id_to_star, star_to_id
 from starrating.service import MODEL_NAME
-from starrating.sizing import available_cpus
+from starrating.sizing import serving_layout
 from starrating.text import encode_batch
 
 if TYPE_CHECKING:
@@ -96,7 +96,9 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
             yaml_config.get("handler"), self.device.type, os.environ
         )
         torch.set_num_threads(
-            self.config.threads if self.config.threads is not None else available_cpus()
+            self.config.threads
+            if self.config.threads is not None
+            else serving_layout(1).threads_per_worker
         )
         self.manifest = context.manifest
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "unknown"))

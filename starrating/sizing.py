@@ -18,7 +18,12 @@ THREADS_ENV = f"{HANDLER_ENV_PREFIX}THREADS"
 
 MAX_THREADS_PER_WORKER = 4
 """More CPUs per version go to more workers rather than more threads: one short review batch
-keeps only a few intra-op threads busy (measured here only up to 2 threads: docs/performance.md)."""
+keeps only a few intra-op threads busy."""
+FRONTEND_CPUS = 1
+"""Left to TorchServe's frontend (and a gateway beside it) when there is more than one CPU.
+A torch worker whose threads take every core stalls whenever the frontend runs: with two
+threads on two busy cores the in-process rate fell from 73 to 1 review/s, and the stack with
+one review per request did worse with two threads than with one (docs/performance.md)."""
 
 
 def available_cpus() -> int:
@@ -39,15 +44,17 @@ class ServingLayout:
 def serving_layout(versions: int, cpus: int | None = None) -> ServingLayout:
     """Share ``cpus`` (default: ``available_cpus()``) among ``versions`` served side by side.
 
-    Each version gets an equal share, at least one CPU; a share is split into as few workers
-    as keep each at ``MAX_THREADS_PER_WORKER`` threads or fewer. The total never exceeds the
-    CPUs unless there are more versions than CPUs (then one worker with one thread each).
+    One CPU stays with TorchServe's frontend when there are several (``FRONTEND_CPUS``); the
+    rest is shared equally, at least one CPU per version, and a share is split into as few
+    workers as keep each at ``MAX_THREADS_PER_WORKER`` threads or fewer. More versions than
+    CPUs still get one worker with one thread each.
     """
     if versions < 1:
         raise ValueError(f"need at least one version to serve, got {versions}")
     cpus = available_cpus() if cpus is None else cpus
     if cpus < 1:
         raise ValueError(f"need at least one CPU, got {cpus}")
-    share = max(1, cpus // versions)
+    for_workers = cpus - FRONTEND_CPUS if cpus > FRONTEND_CPUS else cpus
+    share = max(1, for_workers // versions)
     workers = -(-share // MAX_THREADS_PER_WORKER)
     return ServingLayout(workers_per_version=workers, threads_per_worker=share // workers)

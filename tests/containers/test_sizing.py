@@ -44,23 +44,24 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return stores
 
 
-def layout(image: str, store: Path, *limits: str) -> list[str]:
-    return docker(
+def layout(image: str, store: Path, *limits: str) -> tuple[list[str], str]:
+    """(workers and threads printed, the CPU count said on stderr) inside a container."""
+    result = docker(
         "run", "--rm", *limits,
         "-v", f"{store}:{STORE}:ro",
         "--entrypoint", "starrating-serving-layout",
         image, STORE,
-    ).stdout.split()  # fmt: skip
+    )  # fmt: skip
+    return result.stdout.split(), result.stderr
 
 
 @pytest.mark.parametrize(
-    ("versions", "limits", "expected"),
+    ("versions", "limits", "cpus", "expected"),
     [
-        (1, ("--cpus", "1"), ["1", "1"]),  # a CPU quota (docker --cpus, a Kubernetes limit)
-        (1, ("--cpus", "1.5"), ["1", "2"]),  # a fractional quota rounds up
-        (1, ("--cpuset-cpus", "0"), ["1", "1"]),  # an affinity mask
-        (2, ("--cpus", "2"), ["1", "1"]),  # two versions share two CPUs
-        (1, ("--cpus", "2"), ["1", "2"]),
+        (1, ("--cpus", "1"), 1, ["1", "1"]),  # a CPU quota (docker --cpus, a Kubernetes limit)
+        (1, ("--cpus", "1.5"), 2, ["1", "1"]),  # a fractional quota rounds up
+        (1, ("--cpuset-cpus", "0"), 1, ["1", "1"]),  # an affinity mask
+        (2, ("--cpus", "2"), 2, ["1", "1"]),  # two versions share two CPUs
     ],
 )
 def test_the_layout_follows_the_containers_cpu_limit(
@@ -68,9 +69,12 @@ def test_the_layout_follows_the_containers_cpu_limit(
     stores: dict[int, Path],
     versions: int,
     limits: tuple[str, ...],
+    cpus: int,
     expected: list[str],
 ) -> None:
-    assert layout(images["serve"], stores[versions], *limits) == expected
+    printed, said = layout(images["serve"], stores[versions], *limits)
+    assert printed == expected
+    assert f"{versions} version(s) on {cpus} CPU(s)" in said
 
 
 @pytest.fixture

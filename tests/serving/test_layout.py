@@ -12,14 +12,14 @@ from serving import layout
 def test_prints_workers_and_threads_for_the_versions_in_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("starrating.sizing.available_cpus", lambda: 4)
-    monkeypatch.setattr(layout, "available_cpus", lambda: 4)
+    monkeypatch.setattr("starrating.sizing.available_cpus", lambda: 5)
+    monkeypatch.setattr(layout, "available_cpus", lambda: 5)
     for version in ("1.0", "2.0"):
         (tmp_path / f"stars-{version}.mar").touch()
     assert layout.main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert out == "1 2\n"
-    assert "2 version(s) on 4 CPU(s): 1 worker(s) x 2 thread(s) each" in err
+    assert "2 version(s) on 5 CPU(s): 1 worker(s) x 2 thread(s) each" in err
 
 
 def test_an_empty_store_is_an_error_that_names_it(
