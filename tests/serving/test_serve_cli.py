@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,26 +19,37 @@ from tests.serving.helpers import running_torchserve, starrating
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+def stack_env(tmp_path: Path, gateway_port: int, **extra: str) -> dict[str, str]:
+    """`starrating serve`'s environment for a stack of its own: home, A/B store and ports."""
+    return {
+        **os.environ,
+        "STARRATING_HOME": str(tmp_path / "home"),
+        "STARRATING_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
+        "STARRATING_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
+        "STARRATING_PORT": str(gateway_port),
+        "STARRATING_DATABASE_URL": f"sqlite:///{tmp_path / 'ab.db'}",
+        "COLUMNS": "300",
+        **extra,
+    }
+
+
+def serve(store: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`starrating serve` on free metrics and gRPC ports."""
+    metrics, *grpc = (str(free_port()) for _ in range(3))
+    return starrating(
+        "serve", "--model-store", str(store), "--metrics-port", metrics, "--grpc-ports", *grpc,
+        env=env,
+    )  # fmt: skip
+
+
 def test_serve_starts_both_and_stop_stops_both(
     tiny_store: tuple[Path, dict[str, Path]], tmp_path: Path
 ) -> None:
     store, _ = tiny_store
     home = tmp_path / "home"
     gateway_port = free_port()
-    env = {
-        **os.environ,
-        "STARRATING_HOME": str(home),
-        "STARRATING_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
-        "STARRATING_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
-        "STARRATING_PORT": str(gateway_port),
-        "STARRATING_DATABASE_URL": f"sqlite:///{tmp_path / 'ab.db'}",
-        "COLUMNS": "200",
-    }
-    metrics, *grpc = (str(free_port()) for _ in range(3))
-    served = starrating(
-        "serve", "--model-store", str(store), "--metrics-port", metrics, "--grpc-ports", *grpc,
-        env=env,
-    )  # fmt: skip
+    env = stack_env(tmp_path, gateway_port)
+    served = serve(store, env)
     try:
         assert served.returncode == 0, served.stdout + served.stderr
         assert "versions 1.0, 2.0; default 2.0" in served.stdout
@@ -96,8 +108,9 @@ def test_serve_names_a_stale_experiment_at_once_and_leaves_the_stack_to_fix_it(
     """A reused A/B store whose experiment routes to 3.0, a version this model store lacks."""
     store, _ = tiny_store
     home = tmp_path / "home"
-    database = f"sqlite:///{tmp_path / 'ab.db'}"
-    experiments = ExperimentStore(database)
+    gateway_port = free_port()
+    env = stack_env(tmp_path, gateway_port, STARRATING_ADMIN_TOKEN="admin-s3cret-token")
+    experiments = ExperimentStore(env["STARRATING_DATABASE_URL"])
     experiments.save_experiment(
         "old-test",
         {
@@ -111,24 +124,9 @@ def test_serve_names_a_stale_experiment_at_once_and_leaves_the_stack_to_fix_it(
         },
     )
     experiments.close()
-    gateway_port = free_port()
-    env = {
-        **os.environ,
-        "STARRATING_HOME": str(home),
-        "STARRATING_TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}",
-        "STARRATING_TORCHSERVE_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
-        "STARRATING_PORT": str(gateway_port),
-        "STARRATING_DATABASE_URL": database,
-        "STARRATING_ADMIN_TOKEN": "admin-s3cret-token",
-        "COLUMNS": "300",
-    }
-    metrics, *grpc = (str(free_port()) for _ in range(3))
     try:
         started = time.monotonic()
-        served = starrating(
-            "serve", "--model-store", str(store), "--metrics-port", metrics, "--grpc-ports", *grpc,
-            env=env,
-        )  # fmt: skip
+        served = serve(store, env)
         took = time.monotonic() - started
         said = " ".join((served.stdout + served.stderr).split())  # rich wraps long lines
         assert served.returncode != 0
