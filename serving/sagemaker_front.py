@@ -99,7 +99,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 def front_app(upstream: str) -> web.Application:
     """The front's routes; ``app[READY]`` is set once a prediction has come back."""
-    app = web.Application(client_max_size=100 * 1024 * 1024)  # SageMaker's own payload limit
+    # Above InvokeEndpoint's 6 MB payload limit: whatever SageMaker passes on reaches TorchServe,
+    # whose own max_request_size then applies.
+    app = web.Application(client_max_size=8 * 1024 * 1024)
     app[READY] = asyncio.Event()
     app[UPSTREAM] = upstream
 
