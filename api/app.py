@@ -28,7 +28,16 @@ from api.middleware import (
     InFlightLimitMiddleware,
     RequestObserverMiddleware,
 )
-from api.routes import dashboard, experiment, feedback, health, models, predictions, v2
+from api.routes import (
+    dashboard,
+    experiment,
+    explanations,
+    feedback,
+    health,
+    models,
+    predictions,
+    v2,
+)
 from api.seams import DefaultChooser, NoRecorder, PredictionRecorder, VariantChooser
 from api.settings import Settings
 from serving.torchserve import TorchServeClient
@@ -113,6 +122,7 @@ def create_app(
     app.state.chooser = chooser if chooser is not None else DefaultChooser()
     app.state.recorder = recorder if recorder is not None else NoRecorder()
     app.state.ab = None
+    app.state.explain_slots = explanations.ExplanationSlots(settings.explain_max_in_flight)
     app.state.drain = Drain(settings.drain_delay_s)
 
     install_error_handlers(app)
@@ -130,6 +140,7 @@ def create_app(
     app.add_middleware(RequestObserverMiddleware)
 
     app.include_router(predictions.router)
+    app.include_router(explanations.router)
     app.include_router(feedback.router)
     app.include_router(experiment.router)
     app.include_router(dashboard.router)

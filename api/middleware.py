@@ -25,7 +25,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.errors import Overloaded, PayloadTooLarge, error_response
+from api.errors import RETRY_AFTER, Overloaded, PayloadTooLarge, error_response
 
 logger = logging.getLogger("api.access")
 
@@ -134,7 +134,7 @@ class InFlightLimitMiddleware:
                 error.status,
                 error.code,
                 error.message,
-                headers={"Retry-After": "1"},
+                headers=RETRY_AFTER,
                 path=scope["path"],
             )
             await response(scope, receive, send)
