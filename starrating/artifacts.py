@@ -50,16 +50,20 @@ class Artifacts:
             logits = self.model(**{k: v.to(device) for k, v in encoded.items()}).logits
         return self.probabilities(logits).cpu()
 
+    def predict_stars(self, texts: Sequence[str], batch_size: int = 32) -> list[int]:
+        """The most likely star of each text, in order."""
+        stars: list[int] = []
+        for start in range(0, len(texts), batch_size):
+            ids = self.rate(texts[start : start + batch_size]).argmax(dim=-1).tolist()
+            stars.extend(id_to_star(i) for i in ids)
+        return stars
+
     def accuracy(self, texts: Sequence[str], stars: Sequence[int], batch_size: int = 32) -> float:
         """Share of ``texts`` whose predicted star equals the true one."""
         if len(texts) != len(stars) or not texts:
             raise ValueError("need as many true stars as texts, and at least one text")
-        correct = 0
-        for start in range(0, len(texts), batch_size):
-            predicted = self.rate(texts[start : start + batch_size]).argmax(dim=-1).tolist()
-            truth = stars[start : start + batch_size]
-            correct += sum(id_to_star(p) == t for p, t in zip(predicted, truth, strict=True))
-        return correct / len(texts)
+        predicted = self.predict_stars(texts, batch_size)
+        return sum(p == t for p, t in zip(predicted, stars, strict=True)) / len(texts)
 
 
 def save_artifacts(
