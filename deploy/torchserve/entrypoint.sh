@@ -40,6 +40,8 @@ config="$sized"
 unset TS_CONFIG_FILE
 
 if [ "$mode" = serve ]; then
-  exec starrating-sagemaker-front --ts-config "$config" --model-store "$store"
+  # SageMaker names the port in SAGEMAKER_BIND_TO_PORT where it is not 8080 (multi-container).
+  exec starrating-sagemaker-front --ts-config "$config" --model-store "$store" \
+    --port "${SAGEMAKER_BIND_TO_PORT:-8080}"
 fi
 exec torchserve --foreground --ts-config "$config" --model-store "$store"

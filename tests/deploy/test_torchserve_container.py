@@ -200,8 +200,12 @@ def test_sagemaker_mode_answers_ping_and_invocations(store: Path, tmp_path: Path
     ports = Ports.free()
     config_dir = tmp_path / "etc"
     config_dir.mkdir()
+    # The front answers SageMaker on ports.inference; TorchServe sits behind it on another.
+    behind = free_port()
     (config_dir / "sagemaker.properties").write_text(
-        with_ports((TORCHSERVE_DIR / "sagemaker.properties").read_text(), ports)
+        with_ports((TORCHSERVE_DIR / "sagemaker.properties").read_text(), ports).replace(
+            "127.0.0.1:8090", f"127.0.0.1:{behind}"
+        )
     )
     # SageMaker copies the variant's model data, one archive, into /opt/ml/model.
     model_dir = tmp_path / "opt-ml-model"
@@ -209,6 +213,7 @@ def test_sagemaker_mode_answers_ping_and_invocations(store: Path, tmp_path: Path
     (model_dir / "stars-2.0.mar").write_bytes((store / "stars-2.0.mar").read_bytes())
     env = {
         "SAGEMAKER_MODEL_DIR": str(model_dir),
+        "SAGEMAKER_BIND_TO_PORT": str(ports.inference),
         "STARRATING_TS_CONFIG_DIR": str(config_dir),
         # The container's variable for compose/Kubernetes must not leak into this mode.
         "TS_CONFIG_FILE": str(TORCHSERVE_DIR / "config.properties"),
