@@ -38,7 +38,15 @@ from serving.supervisor import LOOPBACK_HOSTS, TorchServeOptions, free_port
 from tests.reliability.conftest import VERSION, GatewayStack
 
 REPO = Path(__file__).resolve().parents[2]
-PUBLIC_WRITES = {("POST", "/v1/predictions"), ("POST", "/v1/feedback")}
+# What any client may POST: ratings (v1 and the Open Inference Protocol's infer), explanations
+# (a rating's why, with its own in-flight bound) and feedback.
+PUBLIC_WRITES = {
+    ("POST", "/v1/predictions"),
+    ("POST", "/v1/feedback"),
+    ("POST", "/v1/explanations"),
+    ("POST", "/v2/models/{model_name}/infer"),
+    ("POST", "/v2/models/{model_name}/versions/{version}/infer"),
+}
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 EXPERIMENT = {
     "name": "security-check",
