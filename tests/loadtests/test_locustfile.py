@@ -38,7 +38,8 @@ def test_locustfile_drives_predictions_batches_and_feedback_without_failures(
                 "--spawn-rate",
                 "4",
                 "--run-time",
-                "6s",
+                # Batches are 2 of 10 task picks: 6 s on a loaded machine once saw none.
+                "15s",
                 "--only-summary",
                 "--csv",
                 str(prefix),
