@@ -19,6 +19,7 @@ it and the handler always run identical numerics.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -169,7 +170,7 @@ def measure_numerics(
             refused[precision] = f"runs on CPU only, and this archive was measured on {device}"
             continue
         # bf16 casts the weights in place; a copy keeps the caller's fp32 model intact.
-        model = apply_precision(_copy(artifacts.model), precision)
+        model = apply_precision(copy.deepcopy(artifacts.model), precision)
         predicted = replace(artifacts, model=model).predict_stars(texts)
         del model
         accuracy[precision] = _share_equal(predicted, stars)
@@ -201,12 +202,6 @@ def measure_numerics(
 
 def _share_equal(left: Sequence[int], right: Sequence[int]) -> float:
     return sum(a == b for a, b in zip(left, right, strict=True)) / len(left)
-
-
-def _copy(model: ModelT) -> ModelT:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def has_fast_bf16(device: torch.device) -> bool:
