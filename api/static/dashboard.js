@@ -152,6 +152,150 @@ function fillTable(table, rows) {
   }));
 }
 
+const ACTION_SHAPES = { ramp: "▲", promote: "●", rollback: "■" };
+const METRIC_NAMES = { accuracy: "accuracy", mae: "MAE" };
+const GUARDRAIL_NAMES = {
+  error_rate: "error rate", latency_p95_ms: "latency p95 (ms)", disagreement_rate: "disagreement",
+};
+
+function ticks(lo, hi, count) {
+  const step = (hi - lo) / (count - 1);
+  return Array.from({ length: count }, (_, i) => lo + i * step);
+}
+
+// A decision marker: a dashed line at the feedback count it was taken at and a shape on top,
+// with the reason as the tooltip (an SVG <title>, set as text).
+function decisionMarker(decision, x, top, bottom) {
+  const group = svgEl("g", { class: `decision decision-${decision.action}`,
+    "data-feedbacks": decision.feedbacks });
+  group.append(svgEl("title", {}, `${decision.action}${decision.applied ? "" : " (dry run)"} ` +
+    `at ${decision.feedbacks} feedbacks, weight ${fmt(decision.weight_before, 2)} → ` +
+    `${fmt(decision.weight_after, 2)}: ${decision.reason}`));
+  group.append(svgEl("line", { x1: x, x2: x, y1: top, y2: bottom, class: "decision-line" }));
+  const size = 7;
+  if (decision.action === "ramp") {
+    group.append(svgEl("polygon", { class: "decision-shape",
+      points: `${x},${top - size} ${x - size},${top + size} ${x + size},${top + size}` }));
+  } else if (decision.action === "rollback") {
+    group.append(svgEl("rect", { class: "decision-shape", x: x - size, y: top - size,
+      width: 2 * size, height: 2 * size }));
+  } else {
+    group.append(svgEl("circle", { class: "decision-shape", cx: x, cy: top, r: size }));
+  }
+  return group;
+}
+
+// The interval over time for one candidate: band (low..high), line (difference), zero line,
+// decision markers. Coordinates are in a fixed viewBox so the page scales it.
+function historyChart(candidate, points, decisions, metric) {
+  const width = 900, height = 260, left = 70, right = 20, top = 24, bottom = 40;
+  const root = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
+    class: "history-chart", "data-candidate": candidate, "data-points": points.length });
+  root.append(svgEl("title", {}, `${candidate}: difference in ${METRIC_NAMES[metric] || metric}` +
+    " to the control with its always-valid 95% interval"));
+  const mine = decisions.filter((d) => d.candidate === candidate && d.feedbacks !== undefined);
+  const xs = points.map((p) => p.feedbacks).concat(mine.map((d) => d.feedbacks));
+  const ys = points.flatMap((p) => [p.low, p.high]).concat([0]);
+  const x0 = xs.length ? Math.min(...xs) : 0;
+  const x1 = xs.length ? Math.max(...xs) : 1;
+  const pad = (Math.max(...ys) - Math.min(...ys)) * 0.08 || 0.05;
+  const y0 = Math.min(...ys) - pad, y1 = Math.max(...ys) + pad;
+  const x = (v) => left + ((v - x0) / (x1 - x0 || 1)) * (width - left - right);
+  const y = (v) => top + (1 - (v - y0) / (y1 - y0)) * (height - top - bottom);
+
+  for (const t of ticks(y0, y1, 5)) {
+    root.append(svgEl("line", { x1: left, x2: width - right, y1: y(t), y2: y(t), class: "grid" }));
+    root.append(svgEl("text", { x: left - 6, y: y(t) + 4, class: "label", "text-anchor": "end" },
+      fmt(t, 3)));
+  }
+  for (const t of ticks(x0, x1, 6)) {
+    root.append(svgEl("text", { x: x(t), y: height - bottom + 16, class: "label",
+      "text-anchor": "middle" }, Math.round(t)));
+  }
+  root.append(svgEl("text", { x: (left + width - right) / 2, y: height - 6, class: "label",
+    "text-anchor": "middle" }, "feedbacks"));
+  if (!points.length) {
+    root.append(svgEl("text", { x: left + 10, y: top + 20, class: "label" },
+      "not enough feedback for an interval yet"));
+  } else {
+    const upper = points.map((p) => `${x(p.feedbacks)},${y(p.high)}`);
+    const lower = points.map((p) => `${x(p.feedbacks)},${y(p.low)}`).reverse();
+    root.append(svgEl("polygon", { class: "band", points: upper.concat(lower).join(" ") }));
+    root.append(svgEl("polyline", { class: "difference",
+      points: points.map((p) => `${x(p.feedbacks)},${y(p.difference)}`).join(" ") }));
+  }
+  root.append(svgEl("line", { x1: left, x2: width - right, y1: y(0), y2: y(0), class: "zero" }));
+  root.append(svgEl("text", { x: width - right, y: y(0) - 4, class: "label",
+    "text-anchor": "end" }, "no difference"));
+  for (const d of mine) root.append(decisionMarker(d, x(d.feedbacks), top - 10, height - bottom));
+  return root;
+}
+
+function renderHistory(report) {
+  const metric = report.primary_metric || "accuracy";
+  document.getElementById("primary-metric").textContent =
+    `${METRIC_NAMES[metric] || metric} (${metric === "mae" ? "lower" : "higher"} is better)`;
+  const history = report.interval_history || {};
+  const decisions = report.decisions || [];
+  const charts = report.variants.slice(1).map((v) => {
+    const figure = el("figure", undefined, "history");
+    figure.append(el("figcaption", `${v.name} vs ${report.control}`));
+    figure.append(historyChart(v.name, history[v.name] || [], decisions, metric));
+    return figure;
+  });
+  document.getElementById("interval-history").replaceChildren(...charts);
+}
+
+function renderAutopilot(report) {
+  const settings = report.autopilot || {};
+  const status = report.status || "running";
+  const mode = settings.mode || "off";
+  const parts = [`experiment ${status.replace("_", " ")}`, `autopilot ${mode}`];
+  if (mode !== "off" && settings.ramp) parts.push(`ramp ${settings.ramp.join(" → ")}`);
+  if (mode !== "off" && settings.min_feedback !== undefined) {
+    parts.push(`acts after ${settings.min_feedback} feedbacks`);
+  }
+  const line = document.getElementById("autopilot-status");
+  line.textContent = parts.join(" · ");
+  line.className = `status ${status}`;
+  const decisions = report.decisions || [];
+  const items = decisions.length ? decisions.map((d) => {
+    const item = el("li", undefined, `decision-${d.action}`);
+    item.append(el("span", `${ACTION_SHAPES[d.action] || "·"} ${d.action}`, "action"));
+    item.append(el("span", ` ${d.candidate} ${fmt(d.weight_before, 2)} → ` +
+      `${fmt(d.weight_after, 2)} at ${d.feedbacks} feedbacks` +
+      `${d.applied ? "" : " (dry run, not applied)"} · ${new Date(d.at).toLocaleString()}`));
+    item.append(el("div", d.reason, "small"));
+    return item;
+  }) : [el("li", "no decisions yet", "small")];
+  document.getElementById("decisions").replaceChildren(...items);
+}
+
+function renderGuardrails(report) {
+  const body = document.getElementById("guardrails").tBodies[0];
+  const rows = (report.guardrails || []).map((g) => {
+    const tr = el("tr");
+    const digits = g.metric === "latency_p95_ms" ? 1 : 3;
+    tr.append(el("td", g.candidate), el("td", GUARDRAIL_NAMES[g.metric] || g.metric),
+      el("td", fmt(g.control_value, digits), "num"), el("td", fmt(g.candidate_value, digits), "num"),
+      el("td", `+${fmt(g.limit, digits)}`, "num"),
+      el("td", g.status.replaceAll("_", " "), `guardrail ${g.status}`));
+    return tr;
+  });
+  body.replaceChildren(...(rows.length ? rows : [el("tr")]));
+  if (!rows.length) body.rows[0].append(el("td", "no guardrail data yet", "small"));
+}
+
+function renderTrust(report) {
+  const banner = document.getElementById("trust-banner");
+  const untrusted = report.trustworthy === false;
+  banner.hidden = !untrusted;
+  document.getElementById("trust-cause").textContent = untrusted
+    ? (report.srm_cause || "the sample-ratio check failed") +
+      ". Nothing is promoted or ramped until the split follows the weights again."
+    : "";
+}
+
 function render(report) {
   const variants = report.variants.map((v, i) => ({ ...v, color: COLORS[i % COLORS.length] }));
   document.getElementById("experiment").textContent = report.experiment;
@@ -165,6 +309,10 @@ function render(report) {
     ? `Sample ratio mismatch (${pText(srm.p_value)}): the split does not follow the weights.`
     : `Split follows the weights (sample-ratio check ${pText(srm.p_value)}).`;
 
+  renderTrust(report);
+  renderHistory(report);
+  renderAutopilot(report);
+  renderGuardrails(report);
   document.getElementById("traffic").replaceChildren(trafficChart(variants));
   const acc = variants.map((v) => ({ name: v.name, color: v.color, interval: v.accuracy }));
   document.getElementById("accuracy").replaceChildren(
