@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol, runtime_checkable
 
 from fastapi import BackgroundTasks, Depends, Header, Request
 
@@ -21,7 +21,12 @@ from api.errors import InvalidInput, PayloadTooLarge
 from api.schemas import USER_ID_PATTERN
 from api.seams import Assignment, PredictionEvent, PredictionRecorder
 from api.settings import Settings
-from serving.torchserve import Prediction
+from serving.torchserve import (
+    BadUpstreamResponse,
+    Prediction,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from starrating.service import VERSION_PATTERN
 from starrating.text import normalize_text
 
@@ -64,6 +69,28 @@ def _is_encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+FAILURES = (UpstreamUnavailable, UpstreamTimeout, BadUpstreamResponse)
+"""What counts as a failed prediction of the version asked (5xx, timeout); not the client's
+errors (unknown version, refused input)."""
+
+
+@runtime_checkable
+class FailureRecorder(Protocol):
+    """A recorder that also keeps failed requests (the A/B store's: error rate per variant).
+
+    ``note_failure`` must not block: it records in a task of its own (an error answer has no
+    background tasks to run after it)."""
+
+    def note_failure(
+        self,
+        request_id: str,
+        assignment: Assignment,
+        user_id: str | None,
+        error: str,
+        latency_s: float,
+    ) -> None: ...
 
 
 async def _record(recorder: PredictionRecorder, event: PredictionEvent) -> None:
@@ -121,6 +148,16 @@ class RatingPath:
         started = time.perf_counter()
         try:
             predictions = await self.predictor.predict(texts, assignment.version)
+        except FAILURES as exc:
+            if isinstance(self.recorder, FailureRecorder):
+                self.recorder.note_failure(
+                    self.request.state.request_id,
+                    assignment,
+                    user_id,
+                    type(exc).__name__,
+                    time.perf_counter() - started,
+                )
+            raise
         finally:
             upstream_s = time.perf_counter() - started
             metrics.UPSTREAM_LATENCY.observe(upstream_s)

@@ -49,3 +49,13 @@ AB_SHADOW = Counter(
     "Shadow copies by shadow version and outcome (agree, disagree, error, dropped)",
     ["version", "outcome"],
 )
+AB_FAILED = Counter(
+    "starrating_ab_failed_requests_total",
+    "Prediction requests TorchServe failed (error or timeout), by variant and error",
+    ["variant", "error"],
+)
+AB_DECISIONS = Counter(
+    "starrating_ab_autopilot_decisions_total",
+    "Autopilot decisions, by action (ramp, rollback, promote) and mode (on, dry-run)",
+    ["action", "mode"],
+)

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 from api.ab import metrics as m
 from api.ab.router import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
-from api.ab.store import ExperimentStore, PredictionRecord
-from api.seams import PredictionEvent
+from api.ab.store import ExperimentStore, FailureRecord, PredictionRecord
+from api.seams import Assignment, PredictionEvent
 from serving.torchserve import TorchServeClient, TorchServeError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ExperimentRecorder:
         self.client = client
         self._max_shadow = max_shadow_in_flight
         self._shadows: set[asyncio.Task[None]] = set()
+        self._failures: set[asyncio.Task[None]] = set()
         self._pending: dict[str, asyncio.Event] = {}
         self._unwritten: list[tuple[PredictionRecord, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -107,6 +108,52 @@ class ExperimentRecorder:
             shadow_version = self.router.wants_shadow()
         if shadow_version is not None:
             self._start_shadow(event, shadow_version)
+
+    def note_failure(
+        self,
+        request_id: str,
+        assignment: Assignment,
+        user_id: str | None,
+        error: str,
+        latency_s: float,
+    ) -> None:
+        """Count and store (in a task of its own) a request TorchServe failed (error or
+        timeout) under its variant: the error rate per variant the autopilot's guardrail
+        reads. Only requests the split assigned; never the text."""
+        task = asyncio.create_task(
+            self._record_failure(request_id, assignment, user_id, error, latency_s)
+        )
+        self._failures.add(task)
+        task.add_done_callback(self._failures.discard)
+
+    async def _record_failure(
+        self,
+        request_id: str,
+        assignment: Assignment,
+        user_id: str | None,
+        error: str,
+        latency_s: float,
+    ) -> None:
+        if not isinstance(assignment, ExperimentAssignment) or assignment.revision is None:
+            return
+        if assignment.variant == OVERRIDE_VARIANT:
+            return
+        m.AB_FAILED.labels(variant=assignment.variant, error=error).inc()
+        record = FailureRecord(
+            request_id=request_id,
+            experiment=assignment.experiment,
+            revision=assignment.revision,
+            variant=assignment.variant,
+            version=assignment.version,
+            user_hash=self.store.hash_user(user_id),
+            error=error,
+            latency_s=latency_s,
+            created_at=datetime.now(UTC),
+        )
+        try:
+            await self.store.run(self.store.add_failures, [record])
+        except Exception:
+            logger.exception("storing failed request %s failed", request_id)
 
     async def _write(self, record: PredictionRecord) -> None:
         written = asyncio.get_running_loop().create_future()
@@ -170,5 +217,5 @@ class ExperimentRecorder:
         """Finish queued writes and shadow copies in flight (bounded by the client's timeout)."""
         if self._writer is not None:
             await self._writer
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        if self._shadows or self._failures:
+            await asyncio.gather(*self._shadows, *self._failures, return_exceptions=True)

@@ -15,11 +15,20 @@ for a single text). A repeat with the same stars is accepted as a retry and chan
 repeat with different stars is refused (``FeedbackConflict``): each observation enters the
 sequential test once, in arrival order, and letting labels change after people have seen the
 report would let them steer it.
+
+Failed predictions (TorchServe errors and timeouts, per variant, never the text) sit in a table
+of their own, so the error rate per variant exists for the autopilot's guardrails. So do the
+autopilot's decisions and its lease (one replica decides at a time). Schema changes are new
+tables only: ``create_all`` adds a missing table to an existing SQLite or PostgreSQL database
+and leaves the others as they are, so a database written by an older gateway keeps working.
+The experiment's ``status`` (running, promoted, rolled back) travels inside each stored
+revision's JSON (absent in older rows: running).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -33,6 +42,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -43,7 +53,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -127,6 +139,50 @@ class _ExperimentConfig(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class _FailedPrediction(_Base):
+    __tablename__ = "failed_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    experiment: Mapped[str | None] = mapped_column(String(128), index=True)
+    revision: Mapped[int | None] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(64))
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(String(64))
+    latency_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Decision(_Base):
+    __tablename__ = "autopilot_decisions"
+    # Idempotency: one decision per experiment revision, action and mode.
+    __table_args__ = (UniqueConstraint("experiment", "revision", "action", "mode"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment: Mapped[str] = mapped_column(String(128), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))
+    candidate: Mapped[str] = mapped_column(String(128))
+    weight_before: Mapped[float] = mapped_column(Float)
+    weight_after: Mapped[float] = mapped_column(Float)
+    feedbacks: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(1024))
+    numbers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    applied: Mapped[bool] = mapped_column(Boolean)
+    applied_revision: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Lease(_Base):
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class _Meta(_Base):
     __tablename__ = "meta"
 
@@ -179,10 +235,91 @@ class ShadowPair:
 class StoredExperiment:
     revision: int
     config: dict[str, Any]
+    status: str = "running"
+
+
+EXPERIMENT_STATUSES = ("running", "promoted", "rolled_back")
+_STATUS_KEY = "status"
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """A prediction request TorchServe did not answer (error or timeout); never the text."""
+
+    request_id: str
+    experiment: str | None
+    revision: int | None
+    variant: str
+    version: str | None
+    user_hash: str | None
+    error: str
+    latency_s: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """One request of an experiment, answered or failed: what guardrails read."""
+
+    variant: str
+    unit: str
+    failed: bool
+    latency_s: float | None
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One feedback with its unit and arrival time, in arrival order."""
+
+    variant: str
+    unit: str
+    stars: int
+    predicted: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ShadowRow:
+    version: str
+    unit: str
+    disagree: bool | None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One autopilot decision, applied (mode "on") or only proposed (mode "dry-run")."""
+
+    revision: int
+    at: datetime
+    mode: str
+    action: str
+    candidate: str
+    weight_before: float
+    weight_after: float
+    feedbacks: int
+    reason: str
+    numbers: dict[str, Any]
+    applied: bool
+    applied_revision: int | None = None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _stored_experiment(row: _ExperimentConfig) -> StoredExperiment:
+    config = dict(row.config)
+    status = config.pop(_STATUS_KEY, "running")
+    return StoredExperiment(row.revision, config, status)
+
+
+def _aware(at: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was written in UTC.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _unit(user_hash: str | None, request_id: str) -> str:
+    return user_hash if user_hash is not None else request_id
 
 
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
@@ -371,13 +508,93 @@ class ExperimentStore:
                 prediction.version,
             )
 
-    def save_experiment(self, name: str, config: Mapping[str, Any]) -> int:
+    def save_experiment(self, name: str, config: Mapping[str, Any], status: str = "running") -> int:
         """Store a new experiment config; returns its revision (increasing)."""
         with self._session() as session:
-            row = _ExperimentConfig(name=name, config=dict(config), created_at=_now())
-            session.add(row)
-            session.flush()
-            return row.revision
+            return self._save_experiment(session, name, config, status)
+
+    @staticmethod
+    def _save_experiment(
+        session: Session, name: str, config: Mapping[str, Any], status: str
+    ) -> int:
+        if status not in EXPERIMENT_STATUSES:
+            raise ValueError(f"status must be one of {EXPERIMENT_STATUSES}, got {status!r}")
+        stored = {**config, _STATUS_KEY: status}
+        row = _ExperimentConfig(name=name, config=stored, created_at=_now())
+        session.add(row)
+        session.flush()
+        return row.revision
+
+    def add_failures(self, records: Sequence[FailureRecord]) -> None:
+        """Store failed prediction requests (one transaction)."""
+        if not records:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(insert(_FailedPrediction), [r.__dict__.copy() for r in records])
+
+    def record_decision(
+        self,
+        experiment: str,
+        decision: DecisionRecord,
+        new_config: Mapping[str, Any] | None = None,
+        new_status: str = "running",
+    ) -> DecisionRecord | None:
+        """Store a decision and, for an applied one, the experiment revision it makes, in one
+        transaction. Idempotent: a decision already stored for the same experiment revision,
+        action and mode changes nothing and answers None."""
+        try:
+            with self._session() as session:
+                exists = session.scalar(
+                    select(_Decision.id).where(
+                        _Decision.experiment == experiment,
+                        _Decision.revision == decision.revision,
+                        _Decision.action == decision.action,
+                        _Decision.mode == decision.mode,
+                    )
+                )
+                if exists is not None:
+                    return None
+                applied_revision = None
+                if new_config is not None:
+                    applied_revision = self._save_experiment(
+                        session, experiment, new_config, new_status
+                    )
+                stored = DecisionRecord(
+                    **{**decision.__dict__, "applied_revision": applied_revision}
+                )
+                session.add(
+                    _Decision(
+                        experiment=experiment,
+                        created_at=decision.at,
+                        **{k: v for k, v in stored.__dict__.items() if k != "at"},
+                    )
+                )
+                return stored
+        except IntegrityError:
+            return None  # another replica stored the same decision first
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s`` seconds; True when ``owner`` holds it.
+
+        One atomic ``UPDATE ... WHERE expired OR owner = me``: of replicas racing for an
+        expired lease exactly one sees its row updated."""
+        now = _now()
+        expires = datetime.fromtimestamp(now.timestamp() + ttl_s, UTC)
+        with contextlib.suppress(IntegrityError), self._session() as session:
+            if session.get(_Lease, name) is None:
+                session.add(_Lease(name=name, owner=owner, expires_at=expires))
+                session.flush()
+                return True
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(_Lease)
+                .where(
+                    _Lease.name == name,
+                    or_(_Lease.expires_at < now, _Lease.owner == owner),
+                )
+                .values(owner=owner, expires_at=expires)
+            )
+            return bool(result.rowcount == 1)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -386,7 +603,7 @@ class ExperimentStore:
             row = session.scalar(
                 select(_ExperimentConfig).order_by(_ExperimentConfig.revision.desc()).limit(1)
             )
-            return None if row is None else StoredExperiment(row.revision, dict(row.config))
+            return None if row is None else _stored_experiment(row)
 
     def experiment_weights(self, name: str) -> dict[int, dict[str, float]]:
         """Variant weights of every stored revision of experiment ``name``."""
@@ -488,6 +705,127 @@ class ExperimentStore:
         return [
             ShadowPair(variant, tuple(live), version, None if shadow is None else tuple(shadow), e)
             for variant, live, version, shadow, e in rows
+        ]
+
+    def failures(self, experiment: str) -> list[FailureRecord]:
+        with self._session() as session:
+            rows = session.scalars(
+                select(_FailedPrediction)
+                .where(_FailedPrediction.experiment == experiment)
+                .order_by(_FailedPrediction.id)
+            ).all()
+        return [
+            FailureRecord(
+                r.request_id,
+                r.experiment,
+                r.revision,
+                r.variant,
+                r.version,
+                r.user_hash,
+                r.error,
+                r.latency_s,
+                r.created_at,
+            )
+            for r in rows
+        ]
+
+    def request_rows(self, experiment: str) -> list[RequestRow]:
+        """Every request of ``experiment`` assigned by the split (forced versions left out),
+        answered and failed, with its unit (hashed user, else the request id)."""
+        with self._session() as session:
+            answered = session.execute(
+                select(
+                    _Prediction.variant,
+                    _Prediction.user_hash,
+                    _Prediction.request_id,
+                    _Prediction.latency_s,
+                ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
+            ).all()
+            failed = session.execute(
+                select(
+                    _FailedPrediction.variant,
+                    _FailedPrediction.user_hash,
+                    _FailedPrediction.request_id,
+                ).where(
+                    _FailedPrediction.experiment == experiment,
+                    _FailedPrediction.revision.is_not(None),
+                )
+            ).all()
+        return [RequestRow(v, _unit(h, rid), False, lat) for v, h, rid, lat in answered] + [
+            RequestRow(v, _unit(h, rid), True, None) for v, h, rid in failed
+        ]
+
+    def feedback_rows(self, experiment: str) -> list[FeedbackRow]:
+        """Feedback of ``experiment`` with unit and arrival time, in arrival order."""
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    _Prediction.variant,
+                    _Prediction.user_hash,
+                    _Prediction.request_id,
+                    _Feedback.stars,
+                    _Prediction.stars,
+                    _Feedback.item,
+                    _Feedback.created_at,
+                )
+                .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
+                .where(_Prediction.experiment == experiment)
+                .order_by(_Feedback.id)
+            ).all()
+        return [
+            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
+            for variant, h, rid, stars, predicted, item, at in rows
+        ]
+
+    def shadow_rows(self, experiment: str) -> list[ShadowRow]:
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    _Prediction.user_hash,
+                    _Prediction.request_id,
+                    _Prediction.stars,
+                    _ShadowPrediction.version,
+                    _ShadowPrediction.stars,
+                )
+                .join(_Prediction, _Prediction.request_id == _ShadowPrediction.request_id)
+                .where(_Prediction.experiment == experiment)
+            ).all()
+        return [
+            ShadowRow(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
+            for h, rid, live, version, shadow in rows
+        ]
+
+    def feedback_count(self, experiment: str) -> int:
+        with self._session() as session:
+            n = session.scalar(
+                select(func.count(_Feedback.id))
+                .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
+                .where(_Prediction.experiment == experiment)
+            )
+        return int(n or 0)
+
+    def decisions(self, experiment: str) -> list[DecisionRecord]:
+        """The autopilot's decisions on ``experiment``, oldest first."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(_Decision).where(_Decision.experiment == experiment).order_by(_Decision.id)
+            ).all()
+        return [
+            DecisionRecord(
+                revision=r.revision,
+                at=_aware(r.created_at),
+                mode=r.mode,
+                action=r.action,
+                candidate=r.candidate,
+                weight_before=r.weight_before,
+                weight_after=r.weight_after,
+                feedbacks=r.feedbacks,
+                reason=r.reason,
+                numbers=dict(r.numbers),
+                applied=r.applied,
+                applied_revision=r.applied_revision,
+            )
+            for r in rows
         ]
 
     # -- async facade: the same calls on a worker thread ------------------------------------

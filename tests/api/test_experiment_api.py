@@ -200,6 +200,39 @@ def test_version_override_is_answered_and_reported_apart(gateway: TestClient) ->
     assert sum(v["requests"] for v in report["variants"]) == 0
 
 
+def test_failed_predictions_are_recorded_per_variant_without_the_text(
+    gateway: TestClient, torchserve: FakeTorchServe
+) -> None:
+    torchserve.ready["2.0"] = False  # B's version has no worker: TorchServe answers 503
+    users = [f"user-{i}" for i in range(30)]
+    statuses = {
+        user: gateway.post(
+            "/v1/predictions", json={"text": "secret review text", "user_id": user}
+        ).status_code
+        for user in users
+    }
+    on_b = [u for u in users if unit_point("exp-1", u) >= 0.5]
+    assert on_b and all(statuses[u] == 503 for u in on_b)
+    assert all(statuses[u] == 200 for u in users if u not in on_b)
+    store = gateway.app.state.ab.store  # type: ignore[attr-defined]
+    for _ in range(50):  # recorded in a task after the error answer
+        if len(store.failures("exp-1")) == len(on_b):
+            break
+        threading.Event().wait(0.05)
+    failures = store.failures("exp-1")
+    assert {(f.variant, f.version, f.error) for f in failures} == {("B", "2.0", "ModelNotReady")}
+    assert len(failures) == len(on_b)
+    assert "secret" not in repr(failures)
+    assert _metric(gateway, "starrating_ab_failed_requests_total", variant="B") == len(on_b)
+    # An override's failure is the client's choice of version, not the split's: not counted.
+    forced = gateway.post(
+        "/v1/predictions", json={"text": "good"}, headers={"X-Model-Version": "2.0"}
+    )
+    assert forced.status_code == 503
+    threading.Event().wait(0.3)
+    assert len(store.failures("exp-1")) == len(on_b)
+
+
 def test_overrides_do_not_count_as_a_sample_ratio_mismatch(gateway: TestClient) -> None:
     users = [f"u{i}" for i in range(40)]
     for user in users:

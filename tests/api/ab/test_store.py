@@ -20,8 +20,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from api.ab.store import (
+    DecisionRecord,
     DuplicateRequest,
     ExperimentStore,
+    FailureRecord,
     FeedbackConflict,
     PredictionRecord,
     UnknownRequest,
@@ -292,3 +294,143 @@ def test_acknowledged_feedback_survives_kill_9_of_the_writer(database_url: str) 
     missing = [rid for rid in acknowledged if rid not in stored]
     assert missing == []
     assert all(stored[f"k{i}"] == 1 + i % 5 for i in range(40))
+
+
+def _failure(request_id: str, variant: str = "B", user_hash: str | None = None) -> FailureRecord:
+    return FailureRecord(
+        request_id=request_id,
+        experiment="exp",
+        revision=1,
+        variant=variant,
+        version="2.0",
+        user_hash=user_hash,
+        error="ModelNotReady",
+        latency_s=0.03,
+        created_at=datetime.now(UTC),
+    )
+
+
+def test_failed_requests_count_per_variant_next_to_answered_ones(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("r1", "A"))
+    store.add_prediction(_prediction("r2", "B"))
+    store.add_failures([_failure("f1"), _failure("f2", user_hash="h9")])
+    rows = store.request_rows("exp")
+    failed = {(r.variant, r.unit) for r in rows if r.failed}
+    assert failed == {("B", "f1"), ("B", "h9")}
+    assert sorted((r.variant, r.failed) for r in rows) == [
+        ("A", False),
+        ("B", False),
+        ("B", True),
+        ("B", True),
+    ]
+    assert [f.error for f in store.failures("exp")] == ["ModelNotReady", "ModelNotReady"]
+    assert all(r.latency_s is None for r in rows if r.failed)
+    store.close()
+
+
+def test_a_database_of_an_older_gateway_gains_the_new_tables_and_keeps_its_data(
+    database_url: str,
+) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("old"))
+    revision = store.save_experiment("exp", {"name": "exp", "variants": []})
+    with store.engine.begin() as conn:
+        for table in ("failed_predictions", "autopilot_decisions", "leases"):
+            conn.execute(text(f"DROP TABLE {table}"))
+        # An older gateway stored configs without a status.
+        conn.execute(text("UPDATE experiment_configs SET config = :c"), {"c": '{"name": "exp"}'})
+    store.close()
+
+    reopened = ExperimentStore(database_url)
+    assert reopened.get_prediction("old") is not None
+    latest = reopened.latest_experiment()
+    assert latest is not None and (latest.revision, latest.status) == (revision, "running")
+    reopened.add_failures([_failure("f1")])
+    assert [r.failed for r in reopened.request_rows("exp")].count(True) == 1
+    reopened.close()
+
+
+def test_experiment_status_is_stored_with_the_revision_and_kept_out_of_the_config(
+    database_url: str,
+) -> None:
+    store = ExperimentStore(database_url)
+    store.save_experiment("exp", {"name": "exp", "variants": []}, status="rolled_back")
+    latest = store.latest_experiment()
+    assert latest is not None
+    assert latest.status == "rolled_back" and "status" not in latest.config
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.save_experiment("exp", {"name": "exp"}, status="paused")
+    store.close()
+
+
+def _decision(revision: int, action: str = "ramp", mode: str = "on") -> DecisionRecord:
+    return DecisionRecord(
+        revision=revision,
+        at=datetime.now(UTC),
+        mode=mode,
+        action=action,
+        candidate="B",
+        weight_before=0.05,
+        weight_after=0.1,
+        feedbacks=200,
+        reason="no guardrail worse",
+        numbers={"p_value": 0.2},
+        applied=mode == "on",
+    )
+
+
+def test_a_decision_applied_twice_changes_nothing(database_url: str) -> None:
+    one = ExperimentStore(database_url)
+    two = ExperimentStore(database_url)  # another replica on the same database
+    revision = one.save_experiment("exp", {"name": "exp", "variants": []})
+    new_config = {"name": "exp", "variants": [{"name": "B", "version": "2.0", "weight": 0.1}]}
+    first = one.record_decision("exp", _decision(revision), new_config)
+    again = two.record_decision("exp", _decision(revision), new_config)
+    assert first is not None and first.applied_revision == revision + 1
+    assert again is None
+    latest = two.latest_experiment()
+    assert latest is not None and latest.revision == revision + 1  # one new revision, not two
+    # A dry-run decision of the same action on the same revision is its own record.
+    assert one.record_decision("exp", _decision(revision, mode="dry-run")) is not None
+    decisions = two.decisions("exp")
+    assert [(d.action, d.mode, d.applied) for d in decisions] == [
+        ("ramp", "on", True),
+        ("ramp", "dry-run", False),
+    ]
+    assert decisions[0].numbers == {"p_value": 0.2} and decisions[0].at.tzinfo is not None
+    one.close()
+    two.close()
+
+
+def test_one_replica_holds_the_autopilot_lease_until_it_expires(database_url: str) -> None:
+    one = ExperimentStore(database_url)
+    two = ExperimentStore(database_url)
+    assert one.acquire_lease("autopilot", "one", ttl_s=30)
+    assert not two.acquire_lease("autopilot", "two", ttl_s=30)
+    assert one.acquire_lease("autopilot", "one", ttl_s=0.2)  # renewal by the holder
+    time.sleep(0.4)
+    assert two.acquire_lease("autopilot", "two", ttl_s=30)  # expired: taken over
+    assert not one.acquire_lease("autopilot", "one", ttl_s=30)
+    one.close()
+    two.close()
+
+
+def test_racing_replicas_never_hold_the_lease_together(database_url: str) -> None:
+    stores = [ExperimentStore(database_url) for _ in range(4)]
+    winners: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def race(i: int) -> None:
+        barrier.wait()
+        if stores[i].acquire_lease("autopilot", f"r{i}", ttl_s=30):
+            winners.append(f"r{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    for store in stores:
+        store.close()
