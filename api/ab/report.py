@@ -21,10 +21,9 @@ from pydantic import BaseModel, Field
 
 from api.ab import stats
 from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig
+from api.ab.stats import MIXTURE_SD
 from api.ab.store import ExperimentStore, FeedbackRecord
 
-# Mixture standard deviations of the mSPRT: the size of effect each test is tuned to find.
-MIXTURE_SD: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}
 # Smallest difference worth finding, for "need ~N more feedbacks".
 MIN_EFFECT: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}
 # Standard deviations assumed for the power calculation before data exists.

@@ -9,18 +9,33 @@ by simulation. Two kinds of p-value sit side by side:
   test (mSPRT; Johari, Pekelis & Walsh, "Always valid inference", 2017). It may be watched after
   every observation and the experiment stopped whenever it drops below alpha without inflating
   the false-positive rate. The verdict uses this one.
+
+The autopilot (``api.ab.assessment``, ``api.ab.policy``) adds three pieces:
+
+* ``always_valid_interval``: the mSPRT inverted into a confidence sequence, the set of
+  differences its test would not reject; it covers the truth at every look at once, so the
+  interval may be watched after every feedback like the p-value.
+* ``running_cluster_moments`` / ``cluster_mean_variance``: metrics are per request but the
+  randomisation unit is the user, and one user's requests are correlated (same writing style,
+  same product). Treating them as independent understates the variance of a mean by the design
+  effect 1 + (m - 1) * rho and makes every test too eager. The cluster-robust (delta method,
+  ratio-of-sums) variance sums residuals per user first; it equals statsmodels' cluster-robust
+  OLS variance of an intercept.
+* ``holm``: the verdict draws on one test per candidate (and metric); Holm's step-down keeps
+  the chance of any false "better" at alpha across them and is never weaker than Bonferroni.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -303,6 +318,8 @@ def _normal_sample_size(effect: float, ratio: float, alpha: float, power: float)
 Metric = Literal["accuracy", "mae"]
 # Which way is better for each metric.
 HIGHER_IS_BETTER: dict[Metric, bool] = {"accuracy": True, "mae": False}
+# Mixture standard deviations of the mSPRT: the size of effect each test is tuned to find.
+MIXTURE_SD: dict[Metric, float] = {"accuracy": 0.05, "mae": 0.1}
 
 
 @dataclass(frozen=True)
@@ -393,3 +410,231 @@ def sequential_sample_size(
         mid = (low + high) // 2
         low, high = (mid, high) if log_lr(mid) < target else (low, mid)
     return high
+
+
+def always_valid_half_width(
+    variance: FloatArray | float, mixture_sd: float, alpha: float = ALPHA
+) -> FloatArray:
+    """Half-width of the (1 - alpha) confidence sequence of the normal-mixture SPRT.
+
+    The mSPRT rejects theta0 when its log likelihood ratio at ``difference - theta0`` reaches
+    log(1/alpha); solving that for theta0 gives difference +- sqrt(V (V + tau^2) / tau^2 *
+    (2 log(1/alpha) + log((V + tau^2) / V))). Infinite where the variance is not positive-finite.
+    """
+    if mixture_sd <= 0:
+        raise ValueError(f"mixture_sd must be positive, got {mixture_sd}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    tau2 = mixture_sd * mixture_sd
+    v = np.asarray(variance, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        squared = v * (v + tau2) / tau2 * (2.0 * math.log(1.0 / alpha) + np.log((v + tau2) / v))
+    ok = np.isfinite(squared) & (v > 0)
+    return np.asarray(np.where(ok, np.sqrt(np.where(ok, squared, 0.0)), np.inf), np.float64)
+
+
+def always_valid_interval(
+    difference: float, variance_of_difference: float, mixture_sd: float, alpha: float = ALPHA
+) -> tuple[float, float]:
+    """The (1 - alpha) always-valid interval of a difference: the mSPRT's confidence sequence.
+
+    It holds at every look simultaneously, so it can be redrawn after each feedback; its p-value
+    twin is ``exp(-mixture_log_likelihood_ratio)`` (the interval excludes 0 exactly when that is
+    below alpha).
+    """
+    half = float(always_valid_half_width(variance_of_difference, mixture_sd, alpha))
+    return difference - half, difference + half
+
+
+def always_valid_p_values(
+    difference: FloatArray | float,
+    variance: FloatArray | float,
+    mixture_sd: float,
+    usable: npt.NDArray[np.bool_] | bool = True,
+) -> FloatArray:
+    """Always-valid p-values after each look (last axis): min over looks so far of 1/Lambda.
+
+    Looks that are not ``usable`` (burn-in, no variance) count as p = 1.
+    """
+    d = np.asarray(difference, dtype=np.float64)
+    v = np.asarray(variance, dtype=np.float64)
+    ok = np.asarray(usable, dtype=bool) & np.isfinite(v) & (v > 0) & np.isfinite(d)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_lr = mixture_log_likelihood_ratio(
+            np.where(ok, d, 0.0), np.where(ok, v, 1.0), mixture_sd
+        )
+    p = np.where(ok, np.exp(-np.maximum(log_lr, 0.0)), 1.0)
+    if p.ndim == 0:
+        return np.asarray(p, dtype=np.float64)
+    return np.asarray(np.minimum.accumulate(p, axis=-1), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class RunningMoments:
+    """Per-look statistics of a per-request metric, clustered by unit (arrays over the last axis).
+
+    ``count``: observations so far; ``mean``: their mean (nan before the first);
+    ``variance_of_mean``: cluster-robust variance of that mean (inf below two clusters);
+    ``clusters``: distinct units so far.
+    """
+
+    count: FloatArray
+    mean: FloatArray
+    variance_of_mean: FloatArray
+    clusters: FloatArray
+
+
+def _exclusive_group_cumsum(x: FloatArray, keys: npt.NDArray[np.int64]) -> FloatArray:
+    """For each position, the sum of ``x`` at earlier positions with the same key (flat arrays)."""
+    order = np.argsort(keys, kind="stable")
+    xs = x[order]
+    ks = keys[order]
+    inclusive = np.cumsum(xs)
+    starts = np.ones(ks.size, dtype=bool)
+    starts[1:] = ks[1:] != ks[:-1]
+    start_index = np.maximum.accumulate(np.where(starts, np.arange(ks.size), 0))
+    before_group = inclusive[start_index] - xs[start_index]
+    out = np.empty_like(x)
+    out[order] = inclusive - xs - before_group
+    return out
+
+
+def running_cluster_moments(
+    values: npt.ArrayLike,
+    units: npt.ArrayLike,
+    include: npt.ArrayLike | None = None,
+) -> RunningMoments:
+    """Mean of a per-request metric and its cluster-robust variance after every observation.
+
+    ``values`` and ``units`` (integer unit codes) are in arrival order along the last axis; extra
+    leading axes are independent experiments (for simulations). ``include`` masks which
+    observations belong to the group (e.g. one arm), the others are skipped. The variance of the
+    ratio estimator sum(Y_k) / sum(n_k) over clusters k, by the delta method with the small-sample
+    factor K / (K - 1), is K / (K - 1) * sum_k (Y_k - mean * n_k)^2 / N^2, kept up to date with
+    running sums of Y_k^2, Y_k n_k and n_k^2.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    u = np.asarray(units, dtype=np.int64)
+    if x.shape != u.shape:
+        raise ValueError(f"values {x.shape} and units {u.shape} differ in shape")
+    mask = np.ones(x.shape, dtype=bool) if include is None else np.asarray(include, dtype=bool)
+    if mask.shape != x.shape:
+        raise ValueError(f"include {mask.shape} and values {x.shape} differ in shape")
+    if x.ndim == 0:
+        raise ValueError("values need at least one axis (arrival order)")
+    flat_units = u.reshape(-1, x.shape[-1])
+    span = int(flat_units.max()) + 1 if flat_units.size else 1
+    rows = np.arange(flat_units.shape[0], dtype=np.int64)[:, None]
+    keys = (rows * span + flat_units).ravel()
+    y = np.where(mask, x, 0.0)
+    c = mask.astype(np.float64)
+    prior_sum = _exclusive_group_cumsum(y.ravel(), keys).reshape(x.shape)
+    prior_count = _exclusive_group_cumsum(c.ravel(), keys).reshape(x.shape)
+    # Adding y to cluster k (sum S, count m) changes S^2 by 2Sy + y^2, S*m by S + y(m + 1), m^2
+    # by 2m + 1.
+    count = np.cumsum(c, axis=-1)
+    total = np.cumsum(y, axis=-1)
+    sum_sq = np.cumsum(c * (2 * prior_sum * y + y * y), axis=-1)
+    sum_cross = np.cumsum(c * (prior_sum + y * (prior_count + 1)), axis=-1)
+    count_sq = np.cumsum(c * (2 * prior_count + 1), axis=-1)
+    clusters = np.cumsum(c * (prior_count == 0), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / count
+        residual = np.maximum(sum_sq - 2 * mean * sum_cross + mean * mean * count_sq, 0.0)
+        variance = clusters / (clusters - 1) * residual / (count * count)
+    variance = np.where(clusters >= 2, variance, np.inf)
+    return RunningMoments(count, mean, np.asarray(variance, np.float64), clusters)
+
+
+def unit_codes(units: Sequence[str]) -> npt.NDArray[np.int64]:
+    """Integer codes for unit ids (the form ``running_cluster_moments`` takes)."""
+    if not units:
+        return np.zeros(0, dtype=np.int64)
+    _, codes = np.unique(np.asarray(list(units), dtype=str), return_inverse=True)
+    return np.asarray(codes, dtype=np.int64).reshape(-1)
+
+
+def cluster_mean_variance(
+    values: Sequence[float] | FloatArray, units: Sequence[str]
+) -> tuple[float, float, int]:
+    """Mean of per-request values and its variance with the user as the randomisation unit.
+
+    Returns (mean, variance_of_mean, clusters); the variance is inf below two clusters.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size != len(units):
+        raise ValueError(f"{x.size} values but {len(units)} units")
+    if x.size == 0:
+        raise ValueError("need at least one observation")
+    moments = running_cluster_moments(x, unit_codes(units))
+    return (
+        float(moments.mean[-1]),
+        float(moments.variance_of_mean[-1]),
+        int(moments.clusters[-1]),
+    )
+
+
+def arm_variance(moments: RunningMoments, binary: bool) -> FloatArray:
+    """The cluster-robust variance of a group's mean; for 0/1 metrics at least that of a
+    proportion of (successes + 0.5) / (n + 1), so that an arm with no failures yet is not taken
+    to have a rate of exactly 0 with no uncertainty."""
+    v = moments.variance_of_mean
+    if not binary:
+        return v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        smoothed = (moments.mean * moments.count + 0.5) / (moments.count + 1)
+        floor = smoothed * (1 - smoothed) / moments.count
+    return np.asarray(np.where(moments.count > 0, np.maximum(v, floor), np.inf), np.float64)
+
+
+@dataclass(frozen=True)
+class SequentialComparison:
+    """Candidate minus control after every look (arrays over the last axis), clustered by unit.
+
+    ``p_value`` is always valid (running minimum) against "the difference equals ``null``";
+    ``usable`` is False during the burn-in (fewer than ``burn_in`` units in an arm).
+    """
+
+    control: RunningMoments
+    candidate: RunningMoments
+    difference: FloatArray
+    variance: FloatArray
+    p_value: FloatArray
+    usable: npt.NDArray[np.bool_]
+
+
+def sequential_comparison(
+    is_candidate: npt.ArrayLike,
+    values: npt.ArrayLike,
+    units: npt.ArrayLike,
+    mixture_sd: float,
+    *,
+    null: float = 0.0,
+    binary: bool = False,
+    include: npt.ArrayLike | None = None,
+    burn_in: int = SEQUENTIAL_BURN_IN,
+) -> SequentialComparison:
+    """The mSPRT on a per-request metric with the cluster-robust variance of each arm's mean.
+
+    ``binary`` marks 0/1 metrics (see ``arm_variance``).
+    """
+    arm = np.asarray(is_candidate, dtype=bool)
+    mask = np.ones(arm.shape, dtype=bool) if include is None else np.asarray(include, dtype=bool)
+    code = np.asarray(units, dtype=np.int64)
+    x = np.asarray(values, dtype=np.float64)
+    control = running_cluster_moments(x, code, mask & ~arm)
+    candidate = running_cluster_moments(x, code, mask & arm)
+    variance = arm_variance(control, binary) + arm_variance(candidate, binary)
+    difference = np.asarray(candidate.mean - control.mean, dtype=np.float64)
+    usable = (control.clusters >= burn_in) & (candidate.clusters >= burn_in) & np.isfinite(variance)
+    p_value = always_valid_p_values(difference - null, variance, mixture_sd, usable)
+    return SequentialComparison(control, candidate, difference, variance, p_value, usable)
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values (step-down, family-wise error at alpha), by name."""
+    if not p_values:
+        return {}
+    names = list(p_values)
+    adjusted = multipletests([p_values[n] for n in names], method="holm")[1]
+    return {name: float(p) for name, p in zip(names, adjusted, strict=True)}
