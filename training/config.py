@@ -63,6 +63,15 @@ class TrainConfig:
     test: Path | None = field(
         default=None, metadata=_help("Test split; overrides DATA/test.jsonl.")
     )
+    train_sharded_per_node: bool = field(
+        default=False,
+        metadata=_help(
+            "The training split on each node is only that node's part of it (a SageMaker channel "
+            "with ShardedByS3Key): divide it among this node's processes (torchrun's LOCAL_RANK "
+            "of LOCAL_WORLD_SIZE) instead of among all processes. Script mode (train.py) sets it "
+            "from /opt/ml/input/config/inputdataconfig.json."
+        ),
+    )
     model: str = field(
         default=DEFAULT_MODEL,
         metadata=_help(

@@ -32,7 +32,16 @@ from torch.utils.data import DataLoader
 from starrating.models import load_pretrained
 from training import checkpoint as ckpt
 from training.config import ConfigError, TrainConfig
-from training.data.streaming import Batch, ReviewStream, StreamPosition, known_rows, split_files
+from training.data.streaming import (
+    Batch,
+    ReviewStream,
+    RowCountMismatch,
+    StreamPosition,
+    count_rows,
+    known_rows,
+    share_rows,
+    split_files,
+)
 from training.distributed import (
     DistributedContext,
     agree_any,
@@ -153,27 +162,61 @@ def worker_context() -> BaseContext:
     return context
 
 
+@dataclass(frozen=True)
+class TrainShare:
+    """Which lines of the training files this process reads: line ``i`` of ``files`` when
+    ``i % shards == shard``. The whole split is on every node: shards are all processes. Each
+    node holds only its own part (``--train-sharded-per-node``): shards are the node's
+    processes."""
+
+    files: list[Path]
+    shard: int
+    shards: int
+    per_node: bool
+
+    @classmethod
+    def make(cls, config: TrainConfig, ctx: DistributedContext, files: list[Path]) -> TrainShare:
+        if not config.train_sharded_per_node:
+            return cls(files, ctx.rank, ctx.world_size, per_node=False)
+        # torchrun sets both; one process alone is a node of one.
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return cls(files, ctx.local_rank, local_world_size, per_node=True)
+
+
 @dataclass
 class Plan:
-    """How many steps the run takes, where known before reading the data."""
+    """How many steps the run takes, and how many training rows an epoch should read (checked
+    when each epoch ends), where known before training starts."""
 
     local_batch: int
     steps_per_epoch: int | None
     total_steps: int | None
     warmup_steps: int
+    rows: int | None = None  # an epoch's rows over all processes
+    rows_from: str | None = None  # where ``rows`` comes from: a summary.json or "counted"
 
     @classmethod
-    def make(cls, config: TrainConfig, ctx: DistributedContext, train_location: Path) -> Plan:
+    def make(
+        cls, config: TrainConfig, ctx: DistributedContext, train_location: Path, share: TrainShare
+    ) -> Plan:
         if config.batch_size % ctx.world_size:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is the global batch and must divide evenly "
                 f"among {ctx.world_size} processes"
             )
         local_batch = config.batch_size // ctx.world_size
-        rows = known_rows(train_location)
-        steps_per_epoch = (
-            math.ceil(math.ceil(rows / ctx.world_size) / local_batch) if rows else None
-        )
+        rows: int | None
+        steps_per_epoch: int | None
+        rows_from: str | None
+        if share.per_node:
+            rows, steps_per_epoch = _count_node_shares(ctx, share, local_batch)
+            rows_from = "counted"
+        else:
+            rows = known_rows(train_location)
+            rows_from = "summary.json" if rows is not None else None
+            steps_per_epoch = (
+                math.ceil(math.ceil(rows / ctx.world_size) / local_batch) if rows else None
+            )
         total: int | None = config.max_steps
         if total is None and steps_per_epoch:
             total = config.epochs * steps_per_epoch
@@ -181,7 +224,32 @@ class Plan:
             warmup = math.ceil(config.warmup_ratio * total)
         else:  # no total to take a share of: a fixed warmup, if any was asked for
             warmup = 100 if config.warmup_ratio else 0
-        return cls(local_batch, steps_per_epoch, total, warmup)
+        return cls(local_batch, steps_per_epoch, total, warmup, rows, rows_from)
+
+
+def _count_node_shares(
+    ctx: DistributedContext, share: TrainShare, local_batch: int
+) -> tuple[int, int]:
+    """(rows over all nodes, steps per epoch) for a split divided per node.
+
+    A summary.json cannot tell: it describes the whole split (if it travelled at all), not the
+    objects this node was given, and the shares may be uneven. So each process counts its
+    node's lines before training: a scan without parsing or tokenising, far cheaper than the
+    epoch that follows; the lazy alternative (steps unknown until the first epoch was read)
+    would leave the learning rate undecayed, so a sharded job would train differently from a
+    replicated one. An epoch takes as many steps as the largest share has batches.
+    """
+    rows_here = share_rows(count_rows(share.files), share.shard, share.shards)
+    shares = all_gather_objects(ctx, (ctx.rank, rows_here))
+    empty = [rank for rank, rows in shares if rows == 0]
+    if empty:
+        raise ConfigError(
+            f"process(es) {', '.join(map(str, empty))} got no training rows: a node's part of "
+            f"the split has fewer rows than its {share.shards} processes; give every instance "
+            "more data (more or larger objects) or replicate the training split"
+        )
+    steps = max(math.ceil(rows / local_batch) for _, rows in shares)
+    return sum(rows for _, rows in shares), steps
 
 
 def build_scheduler(
@@ -262,6 +330,10 @@ class RunState:
     tracking_run_id: str | None = None
     train_time_s: float = 0.0
     samples: int = 0
+    # Training rows this process read in the current epoch (None: unknown after resuming from
+    # a checkpoint that did not record it), and each finished epoch's rows over all processes.
+    epoch_rows: int | None = 0
+    rows_read: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -279,10 +351,11 @@ class Trainer:
             config.validate()  # raises the explanatory error
             raise AssertionError("unreachable")
         self.train_files = split_files(train_location)
+        self.train_share = TrainShare.make(config, ctx, self.train_files)
         self.validation_files = split_files(validation_location)
         test_location = config.split_path("test")
         self.test_files = split_files(test_location) if test_location else None
-        self.plan = Plan.make(config, ctx, train_location)
+        self.plan = Plan.make(config, ctx, train_location, self.train_share)
 
         from transformers.utils import logging as transformers_logging
 
@@ -338,6 +411,8 @@ class Trainer:
             tracking_run_id=saved["tracking_run_id"],
             train_time_s=saved["train_time_s"],
             samples=saved["samples"],
+            epoch_rows=saved.get("epoch_rows", [None] * self.ctx.world_size)[self.ctx.rank],
+            rows_read=list(saved.get("rows_read", [])),
         )
         logger.info(
             "resumed from %s: step %d, epoch %d, batch %d",
@@ -353,6 +428,7 @@ class Trainer:
         elapsed = time.monotonic() - self.started
         rng = all_gather_objects(self.ctx, ckpt.capture_rng(self.device))
         interval = all_gather_objects(self.ctx, self.interval.state_dict())
+        epoch_rows = all_gather_objects(self.ctx, self.state.epoch_rows)
         path = None
         if self.ctx.is_main:
             s = self.state
@@ -374,6 +450,8 @@ class Trainer:
                     "train_time_s": s.train_time_s + elapsed,
                     "samples": s.samples,
                     "interval": interval,
+                    "epoch_rows": epoch_rows,
+                    "rows_read": s.rows_read,
                 },
                 keep=self.config.keep_checkpoints,
             )
@@ -396,13 +474,14 @@ class Trainer:
         )
 
     def _train_batches(self, epoch: int, skip: int) -> Iterator[Batch]:
+        share = self.train_share
         stream = ReviewStream(
-            self.train_files,
+            share.files,
             self.tokenizer,
             batch_size=self.plan.local_batch,
             max_length=self.config.max_length,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
+            rank=share.shard,
+            world_size=share.shards,
             seed=self.config.seed,
             epoch=epoch,
             buffer_size=self.config.shuffle_buffer,
@@ -498,6 +577,8 @@ class Trainer:
             outcome = self._epoch(epoch, skip=self.state.position.batches)
             if outcome == "terminated":
                 raise TrainingInterrupted(self._checkpoint())
+            if outcome == "epoch_end":
+                self._count_epoch_rows(epoch)
             train_loss = self.interval.flush(self.ctx).loss
             if self._rules_say_stop(self._validate(epoch, train_loss)):
                 outcome = "rules"
@@ -515,6 +596,8 @@ class Trainer:
         config, ctx, state = self.config, self.ctx, self.state
         batches = self._train_batches(epoch, skip)
         state.position = StreamPosition(epoch, skip)
+        if skip == 0:
+            state.epoch_rows = 0
         self.progress.epoch(epoch + 1, config.epochs if config.max_steps is None else None)
         placeholder: Batch | None = None
         rule_stop = False
@@ -527,6 +610,10 @@ class Trainer:
                 return "terminated"
             if not has_batch:
                 return "epoch_end"
+            if self.plan.steps_per_epoch is not None and (
+                state.position.batches >= self.plan.steps_per_epoch
+            ):
+                raise self._rows_mismatch(f"more than {self.plan.rows}")
             weight = 1.0
             if batch is None:  # this rank's share ran out a batch early: step along at weight 0
                 batch, weight = placeholder, 0.0
@@ -542,6 +629,8 @@ class Trainer:
             state.position = StreamPosition(epoch, state.position.batches + 1)
             if weight:
                 self.interval.add(loss, len(batch["labels"]))
+                if state.epoch_rows is not None:
+                    state.epoch_rows += len(batch["labels"])
             self.progress.advance()
             if state.step % config.log_every == 0:
                 rule_stop |= self._log_training(epoch)
@@ -549,6 +638,55 @@ class Trainer:
                 self._checkpoint()
             if rule_stop:
                 return "rules"
+
+    def _count_epoch_rows(self, epoch: int) -> None:
+        """Sum the rows each process read in the epoch just finished, keep them for the run
+        summary, and fail when they are not the rows the run was planned for."""
+        per_rank = all_gather_objects(self.ctx, self.state.epoch_rows)
+        if any(rows is None for rows in per_rank):
+            return  # resumed mid-epoch from a checkpoint that did not count
+        rows = sum(per_rank)
+        # torchrun numbers ranks node by node: GROUP_RANK is this process's node.
+        nodes = all_gather_objects(self.ctx, int(os.environ.get("GROUP_RANK", "0")))
+        per_node: dict[int, int] = {}
+        for node, count in zip(nodes, per_rank, strict=True):
+            per_node[node] = per_node.get(node, 0) + count
+        self.state.rows_read.append(
+            {
+                "epoch": epoch + 1,
+                "rows": rows,
+                "per_rank": per_rank,
+                "per_node": [per_node[node] for node in sorted(per_node)],
+            }
+        )
+        if self.ctx.is_main:
+            logger.info(
+                "epoch %d read %d training rows (per node %s, per process %s)",
+                epoch + 1,
+                rows,
+                self.state.rows_read[-1]["per_node"],
+                per_rank,
+            )
+        if self.plan.rows is not None and rows != self.plan.rows:
+            raise self._rows_mismatch(str(rows))
+
+    def _rows_mismatch(self, read: str) -> RowCountMismatch:
+        """The error for an epoch that read ``read`` rows where the plan expected another
+        number. Training stops: its schedule (total steps, warmup, the decay to zero) was
+        planned for the wrong number, so the weights would not be those the user asked for."""
+        files = ", ".join(map(str, self.train_files))
+        if self.plan.rows_from == "summary.json":
+            advice = (
+                "the split's summary.json is stale: prepare the data again with `starrating "
+                "data prepare`, or remove summary.json (training then counts nothing ahead and "
+                "keeps the learning rate constant after warmup)"
+            )
+        else:
+            advice = "the training files changed while training ran"
+        return RowCountMismatch(
+            f"an epoch over {files} read {read} training rows, but the run was planned for "
+            f"{self.plan.rows} ({self.plan.rows_from}): {advice}"
+        )
 
     def _log_training(self, epoch: int) -> bool:
         """Log the interval's training metrics; True when a rule says stop."""
@@ -626,6 +764,9 @@ class Trainer:
             "stopped": stop_reason or "completed",
             "steps": self.state.step,
             "epochs": round(self.state.step / steps_per_epoch, 2) if steps_per_epoch else None,
+            "train_rows_planned": self.plan.rows,
+            "train_rows_read": self.state.rows_read,
+            "train_sharded_per_node": self.train_share.per_node,
             "train_time_s": round(self.state.train_time_s, 1),
             "world_size": self.ctx.world_size,
             "precision": self.precision,

@@ -3,8 +3,12 @@
 
 The job runs ``training/train.py`` from the `train` image (the Dockerfile's CUDA target) on
 several GPU instances under torchrun: the SDK's torchrun driver starts one process per GPU on
-every instance. Data channels are S3 prefixes; the training split is sharded across instances by
-S3 key. With managed spot training SageMaker syncs ``/opt/ml/checkpoints`` with an S3 URI and
+every instance. Data channels are S3 prefixes. The training split is sharded across instances by
+S3 key (``ShardedByS3Key``: each instance downloads only its own objects, and ``train.py``
+divides them among that instance's processes) when the prefix holds at least as many ``.jsonl``
+objects as there are instances, counted when the job is launched; otherwise every instance gets
+the whole split (``FullyReplicated``) and the processes of all instances divide it. With managed
+spot training SageMaker syncs ``/opt/ml/checkpoints`` with an S3 URI and
 restores it when a job restarts after an interruption, and ``train.py`` always resumes from
 there. Metric definitions are the training package's ``METRIC_DEFINITIONS``, the regexes of its
 metric log lines. A remote MLflow tracking URI is passed to the job as ``MLFLOW_TRACKING_URI``.
@@ -51,6 +55,7 @@ from starrating.aws import (
     require_s3_uri,
 )
 from training.config import TrainConfig
+from training.data.streaming import SPLIT_SUFFIXES
 from training.metric_lines import METRIC_DEFINITIONS
 
 logger = logging.getLogger(__name__)
@@ -60,7 +65,17 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 # Inputs that train.py takes from SageMaker's environment (SM_CHANNEL_*, SM_MODEL_DIR,
 # /opt/ml/checkpoints) or that this launcher sets: not hyperparameters.
 RESERVED_HYPERPARAMETERS = frozenset(
-    {"out", "data", "train", "validation", "test", "checkpoint_dir", "resume", "tracking_uri"}
+    {
+        "out",
+        "data",
+        "train",
+        "validation",
+        "test",
+        "checkpoint_dir",
+        "resume",
+        "tracking_uri",
+        "train_sharded_per_node",  # from the channel's distribution (inputdataconfig.json)
+    }
 )
 _REMOTE_TRACKING_SCHEMES = ("http://", "https://", "arn:", "databricks")
 
@@ -106,9 +121,11 @@ class TrainingJobSpec:
     max_run_s: int = 24 * 3600
     max_wait_s: int = 36 * 3600
     volume_gb: int = 50
-    # Off by default: the training stream shards lines by global rank, so with ShardedByS3Key
-    # (each instance gets only its own objects) every instance would skip part of its share.
-    shard_train: bool = False
+    # The training channel: True = ShardedByS3Key, False = FullyReplicated, None = shard when
+    # ``train_objects`` (the .jsonl objects under the prefix, counted at launch) is known to be
+    # at least ``instance_count``: with fewer, an instance would get no data at all.
+    shard_train: bool | None = None
+    train_objects: int | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     mlflow_tracking_uri: str | None = None
     base_job_name: str = "starrating"
@@ -134,6 +151,16 @@ class TrainingJobSpec:
                 f"with spot training max wait ({self.max_wait_s} s) must be at least max run "
                 f"({self.max_run_s} s): it counts the time spent waiting for spot capacity too"
             )
+        if (
+            self.shard_train
+            and self.train_objects is not None
+            and self.train_objects < self.instance_count
+        ):
+            raise SageMakerConfigError(
+                f"the training prefix {self.train_s3} holds {self.train_objects} .jsonl "
+                f"object(s) for {self.instance_count} instances: sharded by S3 key, an instance "
+                "would get none. Split the data into more files or use --replicate-train"
+            )
         reserved = RESERVED_HYPERPARAMETERS & {k.replace("-", "_") for k in self.hyperparameters}
         if reserved:
             raise SageMakerConfigError(
@@ -147,6 +174,46 @@ class TrainingJobSpec:
                 f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; training/train.py takes "
                 f"{', '.join(sorted(known - RESERVED_HYPERPARAMETERS))}"
             )
+
+    @property
+    def train_sharded(self) -> bool:
+        """Whether the training channel is sharded by S3 key."""
+        if self.shard_train is not None:
+            return self.shard_train
+        return self.train_objects is not None and self.train_objects >= self.instance_count
+
+    def train_distribution(self) -> dict[str, Any]:
+        """How the training channel reaches the instances, and why (for the dry-run plan)."""
+        if self.shard_train is not None:
+            why = (
+                "chosen with --shard-train" if self.shard_train else "chosen with --replicate-train"
+            )
+        elif self.train_objects is None:
+            why = (
+                "the objects under the training prefix were not counted (a dry run makes no AWS "
+                "call): a real launch shards by S3 key when there are at least as many as "
+                "instances"
+            )
+        else:
+            why = f"{self.train_objects} .jsonl object(s) for {self.instance_count} instance(s)"
+        return {
+            "S3DataDistributionType": "ShardedByS3Key" if self.train_sharded else "FullyReplicated",
+            "why": why,
+        }
+
+
+def count_train_objects(s3_uri: str, region: str) -> int:
+    """The ``.jsonl[.gz]`` objects under an S3 prefix (ListObjectsV2): what ShardedByS3Key
+    deals out among the instances."""
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    client = boto3.Session(region_name=region).client("s3")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sum(
+        1
+        for page in pages
+        for item in page.get("Contents", [])
+        if str(item["Key"]).endswith(SPLIT_SUFFIXES)
+    )
 
 
 def _train_config_fields() -> set[str]:
@@ -186,7 +253,7 @@ def _channel(name: str, uri: str, sharded: bool) -> InputData:
 
 def build_model_trainer(spec: TrainingJobSpec, source_dir: Path, session: Session) -> ModelTrainer:
     """The ``ModelTrainer`` for ``spec``; ``source_dir`` holds ``training/train.py``."""
-    channels = [_channel("train", spec.train_s3, sharded=spec.shard_train)]
+    channels = [_channel("train", spec.train_s3, sharded=spec.train_sharded)]
     # Evaluation gathers predictions over every rank: each instance needs the whole split.
     if spec.validation_s3:
         channels.append(_channel("validation", spec.validation_s3, sharded=False))
@@ -323,6 +390,7 @@ def plan_training_job(spec: TrainingJobSpec, region: str) -> dict[str, Any]:
         request = training_job_request(trainer)
     return {
         "uploads": session.planned_uploads,
+        "train_channel": spec.train_distribution(),
         "requests": [{"operation": "CreateTrainingJob", "params": request}],
     }
 

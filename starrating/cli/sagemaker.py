@@ -66,8 +66,8 @@ def train_command(
     train: str = typer.Option(
         ...,
         "--train",
-        help="s3:// prefix of the training split: several .jsonl objects, sharded across the "
-        "instances by S3 key.",
+        help="s3:// prefix of the training split: several .jsonl objects (at least one per "
+        "instance, to be sharded across the instances by S3 key).",
     ),
     validation: str | None = typer.Option(None, "--validation", help="s3:// validation split."),
     test: str | None = typer.Option(None, "--test", help="s3:// test split."),
@@ -88,12 +88,14 @@ def train_command(
         36 * 3600, help="Longest time including waits for spot capacity, seconds (spot only)."
     ),
     volume_gb: int = typer.Option(50, help="Storage per instance, GB."),
-    shard_train: bool = typer.Option(
-        False,
+    shard_train: bool | None = typer.Option(
+        None,
         "--shard-train/--replicate-train",
-        help="Copy the training split to every instance (the default: the training stream "
-        "shards it by rank), or shard it by S3 key (not yet read correctly by the stream: each "
-        "instance would skip part of its objects).",
+        help="Shard the training split by S3 key (each instance downloads only its own objects "
+        "and its processes divide them), or copy it whole to every instance (all processes of "
+        "all instances divide it). Either way every row is read once per epoch.",
+        show_default="shard when the --train prefix holds at least as many .jsonl objects as "
+        "instances (counted at launch; a --dry-run, which counts nothing, replicates)",
     ),
     hyperparameter: list[str] = typer.Option(
         [],
@@ -116,12 +118,19 @@ def train_command(
     from starrating.aws import SageMakerConfigError
     from training.sagemaker import (
         TrainingJobSpec,
+        count_train_objects,
         launch_training_job,
         plan_training_job,
         resolve_tracking_uri,
     )
 
     aws_region = _region(region)
+    train_objects = None
+    if not dry_run and shard_train is not False:
+        try:
+            train_objects = count_train_objects(train, aws_region)
+        except (ClientError, BotoCoreError) as exc:
+            raise _aws_failure(exc) from exc
     try:
         hyperparameters = dict(_key_value(pair) for pair in hyperparameter)
         spec = TrainingJobSpec(
@@ -140,6 +149,7 @@ def train_command(
             max_wait_s=max_wait,
             volume_gb=volume_gb,
             shard_train=shard_train,
+            train_objects=train_objects,
             hyperparameters=hyperparameters,
             mlflow_tracking_uri=resolve_tracking_uri(mlflow_tracking_uri, os.environ),
             base_job_name=base_job_name,
@@ -153,6 +163,11 @@ def train_command(
         job_name = launch_training_job(spec, aws_region)
     except (ClientError, BotoCoreError) as exc:
         raise _aws_failure(exc) from exc
+    channel = spec.train_distribution()
+    console.print(
+        f"training split: {channel['S3DataDistributionType']} ({channel['why']})",
+        markup=False,
+    )
     console.print(
         f"started training job [bold]{job_name}[/] on {instance_count} x {instance_type}; "
         f"follow it in the SageMaker console or with "

@@ -28,6 +28,7 @@ from training.sagemaker import (
     DryRunSession,
     TrainingJobSpec,
     build_model_trainer,
+    count_train_objects,
     plan_training_job,
     resolve_tracking_uri,
     staged_source,
@@ -176,10 +177,62 @@ def test_train_channel_can_be_sharded_by_key_and_evaluation_splits_are_whole(
     assert {"code", "sm_drivers"} <= set(data)
 
 
-def test_training_split_is_replicated_by_default(source_dir: Path, session: MagicMock) -> None:
-    # The stream shards lines by rank itself; S3 sharding on top would drop data.
-    data = channels(request_for(spec(), source_dir, session))
-    assert data["train"]["S3DataDistributionType"] == "FullyReplicated"
+@pytest.mark.parametrize(
+    ("shard_train", "objects", "distribution"),
+    [
+        (None, None, "FullyReplicated"),  # not counted (a dry run): every instance gets it all
+        (None, 2, "ShardedByS3Key"),  # one object per instance at least
+        (None, 5, "ShardedByS3Key"),
+        (None, 1, "FullyReplicated"),  # sharded, the second instance would get nothing
+        (False, 8, "FullyReplicated"),
+        (True, None, "ShardedByS3Key"),
+    ],
+)
+def test_the_training_split_is_sharded_by_key_when_every_instance_gets_an_object(
+    source_dir: Path,
+    session: MagicMock,
+    shard_train: bool | None,
+    objects: int | None,
+    distribution: str,
+) -> None:
+    job = spec(shard_train=shard_train, train_objects=objects)
+    data = channels(request_for(job, source_dir, session))
+    assert data["train"]["S3DataDistributionType"] == distribution
+    assert job.train_distribution()["S3DataDistributionType"] == distribution
+
+
+def test_sharding_by_key_is_refused_with_fewer_objects_than_instances() -> None:
+    with pytest.raises(SageMakerConfigError, match=r"1 \.jsonl object.*2 instances.*get none"):
+        spec(shard_train=True, train_objects=1)
+
+
+def test_the_launcher_counts_the_jsonl_objects_under_the_training_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    prefix = {"Bucket": "reviews", "Prefix": "prepared/train/"}
+    with Stubber(s3) as stub:
+        stub.add_response(
+            "list_objects_v2",
+            {
+                "Contents": [
+                    {"Key": "prepared/train/part-00000.jsonl"},
+                    {"Key": "prepared/train/part-00001.jsonl.gz"},
+                    {"Key": "prepared/train/summary.json"},
+                ],
+                "IsTruncated": True,
+                "NextContinuationToken": "page-2",
+            },
+            expected_params=prefix,
+        )
+        stub.add_response(
+            "list_objects_v2",
+            {"Contents": [{"Key": "prepared/train/part-00002.jsonl"}], "IsTruncated": False},
+            expected_params=prefix | {"ContinuationToken": "page-2"},
+        )
+        monkeypatch.setattr(boto3, "Session", lambda region_name: MagicMock(client=lambda name: s3))
+        assert count_train_objects("s3://reviews/prepared/train/", "us-east-1") == 3
+        stub.assert_no_pending_responses()
 
 
 def test_metric_definitions_are_the_training_log_regexes(

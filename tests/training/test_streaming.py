@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import training.data.streaming as streaming
 from tests.conftest import build_tiny_model
 from training.data import readers
 from training.data.readers import DataFormatError
-from training.data.streaming import ReviewStream, split_files
+from training.data.streaming import ReviewStream, count_rows, share_rows, split_files
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,42 @@ def test_ranks_and_workers_share_every_line_exactly_once(
         assert all(i % 3 == rank for batch in batches for i in batch)
         seen += [i for batch in batches for i in batch]
     assert sorted(seen) == list(range(103))
+
+
+def test_a_split_divided_per_node_is_shared_by_each_nodes_processes_exactly_once(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    """SageMaker's ShardedByS3Key hands each instance only its own objects. Sharded by local
+    rank, every line of every node is read once; sharded by global rank (as before), each node
+    would skip the lines that belong to the other node's ranks."""
+    sizes = (13, 8, 11, 6, 9)
+    objects = [_write(tmp_path / f"part-{n}.jsonl", rows) for n, rows in enumerate(sizes)]
+    nodes, local = 2, 3
+    shares = [objects[node::nodes] for node in range(nodes)]
+
+    def read(node: int, rank: int, world_size: int) -> list[int]:
+        stream = ReviewStream(
+            shares[node],
+            tokenizer,
+            batch_size=2,
+            max_length=16,
+            rank=rank,
+            world_size=world_size,
+            seed=1,
+            group_by_length=2,
+        )
+        return [i for batch in _indices(stream, workers=1) for i in batch]
+
+    for node in range(nodes):
+        node_rows = count_rows(shares[node])
+        assert node_rows == sum(sizes[node::nodes])
+        per_rank = [read(node, rank, local) for rank in range(local)]
+        assert [len(lines) for lines in per_rank] == [
+            share_rows(node_rows, rank, local) for rank in range(local)
+        ]
+        assert sorted(i for lines in per_rank for i in lines) == list(range(node_rows))
+        by_global_rank = [read(node, node * local + rank, nodes * local) for rank in range(local)]
+        assert sum(map(len, by_global_rank)) < node_rows
 
 
 def test_order_is_seeded_and_independent_of_worker_count(tmp_path: Path, tokenizer: Any) -> None:
@@ -216,3 +253,69 @@ def test_a_split_may_be_a_directory_of_files(tmp_path: Path) -> None:
     assert [p.name for p in split_files(tmp_path)] == ["a.jsonl.gz", "b.jsonl"]
     with pytest.raises(DataFormatError, match="does not exist"):
         split_files(tmp_path / "missing")
+
+
+def _train_on(
+    data: Path, out: Path, tiny_model_dir: Path, *extra: str
+) -> tuple[int, dict[str, Any] | None]:
+    """One epoch of ``python -m training`` in this process: the exit status and the summary."""
+    from training.config import parse_args
+    from training.run import run_training
+
+    arguments = ["--data", str(data), "--out", str(out), "--model", str(tiny_model_dir)]
+    arguments += ["--epochs", "1", "--batch-size", "8", "--num-workers", "0"]
+    arguments += ["--checkpoint-every", "0", "--progress", "false", *extra]
+    code = run_training(parse_args(arguments))
+    metrics = out / "metrics.json"
+    return code, json.loads(metrics.read_text()) if metrics.is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("summary_rows", "read"),
+    [(40, "read more than 40 training rows"), (400, "read 200 training rows")],
+)
+def test_a_summary_json_that_disagrees_with_the_data_stops_training_and_says_why(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_data_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    summary_rows: int,
+    read: str,
+) -> None:
+    """train.jsonl has 200 rows. A stale summary.json that says 40 would plan 5 steps per epoch
+    and leave the other 175 rows to a learning rate already decayed to zero; one that says 400
+    would never decay it. Both are found while streaming (more rows: as soon as the epoch runs
+    past its planned steps; fewer: when it ends) and fail the run (exit 2) with the fix."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    (data / "summary.json").write_text(json.dumps({"splits": {"train": {"rows": summary_rows}}}))
+    code, metrics = _train_on(data, tmp_path / "run", tiny_model_dir)
+    assert code == 2 and metrics is None
+    message = caplog.text
+    assert read in message and f"planned for {summary_rows} (summary.json)" in message
+    assert "starrating data prepare" in message
+
+
+@pytest.mark.slow
+def test_the_run_summary_counts_the_rows_each_epoch_read(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    (data / "summary.json").write_text(json.dumps({"splits": {"train": {"rows": 200}}}))
+    code, metrics = _train_on(data, tmp_path / "run", tiny_model_dir)
+    assert code == 0 and metrics is not None
+    assert metrics["train_rows_planned"] == 200 and metrics["steps"] == 25
+    assert metrics["train_rows_read"] == [
+        {"epoch": 1, "rows": 200, "per_rank": [200], "per_node": [200]}
+    ]
+    # Sharded per node (no summary.json can describe a node's part): the node counts its own.
+    (data / "summary.json").unlink()
+    code, metrics = _train_on(
+        data, tmp_path / "sharded", tiny_model_dir, "--train-sharded-per-node"
+    )
+    assert code == 0 and metrics is not None
+    assert metrics["train_sharded_per_node"] is True
+    assert metrics["train_rows_planned"] == 200 and metrics["epochs"] == 1.0
+    assert metrics["train_rows_read"][0]["rows"] == 200

@@ -6,7 +6,11 @@ needed, shuffled through a seeded buffer, grouped into batches and tokenised (on
 DataLoader workers.
 
 Sharding, without overlap or loss: line ``i`` (counting non-blank lines over the split's files)
-belongs to rank ``i % world_size``; each rank's lines form one seeded sequence of batches, and
+belongs to rank ``i % world_size``. Where each node was already handed only its own files (a
+SageMaker channel with ``ShardedByS3Key``), the files are this node's and the stream is given
+the node's share instead: the local rank among the node's processes (torchrun's ``LOCAL_RANK``
+of ``LOCAL_WORLD_SIZE``), so no node skips part of what it was given. Each share of lines forms
+one seeded sequence of batches, and
 batch ``b`` of it (counted from the resume point) is parsed and tokenised by worker
 ``b % num_workers``. The DataLoader hands the workers' batches out round-robin, so a rank
 sees the same batches in the same order whatever the number of workers, and a position in the
@@ -67,6 +71,20 @@ def known_rows(location: Path) -> int | None:
             except (ValueError, KeyError, TypeError):
                 continue
     return None
+
+
+class RowCountMismatch(DataFormatError):
+    """The rows an epoch really read differ from the rows the run was planned for."""
+
+
+def count_rows(files: Sequence[Path]) -> int:
+    """Non-blank lines over ``files``, counted as the stream numbers them (nothing parsed)."""
+    return sum(1 for _ in _numbered_lines(files))
+
+
+def share_rows(rows: int, shard: int, shards: int) -> int:
+    """Lines of ``rows`` that go to ``shard`` of ``shards`` (line ``i`` to ``i % shards``)."""
+    return len(range(shard, rows, shards))
 
 
 def read_split(location: Path) -> tuple[list[str], list[int]]:
@@ -139,6 +157,10 @@ class StreamPosition:
 
 class ReviewStream(IterableDataset[Batch]):
     """Tokenised batches of one rank's share of a split, lazily, in a seeded order.
+
+    ``rank`` and ``world_size`` name the share among the processes that read ``files``: the
+    global rank and world size for a split every node holds whole, the local ones for a split
+    divided per node.
 
     Each item is a whole batch (use ``DataLoader(stream, batch_size=None)``) with the
     tokenizer's tensors, ``labels`` and ``index`` (the line number in the split, so evaluation
