@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from api.ab import stats
+from api.ab.history import IntervalPoint, interval_history
 from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig
 from api.ab.stats import MIXTURE_SD
 from api.ab.store import ExperimentStore, FeedbackRecord
@@ -95,6 +96,11 @@ class ExperimentReport(BaseModel):
     sample_ratio: SampleRatioReport
     shadow: list[ShadowReport]
     verdict: str
+    interval_history: dict[str, list[IntervalPoint]] = Field(
+        default_factory=dict,
+        description="per candidate: the always-valid 95% interval of the primary metric's "
+        "difference to the control after each feedback (at most 200 looks; api.ab.history)",
+    )
 
 
 def _interval(estimate: stats.Estimate | None, scale: float = 1.0) -> Interval | None:
@@ -298,4 +304,10 @@ def build_report(
         ),
         shadow=_shadow(store, config.name),
         verdict=verdict,
+        interval_history=interval_history(
+            control.name,
+            [v.name for v in config.variants[1:]],
+            store.feedback_rows(config.name),
+            "accuracy",
+        ),
     )
