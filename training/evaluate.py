@@ -242,10 +242,13 @@ def evaluate_run(
     """Evaluate a trained run's model on a split; write metrics and confusion matrix files.
 
     ``data`` is a prepared data directory (its ``<split>.jsonl`` is used) or a split file.
-    Returns the metrics and the files written (under ``RUN/evaluation`` by default).
+    Returns the metrics and the files written (under ``RUN/evaluation`` by default). Where the
+    split's rows carry their raters' ratings, ``metrics["human"]`` holds the human agreement on
+    the same rows (``training.human``).
     """
     from starrating.artifacts import load_artifacts
     from training.distributed import pick_device
+    from training.human import split_human_agreement
 
     location = data if data.is_file() else data / f"{split}.jsonl"
     files = split_files(location if location.exists() else data / split)
@@ -266,6 +269,9 @@ def evaluate_run(
         "data": [str(f) for f in files],
         "temperature": artifacts.temperature,
     }
+    human = split_human_agreement(files)
+    if human is not None:
+        metrics["human"] = human
     out = out_dir or run_dir / "evaluation"
     written = [
         write_json(out / f"{split}-metrics.json", metrics),

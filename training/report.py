@@ -7,6 +7,7 @@ there is one); ``save_run`` writes the model and the results into the run direct
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from starrating.artifacts import save_artifacts
 from starrating.labels import STARS
 from training.calibration import fit_temperature
+from training.config import TrainConfig
+from training.data.streaming import split_files
 from training.evaluate import (
     Predictions,
     evaluate_predictions,
@@ -22,6 +25,7 @@ from training.evaluate import (
     plot_training_curves,
     write_json,
 )
+from training.human import split_human_agreement
 from training.tracking import RunTracker
 
 if TYPE_CHECKING:
@@ -82,6 +86,28 @@ def summarise_run(
     return RunSummary(split, final, temperature, summary)
 
 
+def _split_location(out: Path, split: str) -> Path | None:
+    """A split's file or directory as the run's ``config.json`` names it."""
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    config = TrainConfig(out=out, data=Path(saved["data"]) if saved.get("data") else None)
+    if saved.get(split):
+        setattr(config, split, Path(saved[split]))
+    return config.split_path(split)
+
+
+def add_human_agreement(out: Path, summary: dict[str, Any]) -> None:
+    """The human agreement beside the model's numbers (``human``: single rater, half panel) of
+    the final split and of validation, where their rows carry their raters' ratings."""
+    for split, block in ((summary["split"], summary), ("validation", summary["validation"])):
+        location = _split_location(out, split)
+        human = split_human_agreement(split_files(location)) if location is not None else None
+        if human is not None:
+            block["human"] = human
+
+
 @dataclass(frozen=True)
 class SavedRun:
     """Where ``save_run`` put the model, and the result files it wrote."""
@@ -98,8 +124,10 @@ def save_run(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
 ) -> SavedRun:
-    """The model (with its temperature) in ``out/model``; metrics, confusion matrix and history
-    as JSON beside the config the run started with."""
+    """The model (with its temperature) in ``out/model``; metrics (with the human agreement on
+    the same rows, where known), confusion matrix and history as JSON beside the config the run
+    started with."""
+    add_human_agreement(out, result.summary)
     model_dir = save_artifacts(
         out / "model", model, tokenizer, max_length=max_length, temperature=result.temperature
     )

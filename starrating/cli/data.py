@@ -31,17 +31,35 @@ def prepare_command(
     seed: int = typer.Option(42, help="Seed of the stratified split."),
     validation_fraction: float = typer.Option(0.1, help="Share of rows for validation."),
     test_fraction: float = typer.Option(0.1, help="Share of rows for test."),
+    with_extra_corpora: bool = typer.Option(
+        False,
+        "--with-extra-corpora",
+        help="With --source default: also train on the archive's other rated corpora (movie-"
+        "review snippets, tweets, New York Times editorial snippets; same raters' protocol and "
+        "cut points). They go to the training split only: validation and test stay the Amazon "
+        "sentences, split exactly as without this option.",
+    ),
 ) -> None:
     """Validate rows (missing text and labels outside 1-5 are counted, not fatal) and write
     stratified splits plus summary.json."""
-    from training.data.embedded import EmbeddedDataError, read_embedded
+    import itertools
+
+    from training.data.embedded import AMAZON, EXTRA_CORPORA, EmbeddedDataError, read_corpus
     from training.data.prepare import SPLITS, prepare
     from training.data.readers import DataFormatError, read_reviews
 
+    if with_extra_corpora and source != "default":
+        raise fail("--with-extra-corpora adds the embedded archive's corpora: use --source default")
+    cache_dir = CoreSettings().cache_dir
     if source == "default":
-        reviews = read_embedded(CoreSettings().cache_dir)
+        reviews = read_corpus(cache_dir, AMAZON)
     else:
         reviews = read_reviews(source, text_col=text_col, label_col=label_col)
+    extra = (
+        itertools.chain.from_iterable(read_corpus(cache_dir, c) for c in EXTRA_CORPORA)
+        if with_extra_corpora
+        else iter(())
+    )
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -61,6 +79,7 @@ def prepare_command(
                 validation_fraction=validation_fraction,
                 test_fraction=test_fraction,
                 on_row=lambda: progress.advance(task),
+                extra_train=extra,
             )
     except (DataFormatError, EmbeddedDataError, ValueError) as exc:
         raise fail(str(exc)) from exc
@@ -74,6 +93,14 @@ def prepare_command(
         counts = summary.splits[name]
         table.add_row(name, *(f"{counts[str(s)]:,}" for s in STARS), f"{counts['rows']:,}")
     console.print(table)
+    if len(summary.sources) > 1:
+        console.print(
+            "by source: "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{split} {n:,}" for split, n in splits.items())
+                for name, splits in summary.sources.items()
+            )
+        )
     skipped = summary.skipped
     console.print(
         f"read {summary.rows_read:,} rows; skipped {skipped['missing_text']:,} without text "

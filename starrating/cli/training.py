@@ -158,6 +158,22 @@ def _metrics_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
             f"{m['qwk']:.3f}",
             ece,
         )
+        human = m.get("human")
+        if human:
+            # People who rated the same sentences, on the same rows: where the model stands.
+            for name, key in (("· rater", "single_rater"), ("· panel", "half_panel")):
+                table.add_row(
+                    name,
+                    f"{human['n']:,}",
+                    f"{human[key]['accuracy']:.3f}",
+                    "",
+                    f"{human[key]['mae']:.3f}",
+                    *[""] * 3,
+                )
+            table.caption = (
+                "humans on the same reviews: rater = one rater vs the mean of the others; "
+                "panel = half the raters vs the other half"
+            )
     return table
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from starrating.cli import app
+from training.data import embedded as embedded_module
 from training.data.embedded import mean_rating_to_stars
-from training.data.prepare import parse_stars
+from training.data.prepare import SPLITS, parse_stars
 
 runner = CliRunner()
 
@@ -167,10 +170,138 @@ def test_corrupt_cached_embedded_data_is_fetched_again(
 ) -> None:
     from training.data import embedded
 
-    cached = tmp_path / "embedded" / embedded.CACHE_NAME
+    cached = tmp_path / "embedded" / embedded.AMAZON.ground_truth.name
     cached.parent.mkdir(parents=True)
     cached.write_text("1_1\t-0.9\ttampered\n")
     fetched: list[Path] = []
     monkeypatch.setattr(embedded, "_download", fetched.append)
     assert embedded.fetch(tmp_path) == cached
     assert fetched == [cached]
+
+
+# -- the embedded archive's corpora -----------------------------------------------------------
+
+
+def _synthetic_corpus(cache: Path, name: str, rows: int) -> embedded_module.Corpus:
+    """A corpus written into the cache as the archive lays it out (CRLF, tab separated), with
+    the checksums and row counts of what was written, so nothing is downloaded."""
+    truth, ratings = [], []
+    for i in range(rows):
+        star_mean = (i % 9) - 4  # -4..+4, every star
+        votes = [star_mean] * 3 + [max(-4, star_mean - 1)]
+        mean = sum(votes) / len(votes)
+        truth.append(f"{i}_1\t{mean}\t{name} sentence number {i}\r\n")
+        ratings.append(f"{i}_1\t{mean}\t0.4\t{votes}\r\n")
+    files = []
+    for kind, lines in (("GroundTruth", truth), ("anonDataRatings", ratings)):
+        path = cache / "embedded" / f"{name}_{kind}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines), newline="")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        files.append(embedded_module.ArchiveFile(path.name, digest, rows, "utf-8"))
+    return embedded_module.Corpus(name, files[0], files[1])
+
+
+@pytest.fixture
+def synthetic_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(embedded_module, "AMAZON", _synthetic_corpus(cache, "amazon", 300))
+    extra = tuple(_synthetic_corpus(cache, n, r) for n, r in (("movies", 120), ("tweets", 80)))
+    monkeypatch.setattr(embedded_module, "EXTRA_CORPORA", extra)
+    monkeypatch.setenv("STARRATING_CACHE_DIR", str(cache))
+    return cache
+
+
+def _lines(out: Path, split: str) -> bytes:
+    return (out / f"{split}.jsonl").read_bytes()
+
+
+def test_embedded_rows_carry_their_id_source_and_ratings(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    out, summary = _prepare(tmp_path / "amazon")
+    assert summary["rows_written"] == 300
+    splits = summary["splits"]
+    assert isinstance(splits, dict)
+    assert summary["sources"] == {"amazon": {s: splits[s]["rows"] for s in SPLITS}}
+    rows = [r for split in SPLITS for r in _read_split(out, split)]
+    assert len({r["id"] for r in rows}) == 300
+    row = next(r for r in rows if r["id"] == "5_1")
+    assert row == {
+        "text": "amazon sentence number 5",
+        "stars": 4,  # mean (1 + 1 + 1 + 0) / 4 = 0.75
+        "id": "5_1",
+        "source": "amazon",
+        "ratings": [1, 1, 1, 0],
+    }
+
+
+def test_extra_corpora_go_to_training_only_and_leave_the_amazon_splits_as_they_were(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    plain, plain_summary = _prepare(tmp_path / "plain")
+    mixed, summary = _prepare(tmp_path / "mixed", "--with-extra-corpora")
+    for split in ("validation", "test"):
+        assert _lines(mixed, split) == _lines(plain, split)
+    train = _read_split(mixed, "train")
+    amazon = plain_summary["sources"]
+    assert isinstance(amazon, dict) and sum(amazon["amazon"].values()) == 300
+    splits = summary["splits"]
+    assert isinstance(splits, dict)
+    assert len(train) == amazon["amazon"]["train"] + 120 + 80 == splits["train"]["rows"]
+    assert summary["sources"] == amazon | {"movies": {"train": 120}, "tweets": {"train": 80}}
+    amazon_train = [r for r in train if r["source"] == "amazon"]
+    assert sorted(map(json.dumps, amazon_train)) == sorted(
+        map(json.dumps, _read_split(plain, "train"))
+    )
+    # Mixed through the file, so a streaming shuffle buffer sees every source all epoch long.
+    assert {r["source"] for r in train[:60]} == {"amazon", "movies", "tweets"}
+    again, _ = _prepare(tmp_path / "again", "--with-extra-corpora")
+    assert _lines(again, "train") == _lines(mixed, "train")  # seeded
+
+
+def test_the_training_stream_reads_rows_with_extra_fields(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    from training.data.streaming import read_split
+
+    mixed, _ = _prepare(tmp_path / "mixed", "--with-extra-corpora")
+    texts, stars = read_split(mixed / "train.jsonl")
+    assert len(texts) == len(_read_split(mixed, "train")) > 400
+    assert set(stars) == {1, 2, 3, 4, 5}
+
+
+def test_extra_corpora_need_the_embedded_source_and_say_so_in_help(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.tsv"
+    path.write_text(_amazon_tsv(20))
+    result = _invoke(tmp_path / "o", "--source", str(path), "--with-extra-corpora")
+    assert result.exit_code == 2 and "use --source default" in " ".join(result.output.split())
+    help_text = runner.invoke(app, ["data", "prepare", "--help"], env={"COLUMNS": "200"})
+    assert "--with-extra-corpora" in help_text.output
+
+
+def test_a_corpus_with_missing_rows_fails_clearly(
+    tmp_path: Path, synthetic_archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    movies = embedded_module.EXTRA_CORPORA[0]
+    wrong = dataclasses.replace(
+        movies, ground_truth=dataclasses.replace(movies.ground_truth, rows=121)
+    )
+    monkeypatch.setattr(embedded_module, "EXTRA_CORPORA", (wrong,))
+    result = _invoke(tmp_path / "o", "--with-extra-corpora")
+    assert result.exit_code == 2
+    assert "movies_GroundTruth.txt has 120 rows, expected 121" in result.output
+
+
+def test_the_real_archive_adds_its_three_corpora_to_training() -> None:
+    """On the cached archive: every corpus's row count and the Amazon splits of today."""
+    from starrating.settings import CoreSettings
+
+    cache = CoreSettings().cache_dir
+    if not all((cache / "embedded" / f.name).is_file() for f in embedded_module.ARCHIVE_FILES):
+        pytest.skip("the embedded archive is not cached here (starrating data prepare fetches it)")
+    counts = {
+        c.name: sum(1 for _ in embedded_module.read_corpus(cache, c))
+        for c in embedded_module.CORPORA
+    }
+    assert counts == {"amazon": 3708, "movies": 10605, "tweets": 4200, "nyt_editorials": 5190}

@@ -5,11 +5,17 @@ smallest block that holds the requested fractions exactly, then shuffled), so sp
 stratified to within one block per class, deterministic for a seed, and memory stays flat on
 multi-GB review dumps.
 Output: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` with ``{"text", "stars"}`` per line,
-and ``summary.json``.
+and ``summary.json``. Rows that know where they come from also carry ``id`` (the sentence id in
+its corpus), ``source`` (the corpus) and ``ratings`` (every rater's rating, -4..+4).
+
+Extra training rows (``extra_train``: other domains) go to the training split only and draw no
+split slots, so validation and test are exactly what they are without them; the training split
+is then shuffled (seeded) so a streaming shuffle buffer sees every source throughout an epoch.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -38,6 +44,8 @@ class PrepareSummary:
     rows_written: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: {"missing_text": 0, "bad_label": 0})
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Rows per source (corpus) and split, where rows say their source.
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +87,23 @@ class _SplitBags:
         return bag.pop()
 
 
+def _record(review: Review, text: str, stars: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"text": text, "stars": stars}
+    if review.id is not None:
+        record["id"] = review.id
+    if review.source is not None:
+        record["source"] = review.source
+    if review.ratings is not None:
+        record["ratings"] = list(review.ratings)
+    return record
+
+
+def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def prepare(
     reviews: Iterable[Review],
     out_dir: Path,
@@ -88,40 +113,76 @@ def prepare(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     on_row: Callable[[], None] | None = None,
+    extra_train: Iterable[Review] = (),
 ) -> PrepareSummary:
-    """Validate ``reviews`` and write the splits under ``out_dir``."""
+    """Validate ``reviews`` and write the splits under ``out_dir``; ``extra_train`` rows are
+    validated the same way and added to the training split only."""
     if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
         raise ValueError("validation and test fractions must be >= 0 and sum to less than 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PrepareSummary(source=source, seed=seed)
     bags = _SplitBags({"validation": validation_fraction, "test": test_fraction}, seed)
     counts: dict[str, Counter[int]] = {name: Counter() for name in SPLITS}
+    by_source: dict[str, Counter[str]] = {}
+    # With extra rows the training split is shuffled before it is written, so it is held here.
+    extra = iter(extra_train)
+    held_train: list[dict[str, Any]] | None = None
+    first_extra = next(extra, None)
+    if first_extra is not None:
+        held_train = []
+        extra = itertools.chain([first_extra], extra)
+
+    def valid(review: Review) -> dict[str, Any] | None:
+        summary.rows_read += 1
+        if on_row is not None:
+            on_row()
+        text = normalize_text(review.text) if isinstance(review.text, str) else ""
+        if not text:
+            summary.skipped["missing_text"] += 1
+            return None
+        stars = parse_stars(review.label)
+        if stars is None:
+            summary.skipped["bad_label"] += 1
+            return None
+        return _record(review, text, stars)
+
+    def count(split: str, record: dict[str, Any]) -> None:
+        counts[split][record["stars"]] += 1
+        if "source" in record:
+            by_source.setdefault(record["source"], Counter())[split] += 1
+        summary.rows_written += 1
+
     handles = {name: (out_dir / f"{name}.partial").open("w", encoding="utf-8") for name in SPLITS}
     try:
         for review in reviews:
-            summary.rows_read += 1
-            if on_row is not None:
-                on_row()
-            text = normalize_text(review.text) if isinstance(review.text, str) else ""
-            if not text:
-                summary.skipped["missing_text"] += 1
+            record = valid(review)
+            if record is None:
                 continue
-            stars = parse_stars(review.label)
-            if stars is None:
-                summary.skipped["bad_label"] += 1
-                continue
-            split = bags.draw(stars)
-            record = {"text": text, "stars": stars}
-            handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
-            counts[split][stars] += 1
-            summary.rows_written += 1
+            split = bags.draw(record["stars"])
+            if split == "train" and held_train is not None:
+                held_train.append(record)
+            else:
+                handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
+            count(split, record)
     finally:
         for handle in handles.values():
             handle.close()
+    if held_train is not None:
+        for review in extra:
+            record = valid(review)
+            if record is not None:
+                held_train.append(record)
+                count("train", record)
+        random.Random(f"{seed}/extra").shuffle(held_train)
+        _write_lines(out_dir / "train.partial", held_train)
     for name in SPLITS:
         (out_dir / f"{name}.partial").replace(out_dir / f"{name}.jsonl")
         summary.splits[name] = {str(s): counts[name][s] for s in STARS} | {
             "rows": sum(counts[name].values())
         }
+    summary.sources = {
+        name: {split: per_split[split] for split in SPLITS if per_split[split]}
+        for name, per_split in by_source.items()
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary

@@ -26,10 +26,16 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass(frozen=True)
 class Review:
-    """One row as read: ``text`` may be missing and ``label`` is whatever the file holds."""
+    """One row as read: ``text`` may be missing and ``label`` is whatever the file holds.
+
+    Rows of the embedded corpora also carry their sentence ``id``, the corpus (``source``) and
+    every rater's rating (``ratings``, -4..+4), so evaluation can find the human agreement."""
 
     text: str | None
     label: Any
+    id: str | None = None
+    source: str | None = None
+    ratings: tuple[int, ...] | None = None
 
 
 class DataFormatError(ValueError):
