@@ -16,12 +16,18 @@ from statsmodels.stats.proportion import (
 
 from api.ab.stats import (
     Comparison,
+    always_valid_half_width,
+    always_valid_interval,
+    cluster_mean_variance,
+    holm,
     mean_interval,
     means_sample_size,
     mixture_log_likelihood_ratio,
     proportions_sample_size,
     quantile_interval,
+    running_cluster_moments,
     sample_ratio_check,
+    sequential_comparison,
     sequential_p_values,
     sequential_sample_size,
     sequential_test,
@@ -221,3 +227,107 @@ def test_verdict_asks_for_more_data_or_warns_about_the_split() -> None:
     assert verdict("A", worse, None) == "B is worse than A on MAE (p=0.010)"
     srm = sample_ratio_check({"A": 600, "B": 400}, {"A": 1, "B": 1})
     assert verdict("A", worse, srm).startswith("sample ratio mismatch")
+
+
+def test_cluster_mean_variance_matches_statsmodels_cluster_robust_ols() -> None:
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(5)
+    units = rng.integers(0, 40, 300)
+    values = rng.normal(size=300) + 0.3 * units
+    mean, variance, clusters = cluster_mean_variance(values, [f"u{u}" for u in units])
+    fit = sm.OLS(values, np.ones_like(values)).fit(cov_type="cluster", cov_kwds={"groups": units})
+    assert mean == pytest.approx(fit.params[0])
+    assert variance == pytest.approx(fit.bse[0] ** 2)
+    assert clusters == len(set(units))
+
+
+def test_running_cluster_moments_equal_the_moments_of_each_prefix() -> None:
+    rng = np.random.default_rng(6)
+    units = rng.integers(0, 15, 80)
+    values = rng.random(80)
+    running = running_cluster_moments(values, units)
+    for n in (5, 33, 80):
+        mean, variance, clusters = cluster_mean_variance(values[:n], [str(u) for u in units[:n]])
+        assert running.mean[n - 1] == pytest.approx(mean)
+        assert running.variance_of_mean[n - 1] == pytest.approx(variance)
+        assert running.clusters[n - 1] == clusters
+
+
+def test_naive_variance_understates_the_variance_of_a_mean_when_users_repeat() -> None:
+    # 2,000 simulated samples of 100 users x 10 correlated requests (each user has their own
+    # accuracy): the true variance of the mean is its spread across samples.
+    rng = np.random.default_rng(7)
+    samples, users, per_user = 2000, 100, 10
+    user_rate = np.clip(0.6 + 0.2 * rng.standard_normal((samples, users, 1)), 0, 1)
+    values = (rng.random((samples, users, per_user)) < user_rate).reshape(samples, -1)
+    units = np.repeat(np.arange(users), per_user)
+    true_variance = float(values.mean(axis=1).var(ddof=1))
+    naive = float(np.mean(values.var(axis=1, ddof=1) / values.shape[1]))
+    cluster = float(
+        np.mean(
+            running_cluster_moments(values, np.broadcast_to(units, values.shape)).variance_of_mean[
+                :, -1
+            ]
+        )
+    )
+    print(
+        f"\nvariance of a mean accuracy, {users} users x {per_user} requests: true "
+        f"{true_variance:.2e}, naive per-request {naive:.2e} ({naive / true_variance:.2f}x), "
+        f"user-clustered {cluster:.2e} ({cluster / true_variance:.2f}x)"
+    )
+    assert naive < 0.6 * true_variance
+    assert cluster == pytest.approx(true_variance, rel=0.1)
+
+
+def test_always_valid_interval_excludes_zero_exactly_when_the_msprt_rejects() -> None:
+    for difference, variance in [(0.1, 0.001), (0.05, 0.001), (-0.2, 0.004), (0.0, 0.01)]:
+        low, high = always_valid_interval(difference, variance, 0.05)
+        p = float(np.exp(-mixture_log_likelihood_ratio(difference, variance, 0.05)))
+        assert (low > 0 or high < 0) == (p < 0.05)
+        assert low < difference < high
+
+
+def test_always_valid_interval_is_wider_than_the_fixed_horizon_one_and_open_without_data() -> None:
+    _, high = always_valid_interval(0.0, 0.0004, 0.05)
+    assert high > stats.norm.ppf(0.975) * 0.02
+    assert always_valid_interval(0.1, 0.0, 0.05) == (-math.inf, math.inf)
+
+
+def test_always_valid_interval_covers_the_truth_at_every_look_in_95_percent_of_runs() -> None:
+    # 1,000 runs of 2,000 looks: the interval must hold at all looks at once, not just each one.
+    rng = np.random.default_rng(8)
+    x = rng.normal(0.3, 1.0, size=(1000, 2000))
+    n = np.arange(1, 2001)
+    mean = np.cumsum(x, axis=1) / n
+    half = always_valid_half_width(1.0 / n, 0.2)
+    ever_missed = (np.abs(mean - 0.3) > half)[:, 20:].any(axis=1)
+    assert ever_missed.mean() <= 0.05
+
+
+def test_holm_matches_statsmodels() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    p = {"B/accuracy": 0.01, "C/accuracy": 0.04, "B/mae": 0.03, "C/mae": 0.5}
+    expected = multipletests(list(p.values()), method="holm")[1]
+    assert list(holm(p).values()) == pytest.approx(list(expected))
+    assert holm({"B": 0.01, "C": 0.04}) == {"B": 0.02, "C": 0.04}
+    assert holm({}) == {}
+
+
+def test_sequential_comparison_with_clusters_is_less_eager_than_per_request() -> None:
+    # A/A, 60 users with their own accuracy sharing 1,500 requests: treating requests as
+    # independent makes the mSPRT cry wolf; the user-clustered variance keeps it under alpha.
+    rng = np.random.default_rng(9)
+    runs, users, t = 300, 60, 1500
+    user = rng.integers(0, users, size=(runs, t))
+    rate = np.clip(0.6 + 0.25 * rng.standard_normal((runs, users)), 0, 1)
+    values = (rng.random((runs, t)) < np.take_along_axis(rate, user, 1)).astype(float)
+    arm = np.take_along_axis(rng.random((runs, users)) < 0.5, user, 1)
+    clustered = sequential_comparison(arm, values, user, 0.05, binary=True)
+    naive = sequential_p_values(arm, values, 0.05)
+    clustered_fp = float((clustered.p_value[:, -1] < 0.05).mean())
+    naive_fp = float((naive[:, -1] < 0.05).mean())
+    print(f"\nA/A false positives, clustered mSPRT {clustered_fp:.1%}, per-request {naive_fp:.1%}")
+    assert clustered_fp <= 0.05
+    assert naive_fp > clustered_fp
