@@ -98,6 +98,75 @@ def test_train_dry_run_prints_the_create_training_job_request(runner: CliRunner)
     assert params["Environment"]["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
 
 
+def test_a_dry_run_counts_no_objects_and_replicates_unless_told_to_shard(
+    runner: CliRunner,
+) -> None:
+    result = invoke(runner, *TRAIN_ARGS, "--dry-run")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["train_channel"]["S3DataDistributionType"] == "FullyReplicated"
+    assert "not counted" in plan["train_channel"]["why"]
+    result = invoke(runner, *TRAIN_ARGS, "--shard-train", "--dry-run")
+    assert result.exit_code == 0, result.output
+    (request,) = requests_of(result.stdout)
+    (train,) = [c for c in request["params"]["InputDataConfig"] if c["ChannelName"] == "train"]
+    assert train["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "ShardedByS3Key"
+
+
+@pytest.mark.parametrize(
+    ("keys", "flag", "sharded"),
+    [
+        (["part-0.jsonl", "part-1.jsonl", "part-2.jsonl.gz"], None, True),
+        (["part-0.jsonl", "summary.json"], None, False),  # one object for two instances
+        (["part-0.jsonl", "part-1.jsonl"], "--replicate-train", False),
+    ],
+)
+def test_a_launch_shards_the_training_split_when_every_instance_gets_an_object(
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    keys: list[str],
+    flag: str | None,
+    sharded: bool,
+) -> None:
+    import training.sagemaker
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    launched: list[Any] = []
+
+    def launch_training_job(spec: Any, region: str) -> str:
+        launched.append(spec)
+        return "starrating-2026-12-04-15-00-00-000"
+
+    monkeypatch.setattr(training.sagemaker, "launch_training_job", launch_training_job)
+    monkeypatch.setattr(boto3, "Session", StubbedSession({"s3": s3}))
+    with Stubber(s3) as stub:
+        if flag is None:  # --replicate-train needs no count
+            stub.add_response(
+                "list_objects_v2",
+                {"Contents": [{"Key": f"prepared/train/{key}"} for key in keys]},
+                expected_params={"Bucket": "reviews", "Prefix": "prepared/train/"},
+            )
+        result = invoke(runner, *TRAIN_ARGS, *([flag] if flag else []))
+        stub.assert_no_pending_responses()
+    assert result.exit_code == 0, result.output
+    (spec,) = launched
+    assert spec.train_sharded is sharded
+    expected = "ShardedByS3Key" if sharded else "FullyReplicated"
+    assert f"training split: {expected}" in " ".join(result.output.split())
+
+
+def test_sharding_is_refused_when_an_instance_would_get_no_object(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    monkeypatch.setattr(boto3, "Session", StubbedSession({"s3": s3}))
+    with Stubber(s3) as stub:
+        stub.add_response("list_objects_v2", {"Contents": [{"Key": "prepared/train/a.jsonl"}]})
+        result = invoke(runner, *TRAIN_ARGS, "--shard-train")
+    assert result.exit_code == 2
+    assert "an instance would get none" in " ".join(result.output.split())
+
+
 def test_train_refuses_unknown_hyperparameters_before_anything_else(runner: CliRunner) -> None:
     result = invoke(runner, *TRAIN_ARGS, "--hp", "epoch=2", "--dry-run")
     assert result.exit_code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from starrating.artifacts import load_artifacts
+from training.train import sagemaker_arguments
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -67,3 +69,46 @@ def test_train_py_reads_channels_and_writes_the_model_dir(
     assert "train_loss=" not in again.stderr
     rerun = load_file(tmp_path / "model" / "model" / "model.safetensors")
     assert all(torch.equal(rerun[name], tensor) for name, tensor in weights.items())
+
+
+def _input_data_config(tmp_path: Path, train_distribution: str) -> Path:
+    """/opt/ml/input/config/inputdataconfig.json as SageMaker writes it for the job."""
+    path = tmp_path / "inputdataconfig.json"
+    channel = {"TrainingInputMode": "File", "RecordWrapperType": "None"}
+    path.write_text(
+        json.dumps(
+            {
+                "train": channel | {"S3DistributionType": train_distribution},
+                "validation": channel | {"S3DistributionType": "FullyReplicated"},
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("distribution", "sharded"), [("ShardedByS3Key", True), ("FullyReplicated", False)]
+)
+def test_a_train_channel_sharded_by_key_trains_sharded_per_node(
+    tmp_path: Path, distribution: str, sharded: bool
+) -> None:
+    config_file = _input_data_config(tmp_path, distribution)
+    env = {"SM_MODEL_DIR": str(tmp_path / "model"), "SM_CHANNEL_TRAIN": str(tmp_path)}
+    args = sagemaker_arguments(["--epochs", "1"], env, config_file)
+    assert (["--train-sharded-per-node", "true"] in _pairs(args)) is sharded
+    # SageMaker's environment carries the same JSON; an explicit argument wins over both.
+    from_env = sagemaker_arguments([], env | {"SM_INPUT_DATA_CONFIG": config_file.read_text()})
+    assert ("--train-sharded-per-node" in from_env) is sharded
+    explicit = sagemaker_arguments(["--train_sharded_per_node", "false"], env, config_file)
+    assert (
+        explicit.count("--train-sharded-per-node") + explicit.count("--train_sharded_per_node") == 1
+    )
+
+
+def test_without_an_input_data_config_the_split_is_taken_as_whole(tmp_path: Path) -> None:
+    args = sagemaker_arguments([], {}, tmp_path / "missing.json")
+    assert "--train-sharded-per-node" not in args
+
+
+def _pairs(args: list[str]) -> list[list[str]]:
+    return [args[i : i + 2] for i in range(len(args) - 1)]
