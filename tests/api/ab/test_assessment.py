@@ -1,0 +1,72 @@
+"""assess(): the sample-ratio gate with its cause, Holm across candidates, the verdict."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from api.ab.assessment import FeedbackObs, RequestObs, assess
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _traffic(
+    accuracy: dict[str, float], units: int = 600, per_unit: int = 3, seed: int = 0
+) -> tuple[list[RequestObs], list[FeedbackObs]]:
+    rng = np.random.default_rng(seed)
+    names = list(accuracy)
+    requests, feedback = [], []
+    for i in range(units * per_unit):
+        unit = f"u{i % units}"
+        variant = names[(i % units) % len(names)]
+        requests.append(RequestObs(variant, unit, False, 20.0))
+        right = rng.random() < accuracy[variant]
+        feedback.append(FeedbackObs(variant, unit, 4, 4 if right else 3, T0 + timedelta(seconds=i)))
+    return requests, feedback
+
+
+def test_a_clearly_better_candidate_is_better_after_holm() -> None:
+    requests, feedback = _traffic({"A": 0.55, "B": 0.75, "C": 0.55})
+    a = assess("A", {"A": 1, "B": 1, "C": 1}, requests, feedback, [])
+    by = {r.candidate: r for r in a.primary}
+    assert a.trustworthy and a.srm_cause is None
+    assert by["B"].better and not by["C"].better
+    assert by["B"].p_value is not None and by["B"].p_value_holm is not None
+    assert by["B"].p_value_holm >= by["B"].p_value
+    assert by["B"].low is not None and by["B"].low > 0
+    assert "B is better than A on accuracy" in a.verdict
+
+
+def test_mae_is_better_when_lower() -> None:
+    requests, feedback = _traffic({"A": 0.5, "B": 0.8})
+    a = assess("A", {"A": 1, "B": 1}, requests, feedback, [], primary_metric="mae")
+    assert a.primary[0].metric == "mae"
+    assert a.primary[0].difference is not None and a.primary[0].difference < 0
+    assert a.primary[0].better
+
+
+def test_sample_ratio_mismatch_gates_the_verdict_and_names_users_switching_variants() -> None:
+    requests, feedback = _traffic({"A": 0.5, "B": 0.8})
+    # Every user of A was also served by B: B has twice the units it should.
+    requests += [RequestObs("B", r.unit, False, 20.0) for r in requests if r.variant == "A"]
+    a = assess("A", {"A": 1, "B": 1}, requests, feedback, [])
+    assert not a.trustworthy
+    assert a.srm_cause is not None and "more than one variant" in a.srm_cause
+    assert a.verdict.startswith("results cannot be trusted")
+
+
+def test_sample_ratio_mismatch_points_at_unrecorded_failures() -> None:
+    requests, feedback = _traffic({"A": 0.5, "B": 0.5})
+    failing = [RequestObs("A", f"x{i}", True, None) for i in range(300)]
+    # B's failing users were never recorded: B is short of units and shows no failure at all.
+    a = assess("A", {"A": 1, "B": 1}, requests + failing, feedback, [])
+    assert not a.trustworthy
+    assert a.srm_cause is not None and "not be recorded" in a.srm_cause
+
+
+def test_no_feedback_for_a_candidate_is_not_enough_data() -> None:
+    requests, feedback = _traffic({"A": 0.5, "B": 0.5})
+    a = assess("A", {"A": 1, "B": 1}, requests, [f for f in feedback if f.variant == "A"], [])
+    assert a.primary[0].p_value is None and not a.primary[0].better
+    assert "not enough data" in a.verdict
