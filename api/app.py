@@ -100,6 +100,7 @@ def create_app(
             app.state.chooser = chooser if chooser is not None else app.state.ab.router
             app.state.recorder = recorder if recorder is not None else app.state.ab.recorder
             await app.state.ab.warn_if_stale(settings.readiness_timeout_s)
+            app.state.ab.start()
         app.state.drain.install(asyncio.get_running_loop())
         try:
             yield

@@ -92,6 +92,9 @@ class Settings(TorchServeSettings):
     # Admin routes (experiment changes): closed while no token is configured.
     admin_token: SecretStr | None = Field(default=None, description="bearer token; None = closed")
 
+    autopilot_interval_s: PositiveSeconds = Field(
+        default=10.0, description="how often the A/B autopilot looks for new feedback"
+    )
     database_url: str | None = Field(
         default=None, description="the A/B store; default: SQLite under STARRATING_HOME/db"
     )

@@ -14,16 +14,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from api.ab import stats
+from api.ab.assessment import Assessment
+from api.ab.autopilot import assess_experiment, observe
 from api.ab.history import IntervalPoint, interval_history
-from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig
+from api.ab.router import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
 from api.ab.stats import MIXTURE_SD
-from api.ab.store import ExperimentStore, FeedbackRecord
+from api.ab.store import DecisionRecord, ExperimentStatus, ExperimentStore, FeedbackRecord
 
 # Smallest difference worth finding, for "need ~N more feedbacks".
 MIN_EFFECT: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}
@@ -59,6 +62,10 @@ class ComparisonReport(BaseModel):
     metric: Literal["accuracy", "mae"]
     difference: float = Field(description="candidate minus control")
     p_value: float = Field(description="always-valid sequential p-value (mSPRT)")
+    p_value_holm: float | None = Field(
+        description="Holm-adjusted across candidates (the autopilot's, user-clustered, for the "
+        "primary metric); null before the test has enough data"
+    )
     p_value_fixed: float | None = Field(description="fixed-horizon test, for one planned look")
     fixed_test: str
     significant: bool = Field(description="p_value < 0.05")
@@ -85,6 +92,39 @@ class ShadowReport(BaseModel):
     agreement: Interval | None = Field(description="share of shadow stars equal to live stars")
 
 
+class GuardrailReport(BaseModel):
+    candidate: str
+    metric: Literal["error_rate", "latency_p95_ms", "disagreement_rate"]
+    control_value: float | None
+    candidate_value: float | None
+    difference: float | None = Field(description="candidate minus control")
+    p_value: float | None = Field(description="always valid, against 'the increase is the limit'")
+    limit: float = Field(description="the largest tolerated increase over the control")
+    status: Literal["worse", "not_worse", "not_enough_data"]
+
+
+class DecisionReport(BaseModel):
+    """One autopilot decision: applied (mode "on") or what it would do (mode "dry-run")."""
+
+    revision: int = Field(description="the experiment revision it was decided on")
+    at: datetime
+    mode: Literal["on", "dry-run"]
+    action: Literal["ramp", "rollback", "promote"]
+    candidate: str
+    weight_before: float = Field(description="the candidate's share of traffic before")
+    weight_after: float
+    feedbacks: int
+    reason: str
+    numbers: dict[str, float | int | str | None]
+    applied: bool
+
+    @classmethod
+    def of(cls, record: DecisionRecord) -> DecisionReport:
+        return cls.model_validate(
+            {k: v for k, v in record.__dict__.items() if k != "applied_revision"}
+        )
+
+
 class ExperimentReport(BaseModel):
     experiment: str
     revision: int | None
@@ -96,6 +136,15 @@ class ExperimentReport(BaseModel):
     sample_ratio: SampleRatioReport
     shadow: list[ShadowReport]
     verdict: str
+    primary_metric: Literal["accuracy", "mae"] = Field(
+        description="what the autopilot and the trust verdict decide on"
+    )
+    trustworthy: bool = Field(description="false while the split does not follow its weights")
+    srm_cause: str | None = Field(description="the likely cause of a sample-ratio mismatch")
+    guardrails: list[GuardrailReport]
+    status: ExperimentStatus
+    autopilot: AutopilotConfig
+    decisions: list[DecisionReport]
     interval_history: dict[str, list[IntervalPoint]] = Field(
         default_factory=dict,
         description="per candidate: the always-valid 95% interval of the primary metric's "
@@ -194,6 +243,7 @@ def _compare(
         metric=metric,
         difference=sequential.difference,
         p_value=sequential.p_value,
+        p_value_holm=None,  # filled in across candidates by _holm
         p_value_fixed=p_fixed,
         fixed_test=FIXED_TEST[metric],
         significant=significant,
@@ -243,8 +293,35 @@ def _shadow(store: ExperimentStore, experiment: str) -> list[ShadowReport]:
     return reports
 
 
+def _holm(
+    comparisons: Sequence[ComparisonReport], assessment: Assessment, primary_metric: str
+) -> list[ComparisonReport]:
+    """Each comparison with its Holm-adjusted p-value: the assessment's for the primary metric
+    (what the autopilot decides on), else Holm over the report's own sequential p-values."""
+    adjusted: dict[str, dict[str, float]] = {
+        metric: stats.holm({c.candidate: c.p_value for c in comparisons if c.metric == metric})
+        for metric in ("accuracy", "mae")
+    }
+    primary = {
+        r.candidate: r.p_value_holm for r in assessment.primary if r.metric == primary_metric
+    }
+    return [
+        c.model_copy(
+            update={
+                "p_value_holm": primary.get(c.candidate)
+                if c.metric == primary_metric
+                else adjusted[c.metric].get(c.candidate)
+            }
+        )
+        for c in comparisons
+    ]
+
+
 def build_report(
-    store: ExperimentStore, config: ExperimentConfig, revision: int | None
+    store: ExperimentStore,
+    config: ExperimentConfig,
+    revision: int | None,
+    status: ExperimentStatus = "running",
 ) -> ExperimentReport:
     """Everything ``GET /v1/experiment/report`` answers (blocking)."""
     predictions = store.predictions(config.name)
@@ -278,6 +355,9 @@ def build_report(
         share = candidate.weight / weights if weights > 0 else 0.0
         for metric in ("accuracy", "mae"):
             comparisons.append(_compare(metric, control.name, candidate.name, share, pair))
+    assessment = assess_experiment(config, observe(store, config))
+    primary_metric = config.autopilot.primary_metric
+    comparisons = _holm(comparisons, assessment, primary_metric)
 
     srm = _sample_ratio(store, config)
     verdict = stats.verdict(
@@ -304,10 +384,17 @@ def build_report(
         ),
         shadow=_shadow(store, config.name),
         verdict=verdict,
+        primary_metric=primary_metric,
+        trustworthy=assessment.trustworthy,
+        srm_cause=assessment.srm_cause,
+        guardrails=[GuardrailReport.model_validate(g.__dict__) for g in assessment.guardrails],
+        status=status,
+        autopilot=config.autopilot,
+        decisions=[DecisionReport.of(d) for d in store.decisions(config.name)],
         interval_history=interval_history(
             control.name,
             [v.name for v in config.variants[1:]],
             store.feedback_rows(config.name),
-            "accuracy",
+            primary_metric,
         ),
     )

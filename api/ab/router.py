@@ -16,11 +16,13 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.ab.store import ExperimentStore
+from api.ab.assessment import GuardrailLimits
+from api.ab.policy import AutopilotSettings
+from api.ab.store import ExperimentStatus, ExperimentStore
 from api.seams import DEFAULT_VARIANT, Assignment, DefaultChooser
 from serving.torchserve import TorchServeClient
 from starrating.service import NAME_PATTERN, VERSION_PATTERN
@@ -52,8 +54,89 @@ class ShadowConfig(BaseModel):
     sample: float = Field(ge=0, le=1, strict=True, description="share of requests copied to it")
 
 
+_DEFAULT_AUTOPILOT = AutopilotSettings()
+
+
+class GuardrailsConfig(BaseModel):
+    """The largest tolerated increase of each guardrail metric over the control."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float = Field(
+        default=_DEFAULT_AUTOPILOT.limits.error_rate,
+        gt=0,
+        le=1,
+        strict=True,
+        description="failed requests (5xx, timeouts), share of requests",
+    )
+    latency_p95_ms: float = Field(
+        default=_DEFAULT_AUTOPILOT.limits.latency_p95_ms,
+        gt=0,
+        le=600_000,
+        strict=True,
+        description="95th percentile of upstream latency, milliseconds",
+    )
+    disagreement_rate: float = Field(
+        default=_DEFAULT_AUTOPILOT.limits.disagreement_rate,
+        gt=0,
+        le=1,
+        strict=True,
+        description="share of shadow answers that differ from the live answer",
+    )
+
+
+class AutopilotConfig(BaseModel):
+    """How the autopilot may act on the experiment (``off`` by default).
+
+    ``dry-run`` records what it would decide without changing anything; ``on`` applies it:
+    ramp the candidate's weight one step, roll it back to 0, or promote it (TorchServe's
+    default version). Needs exactly one candidate besides the control.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "dry-run", "on"] = "off"
+    primary_metric: Literal["accuracy", "mae"] = _DEFAULT_AUTOPILOT.primary_metric
+    ramp: list[float] = Field(
+        default=list(_DEFAULT_AUTOPILOT.ramp),
+        min_length=1,
+        max_length=20,
+        description="the candidate's traffic share at each step, increasing, each in (0, 1]",
+    )
+    min_feedback: int = Field(
+        default=_DEFAULT_AUTOPILOT.min_feedback,
+        ge=1,
+        le=10_000_000,
+        strict=True,
+        description="feedbacks before the autopilot ramps or promotes",
+    )
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+
+    @model_validator(mode="after")
+    def _increasing_ramp(self) -> Self:
+        if any(not 0 < w <= 1 for w in self.ramp):
+            raise ValueError(f"ramp weights must each be in (0, 1], got {self.ramp}")
+        if any(b <= a for a, b in zip(self.ramp, self.ramp[1:], strict=False)):
+            raise ValueError(f"ramp weights must increase, got {self.ramp}")
+        return self
+
+    def settings(self) -> AutopilotSettings:
+        """The policy's settings (``api.ab.policy``)."""
+        return AutopilotSettings(
+            mode=self.mode,
+            primary_metric=self.primary_metric,
+            ramp=tuple(self.ramp),
+            min_feedback=self.min_feedback,
+            limits=GuardrailLimits(
+                error_rate=self.guardrails.error_rate,
+                latency_p95_ms=self.guardrails.latency_p95_ms,
+                disagreement_rate=self.guardrails.disagreement_rate,
+            ),
+        )
+
+
 class ExperimentConfig(BaseModel):
-    """What ``PUT /v1/experiment`` takes: the split between versions, and a shadow."""
+    """What ``PUT /v1/experiment`` takes: the split between versions, a shadow, an autopilot."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -88,6 +171,7 @@ class ExperimentConfig(BaseModel):
     )
     sticky: bool = Field(default=True, description="a user id always gets the same variant")
     shadow: ShadowConfig | None = None
+    autopilot: AutopilotConfig = Field(default_factory=AutopilotConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -98,7 +182,17 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"variant names {sorted(reserved)} are reserved")
         if sum(v.weight for v in self.variants) <= 0:
             raise ValueError("variant weights must sum to more than 0")
+        if self.autopilot.mode != "off" and len(self.variants) != 2:
+            raise ValueError(
+                f"the autopilot ({self.autopilot.mode}) needs exactly one candidate besides "
+                f"the control, got {len(self.variants)} variants"
+            )
         return self
+
+    @property
+    def candidate(self) -> VariantConfig | None:
+        """The one candidate the autopilot acts on (None without exactly one)."""
+        return self.variants[1] if len(self.variants) == 2 else None
 
     @property
     def control(self) -> VariantConfig:
@@ -166,6 +260,7 @@ class _Split:
     config: ExperimentConfig
     revision: int
     bounds: tuple[float, ...]  # cumulative weights / total: variant i covers [b[i-1], b[i])
+    status: ExperimentStatus = "running"
 
 
 class ExperimentRouter:
@@ -190,18 +285,25 @@ class ExperimentRouter:
     def revision(self) -> int | None:
         return None if self._split is None else self._split.revision
 
-    def update(self, config: ExperimentConfig, revision: int) -> None:
+    @property
+    def status(self) -> ExperimentStatus:
+        """running, promoted or rolled_back (set by the autopilot)."""
+        return "running" if self._split is None else self._split.status
+
+    def update(
+        self, config: ExperimentConfig, revision: int, status: ExperimentStatus = "running"
+    ) -> None:
         """Switch to a new config (one reference swap: requests in flight keep the old one)."""
         total = sum(v.weight for v in config.variants)
         bounds = tuple(w / total for w in accumulate(v.weight for v in config.variants))
-        self._split = _Split(config, revision, bounds)
+        self._split = _Split(config, revision, bounds, status)
 
     def reload(self, store: ExperimentStore) -> bool:
         """Take the store's latest config if it is newer (blocking: call on a worker thread)."""
         latest = store.latest_experiment()
         if latest is None or (self.revision is not None and latest.revision <= self.revision):
             return False
-        self.update(ExperimentConfig.model_validate(latest.config), latest.revision)
+        self.update(ExperimentConfig.model_validate(latest.config), latest.revision, latest.status)
         return True
 
     def choose(self, user_id: str | None, forced_version: str | None) -> Assignment:

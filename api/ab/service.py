@@ -1,19 +1,21 @@
 """The A/B testing parts the gateway wires in, opened together and closed together.
 
 ``ABTesting.open(settings, client)`` opens the store at ``settings.database_url``, gives the
-router the experiment stored there (so weights survive restarts) and builds the recorder. The
-app keeps the bundle on ``app.state.ab``; its router is the app's chooser and its recorder the
-app's recorder.
+router the experiment stored there (so weights survive restarts) and builds the recorder and the
+autopilot. The app keeps the bundle on ``app.state.ab``; its router is the app's chooser and its
+recorder the app's recorder; ``start`` runs the autopilot as a background task of the lifespan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from api.ab.autopilot import Autopilot
 from api.ab.recorder import ExperimentRecorder
 from api.ab.router import (
     ExperimentConfig,
@@ -21,7 +23,7 @@ from api.ab.router import (
     check_versions_ready,
     stale_experiment_reason,
 )
-from api.ab.store import ExperimentStore
+from api.ab.store import DecisionRecord, ExperimentStore
 from api.settings import Settings
 from serving.torchserve import TorchServeClient, TorchServeError
 from starrating.service import STALE_EXPERIMENT
@@ -34,6 +36,8 @@ class ABTesting:
     store: ExperimentStore
     router: ExperimentRouter
     recorder: ExperimentRecorder
+    autopilot: Autopilot
+    _autopilot_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
     def open(
@@ -48,7 +52,13 @@ class ABTesting:
         store = ExperimentStore(settings.database_url)
         router = ExperimentRouter(rng=rng)
         router.reload(store)
-        return cls(store, router, ExperimentRecorder(store, router, client))
+        autopilot = Autopilot(store, router, client, interval_s=settings.autopilot_interval_s)
+        return cls(store, router, ExperimentRecorder(store, router, client), autopilot)
+
+    def start(self) -> None:
+        """Run the autopilot in the background (it acts only on experiments that turn it on)."""
+        if self._autopilot_task is None:
+            self._autopilot_task = asyncio.create_task(self.autopilot.run())
 
     async def set_experiment(self, config: ExperimentConfig) -> int:
         """Check the versions are ready, store the config, and route by it; its revision."""
@@ -58,6 +68,9 @@ class ABTesting:
         )
         self.router.update(config, revision)
         return revision
+
+    async def decisions(self, experiment: str) -> list[DecisionRecord]:
+        return await self.store.run(self.store.decisions, experiment)
 
     async def reload(self) -> None:
         """Pick up a config another replica stored."""
@@ -92,5 +105,9 @@ class ABTesting:
             )
 
     async def aclose(self) -> None:
+        if self._autopilot_task is not None:
+            self._autopilot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._autopilot_task
         await self.recorder.aclose()
         self.store.close()

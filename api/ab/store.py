@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
 
 from sqlalchemy import (
     JSON,
@@ -235,10 +235,11 @@ class ShadowPair:
 class StoredExperiment:
     revision: int
     config: dict[str, Any]
-    status: str = "running"
+    status: ExperimentStatus = "running"
 
 
-EXPERIMENT_STATUSES = ("running", "promoted", "rolled_back")
+ExperimentStatus = Literal["running", "promoted", "rolled_back"]
+EXPERIMENT_STATUSES: tuple[ExperimentStatus, ...] = get_args(ExperimentStatus)
 _STATUS_KEY = "status"
 
 
@@ -276,6 +277,8 @@ class FeedbackRow:
     stars: int
     predicted: int
     at: datetime
+    revision: int | None = None
+    """The experiment revision the prediction was made under."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,9 @@ def _now() -> datetime:
 def _stored_experiment(row: _ExperimentConfig) -> StoredExperiment:
     config = dict(row.config)
     status = config.pop(_STATUS_KEY, "running")
-    return StoredExperiment(row.revision, config, status)
+    if status not in EXPERIMENT_STATUSES:
+        raise ValueError(f"stored experiment revision {row.revision} has status {status!r}")
+    return StoredExperiment(row.revision, config, cast(ExperimentStatus, status))
 
 
 def _aware(at: datetime) -> datetime:
@@ -508,14 +513,16 @@ class ExperimentStore:
                 prediction.version,
             )
 
-    def save_experiment(self, name: str, config: Mapping[str, Any], status: str = "running") -> int:
+    def save_experiment(
+        self, name: str, config: Mapping[str, Any], status: ExperimentStatus = "running"
+    ) -> int:
         """Store a new experiment config; returns its revision (increasing)."""
         with self._session() as session:
             return self._save_experiment(session, name, config, status)
 
     @staticmethod
     def _save_experiment(
-        session: Session, name: str, config: Mapping[str, Any], status: str
+        session: Session, name: str, config: Mapping[str, Any], status: ExperimentStatus
     ) -> int:
         if status not in EXPERIMENT_STATUSES:
             raise ValueError(f"status must be one of {EXPERIMENT_STATUSES}, got {status!r}")
@@ -537,7 +544,7 @@ class ExperimentStore:
         experiment: str,
         decision: DecisionRecord,
         new_config: Mapping[str, Any] | None = None,
-        new_status: str = "running",
+        new_status: ExperimentStatus = "running",
     ) -> DecisionRecord | None:
         """Store a decision and, for an applied one, the experiment revision it makes, in one
         transaction. Idempotent: a decision already stored for the same experiment revision,
@@ -767,14 +774,15 @@ class ExperimentStore:
                     _Prediction.stars,
                     _Feedback.item,
                     _Feedback.created_at,
+                    _Prediction.revision,
                 )
                 .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
                 .where(_Prediction.experiment == experiment)
                 .order_by(_Feedback.id)
             ).all()
         return [
-            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
-            for variant, h, rid, stars, predicted, item, at in rows
+            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at), revision)
+            for variant, h, rid, stars, predicted, item, at, revision in rows
         ]
 
     def shadow_rows(self, experiment: str) -> list[ShadowRow]:
@@ -803,6 +811,18 @@ class ExperimentStore:
                 .where(_Prediction.experiment == experiment)
             )
         return int(n or 0)
+
+    def activity(self, experiment: str) -> tuple[int, int]:
+        """(feedbacks, requests answered or failed) of ``experiment``: what changes when there
+        is something new to assess."""
+        with self._session() as session:
+            answered = session.scalar(
+                select(func.count()).where(_Prediction.experiment == experiment)
+            )
+            failed = session.scalar(
+                select(func.count()).where(_FailedPrediction.experiment == experiment)
+            )
+        return self.feedback_count(experiment), int(answered or 0) + int(failed or 0)
 
     def decisions(self, experiment: str) -> list[DecisionRecord]:
         """The autopilot's decisions on ``experiment``, oldest first."""

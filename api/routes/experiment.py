@@ -2,7 +2,9 @@
 
 ``PUT`` needs the admin token (``AdminDep``: 401 without it, 403 when wrong or when no token is
 configured). A new config is checked against TorchServe (every version registered and ready)
-before it is stored and routed by.
+before it is stored and routed by; it starts a new experiment revision with status ``running``.
+``GET`` shows the split with its ``autopilot`` settings, ``status`` and the autopilot's
+``decisions``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
-from api.ab.report import ExperimentReport, build_report
+from api.ab.report import DecisionReport, ExperimentReport, build_report
 from api.ab.router import ExperimentConfig, ExperimentNotReady
 from api.ab.service import ABTesting
+from api.ab.store import ExperimentStatus
 from api.deps import AdminDep
 from api.errors import ApiError, InvalidInput, NotReady
 from api.schemas import error_responses
@@ -29,7 +32,11 @@ class NoExperiment(ApiError):
 
 
 class ExperimentResponse(ExperimentConfig):
-    revision: int = Field(description="increases with every change")
+    revision: int = Field(description="increases with every change (the autopilot's too)")
+    status: ExperimentStatus = Field(
+        description="running; promoted or rolled_back once the autopilot ended it"
+    )
+    decisions: list[DecisionReport] = Field(description="the autopilot's, oldest first")
 
 
 def get_ab(request: Request) -> ABTesting:
@@ -51,6 +58,14 @@ async def current_experiment(ab: ABTesting) -> tuple[ExperimentConfig, int]:
     return config, revision
 
 
+async def _response(ab: ABTesting, config: ExperimentConfig, revision: int) -> ExperimentResponse:
+    decisions = [DecisionReport.of(d) for d in await ab.decisions(config.name)]
+    status = ab.router.status if ab.router.revision == revision else "running"
+    return ExperimentResponse(
+        **config.model_dump(), revision=revision, status=status, decisions=decisions
+    )
+
+
 @router.get(
     "/experiment",
     response_model=ExperimentResponse,
@@ -59,7 +74,7 @@ async def current_experiment(ab: ABTesting) -> tuple[ExperimentConfig, int]:
 )
 async def get_experiment(ab: ABDep) -> ExperimentResponse:
     config, revision = await current_experiment(ab)
-    return ExperimentResponse(**config.model_dump(), revision=revision)
+    return await _response(ab, config, revision)
 
 
 @router.put(
@@ -74,7 +89,7 @@ async def put_experiment(config: ExperimentConfig, ab: ABDep) -> ExperimentRespo
         revision = await ab.set_experiment(config)
     except ExperimentNotReady as exc:
         raise InvalidInput(str(exc)) from exc
-    return ExperimentResponse(**config.model_dump(), revision=revision)
+    return await _response(ab, config, revision)
 
 
 @router.get(
@@ -85,4 +100,5 @@ async def put_experiment(config: ExperimentConfig, ab: ABDep) -> ExperimentRespo
 )
 async def get_report(ab: ABDep) -> ExperimentReport:
     config, revision = await current_experiment(ab)
-    return await asyncio.to_thread(build_report, ab.store, config, revision)
+    status = ab.router.status
+    return await asyncio.to_thread(build_report, ab.store, config, revision, status)

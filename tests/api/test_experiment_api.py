@@ -35,6 +35,14 @@ SPLIT = {
     "sticky": True,
     "shadow": None,
 }
+AUTOPILOT_OFF = {
+    "mode": "off",
+    "primary_metric": "accuracy",
+    "ramp": [0.05, 0.1, 0.25, 0.5],
+    "min_feedback": 200,
+    "guardrails": {"error_rate": 0.01, "latency_p95_ms": 50.0, "disagreement_rate": 0.2},
+}
+SHOWN = {**SPLIT, "autopilot": AUTOPILOT_OFF, "revision": 1, "status": "running", "decisions": []}
 
 
 @pytest.fixture
@@ -119,7 +127,7 @@ def test_put_is_closed_without_a_configured_token(open_gateway: GatewayFactory) 
 def test_put_then_get_returns_the_split_with_a_revision(gateway: TestClient) -> None:
     got = gateway.get("/v1/experiment")
     assert got.status_code == 200
-    assert got.json() == {**SPLIT, "revision": 1}
+    assert got.json() == SHOWN
     changed = {**SPLIT, "variants": [{**SPLIT["variants"][0], "weight": 0.9}, SPLIT["variants"][1]]}  # type: ignore[index]
     put = gateway.put("/v1/experiment", json=changed, headers=AUTH)
     assert put.json()["revision"] == 2
@@ -138,6 +146,63 @@ def test_put_refuses_versions_torchserve_cannot_serve(
     assert response.status_code == 422
     assert "no ready worker" in response.json()["error"]["message"]
     assert gateway.get("/v1/experiment").json()["revision"] == 1
+
+
+@pytest.mark.parametrize(
+    ("autopilot", "message"),
+    [
+        ({"mode": "auto"}, "Input should be 'off', 'dry-run' or 'on'"),
+        ({"mode": "on", "ramp": [0.1, 0.05]}, "ramp weights must increase"),
+        ({"mode": "on", "ramp": [0.5, 1.5]}, "ramp weights must each be in (0, 1]"),
+        ({"mode": "on", "ramp": []}, "at least 1 item"),
+        ({"mode": "on", "min_feedback": "50"}, "Input should be a valid integer"),
+        ({"mode": "on", "min_feedback": 0}, "greater than or equal to 1"),
+        ({"mode": "on", "primary_metric": "f1"}, "'accuracy' or 'mae'"),
+        ({"mode": "on", "guardrails": {"error_rate": -0.1}}, "greater than 0"),
+        ({"mode": "on", "guardrails": {"latency": 5}}, "Extra inputs are not permitted"),
+        ({"mode": "on", "when": "now"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_put_refuses_bad_autopilot_settings_with_a_clear_422(
+    gateway: TestClient, autopilot: dict[str, Any], message: str
+) -> None:
+    response = gateway.put("/v1/experiment", json={**SPLIT, "autopilot": autopilot}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert message in response.text
+    assert gateway.get("/v1/experiment").json()["autopilot"]["mode"] == "off"
+
+
+def test_the_autopilot_needs_exactly_one_candidate(gateway: TestClient) -> None:
+    variants: list[Any] = [*SPLIT["variants"], {"name": "C", "version": "2.0", "weight": 0.1}]  # type: ignore[misc]
+    three = {**SPLIT, "variants": variants, "autopilot": {"mode": "dry-run"}}
+    response = gateway.put("/v1/experiment", json=three, headers=AUTH)
+    assert response.status_code == 422
+    assert "needs exactly one candidate besides the control, got 3" in response.text
+    # Off, several candidates are fine as before.
+    three["autopilot"] = {"mode": "off"}
+    assert gateway.put("/v1/experiment", json=three, headers=AUTH).status_code == 200
+
+
+def test_put_autopilot_settings_are_shown_by_get_and_survive_a_restart(
+    open_gateway: GatewayFactory, gateway: TestClient
+) -> None:
+    settings = {
+        "mode": "dry-run",
+        "primary_metric": "mae",
+        "ramp": [0.1, 0.3],
+        "min_feedback": 50,
+        "guardrails": {"error_rate": 0.02, "latency_p95_ms": 20.0, "disagreement_rate": 0.3},
+    }
+    put = gateway.put("/v1/experiment", json={**SPLIT, "autopilot": settings}, headers=AUTH)
+    assert put.status_code == 200, put.text
+    assert put.json()["autopilot"] == settings
+    shown = open_gateway().get("/v1/experiment").json()
+    assert (shown["autopilot"], shown["status"], shown["decisions"]) == (settings, "running", [])
+    # Settings left out take the defaults.
+    partial = gateway.put(
+        "/v1/experiment", json={**SPLIT, "autopilot": {"mode": "on"}}, headers=AUTH
+    ).json()
+    assert partial["autopilot"] == {**AUTOPILOT_OFF, "mode": "on"}
 
 
 def test_put_refuses_malformed_splits(gateway: TestClient) -> None:
@@ -177,7 +242,7 @@ def test_split_and_weights_survive_a_gateway_restart(
     users = [f"u{i}" for i in range(40)]
     before = [_predict(gateway, "good", u)["variant"] for u in users]
     restarted = open_gateway()  # same database, new app
-    assert restarted.get("/v1/experiment").json() == {**SPLIT, "revision": 1}
+    assert restarted.get("/v1/experiment").json() == SHOWN
     assert [_predict(restarted, "good", u)["variant"] for u in users] == before
 
 

@@ -360,7 +360,7 @@ def test_experiment_status_is_stored_with_the_revision_and_kept_out_of_the_confi
     assert latest is not None
     assert latest.status == "rolled_back" and "status" not in latest.config
     with pytest.raises(ValueError, match="status must be one of"):
-        store.save_experiment("exp", {"name": "exp"}, status="paused")
+        store.save_experiment("exp", {"name": "exp"}, status="paused")  # type: ignore[arg-type]
     store.close()
 
 

@@ -1,0 +1,257 @@
+"""The A/B autopilot: reads the experiment from the store, asks the policy, applies its decision.
+
+A background task of the gateway's lifespan (``Autopilot.run``), never on a request's path. Every
+``interval_s`` it looks whether feedback or requests arrived since its last look (debounce: at
+most one assessment per interval, and none while nothing changed); if so, and if it holds the
+store's lease (one replica decides at a time), it builds the observations from the store, runs
+``api.ab.assessment.assess`` and ``api.ab.policy.decide`` and acts on the first decision:
+
+- **ramp**: a new experiment revision with the candidate's weight raised one step (the control
+  gets the rest);
+- **rollback**: the candidate's weight 0 at once, status ``rolled_back``;
+- **promote**: TorchServe's default version set to the candidate's (``set-default``), then the
+  experiment ended with all traffic on the candidate, status ``promoted``; the control stays
+  registered.
+
+In ``dry-run`` the decision is only stored (``applied`` false). Each decision is stored with its
+reason and numbers (idempotent: keyed by experiment revision, action and mode), counted in
+``starrating_ab_autopilot_decisions_total`` and logged as one JSON line (never review text).
+State lives in the store, so it survives a restart and is shared by replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from api.ab import metrics as m
+from api.ab.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from api.ab.policy import Decision, decide
+from api.ab.router import ExperimentConfig, ExperimentRouter
+from api.ab.store import DecisionRecord, ExperimentStatus, ExperimentStore
+from serving.torchserve import TorchServeClient
+
+logger = logging.getLogger(__name__)
+
+LEASE = "autopilot"
+ACTION_STATUS: dict[str, ExperimentStatus] = {
+    "ramp": "running",
+    "rollback": "rolled_back",
+    "promote": "promoted",
+}
+"""The experiment's status after each action is applied."""
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the assessment reads, taken from the store in one go (blocking)."""
+
+    weights: dict[str, float]
+    """Expected units per variant summed over the revisions (weights changed while ramping)."""
+    shares: dict[str, float]
+    """The traffic share of each variant in the revision in force."""
+    requests: list[RequestObs]
+    feedback: list[FeedbackObs]
+    shadows: list[ShadowObs]
+    feedbacks_since_change: int
+    """Feedback on predictions made since the weights last changed (the ramp waits for it)."""
+
+
+def traffic_shares(config: ExperimentConfig) -> dict[str, float]:
+    total = sum(v.weight for v in config.variants)
+    return {v.name: v.weight / total for v in config.variants}
+
+
+def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
+    """The experiment's requests (answered and failed), feedback and shadow answers (blocking)."""
+    name = config.name
+    variants = [v.name for v in config.variants]
+    expected = dict.fromkeys(variants, 0.0)
+    weights_by_revision = store.experiment_weights(name)
+    for revision, assigned in store.assigned_units(name).items():
+        weights = weights_by_revision.get(revision, {})
+        total_weight = sum(weights.get(v, 0.0) for v in variants)
+        units = sum(n for v, n in assigned.items() if v in expected)
+        for variant in variants:
+            if total_weight > 0:
+                expected[variant] += units * weights.get(variant, 0.0) / total_weight
+    shares = traffic_shares(config)
+    if sum(expected.values()) <= 0:
+        expected = shares
+    requests = [
+        RequestObs(
+            r.variant, r.unit, r.failed, None if r.latency_s is None else r.latency_s * 1000.0
+        )
+        for r in store.request_rows(name)
+    ]
+    rows = store.feedback_rows(name)
+    feedback = [FeedbackObs(f.variant, f.unit, f.stars, f.predicted, f.at) for f in rows]
+    shadows = [ShadowObs(s.version, s.unit, s.disagree) for s in store.shadow_rows(name)]
+    # The earliest revision from which on the weights are those in force.
+    revisions = sorted(weights_by_revision, reverse=True)
+    changed_at = revisions[0] if revisions else 0
+    for revision in revisions:
+        if weights_by_revision[revision] != weights_by_revision[revisions[0]]:
+            break
+        changed_at = revision
+    since = sum(1 for f in rows if f.revision is not None and f.revision >= changed_at)
+    return Observations(expected, shares, requests, feedback, shadows, since)
+
+
+def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessment:
+    """``assess`` with the experiment's own settings."""
+    settings = config.autopilot.settings()
+    return assess(
+        config.control.name,
+        seen.weights,
+        seen.requests,
+        seen.feedback,
+        seen.shadows,
+        primary_metric=settings.primary_metric,
+        limits=settings.limits,
+        shadow_versions={v.name: v.version for v in config.variants},
+    )
+
+
+def applied_config(config: ExperimentConfig, decision: Decision) -> ExperimentConfig:
+    """The experiment after ``decision``: the candidate at ``weight_after``, control the rest."""
+    weights = {config.control.name: 1.0 - decision.weight_after}
+    weights[decision.candidate] = decision.weight_after
+    variants = [
+        v.model_copy(update={"weight": round(weights.get(v.name, 0.0), 12)})
+        for v in config.variants
+    ]
+    return config.model_copy(update={"variants": variants})
+
+
+def _jsonable(numbers: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, (int, float, str)) or v is None else str(v)
+        for k, v in numbers.items()
+    }
+
+
+class Autopilot:
+    """Runs the policy on the experiment in force and applies (or, dry-run, records) it."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        router: ExperimentRouter,
+        client: TorchServeClient,
+        *,
+        interval_s: float = 10.0,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.client = client
+        self.interval_s = interval_s
+        # A lease outlives a few missed looks, so a replica that stalls briefly keeps it.
+        self.lease_ttl_s = max(3 * interval_s, 5.0)
+        self.owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._seen: tuple[int, int, int] | None = None
+
+    async def run(self) -> None:
+        """Look every ``interval_s`` until cancelled; a failing look is logged, not fatal."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("the autopilot's look at the experiment failed")
+
+    async def step(self) -> list[DecisionRecord]:
+        """One look: the decisions stored by it (empty when nothing was decided)."""
+        await self.store.run(self.router.reload, self.store)
+        config, revision = self.router.config, self.router.revision
+        if config is None or revision is None or config.autopilot.mode == "off":
+            return []
+        if self.router.status != "running" or config.candidate is None:
+            return []
+        activity = await self.store.run(self.store.activity, config.name)
+        if (revision, *activity) == self._seen:
+            return []  # nothing new since the last look
+        if not await self.store.run(self.store.acquire_lease, LEASE, self.owner, self.lease_ttl_s):
+            return []  # another replica decides
+        seen = await self.store.run(observe, self.store, config)
+        assessment = await asyncio.to_thread(assess_experiment, config, seen)
+        feedbacks = len(seen.feedback)
+        decisions = decide(
+            assessment, config.autopilot.settings(), seen.shares, seen.feedbacks_since_change
+        )
+        self._seen = (revision, *activity)
+        if not decisions:
+            return []
+        # Rollback before promote before ramp: the first is the one that counts; the others
+        # are decided afresh on the next revision.
+        stored = await self._apply(config, revision, decisions[0], feedbacks)
+        return [] if stored is None else [stored]
+
+    async def _apply(
+        self, config: ExperimentConfig, revision: int, decision: Decision, feedbacks: int
+    ) -> DecisionRecord | None:
+        mode = config.autopilot.mode
+        apply = mode == "on"
+        record = DecisionRecord(
+            revision=revision,
+            at=datetime.now(UTC),
+            mode=mode,
+            action=decision.action,
+            candidate=decision.candidate,
+            weight_before=decision.weight_before,
+            weight_after=decision.weight_after,
+            feedbacks=feedbacks,
+            reason=decision.reason,
+            numbers=_jsonable(decision.numbers),
+            applied=apply,
+        )
+        new_config: ExperimentConfig | None = None
+        if apply:
+            new_config = applied_config(config, decision)
+            if decision.action == "promote":
+                # Before the record: if set-default fails nothing is stored and the next look
+                # tries again; set-default twice is harmless.
+                candidate = next(v for v in config.variants if v.name == decision.candidate)
+                await self.client.set_default(candidate.version)
+        stored = await self.store.run(
+            self.store.record_decision,
+            config.name,
+            record,
+            None if new_config is None else new_config.model_dump(mode="json"),
+            ACTION_STATUS[decision.action] if apply else "running",
+        )
+        if stored is None:
+            return None  # already decided on this revision (by us or another replica)
+        if new_config is not None and stored.applied_revision is not None:
+            self.router.update(new_config, stored.applied_revision, ACTION_STATUS[decision.action])
+        m.AB_DECISIONS.labels(action=decision.action, mode=mode).inc()
+        logger.info(
+            "autopilot %s %s: %s",
+            "applied" if apply else "would apply (dry-run)",
+            decision.action,
+            decision.reason,
+            extra={
+                "fields": {
+                    "experiment": config.name,
+                    "revision": revision,
+                    "applied_revision": stored.applied_revision,
+                    "mode": mode,
+                    "action": decision.action,
+                    "candidate": decision.candidate,
+                    "weight_before": decision.weight_before,
+                    "weight_after": decision.weight_after,
+                    "feedbacks": feedbacks,
+                    "numbers": record.numbers,
+                }
+            },
+        )
+        return stored
