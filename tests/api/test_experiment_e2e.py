@@ -10,11 +10,13 @@ import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.ab.store import DecisionRecord, ExperimentStore
 from serving.supervisor import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
@@ -123,7 +125,12 @@ def test_dashboard_shows_variants_numbers_and_verdict_in_chromium(experiment: Ex
 
     chromium = shutil.which("chromium")
     assert chromium, "Chromium is missing: apt-get install -y chromium (.ci/run does)"
-    report = experiment.report
+    # Two autopilot decisions as the autopilot stores them (dry run: nothing moves), taken at
+    # looks inside the interval's history, so the chart must mark them where they happened.
+    history = experiment.report["interval_history"]["candidate"]
+    seeded = seed_decisions(experiment.live, [history[len(history) // 3], history[-1]])
+    report = experiment.live.http.get("/v1/experiment/report").json()
+    assert [d["action"] for d in report["decisions"]] == ["ramp", "promote"]
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -136,12 +143,34 @@ def test_dashboard_shows_variants_numbers_and_verdict_in_chromium(experiment: Ex
             page.goto(f"{experiment.live.url}/dashboard")
             # Waits through Playwright's own world: the page's CSP forbids evaluating strings.
             expect(page.locator("#verdict")).to_contain_text(" is better than ", timeout=20_000)
+            expect(page.locator("svg.history-chart g.decision")).to_have_count(2)
             verdict = page.text_content("#verdict")
             rows = page.locator("#variants tbody tr").all_inner_texts()
             comparisons = page.locator("#comparisons tbody tr").all_inner_texts()
             experiment_name = page.text_content("#experiment")
             charts = page.locator("main svg").count()
+            history_charts = page.locator("svg.history-chart")
+            chart_candidates = [
+                history_charts.nth(i).get_attribute("data-candidate")
+                for i in range(history_charts.count())
+            ]
+            bands = page.locator("svg.history-chart polygon.band").count()
+            band = page.locator("svg.history-chart polygon.band").get_attribute("points")
+            line = page.locator("svg.history-chart polyline.difference").get_attribute("points")
+            markers = page.locator("svg.history-chart g.decision")
+            marker_classes = [markers.nth(i).get_attribute("class") for i in range(2)]
+            marker_titles = [markers.nth(i).locator("title").text_content() for i in range(2)]
+            guardrail_rows = page.locator("#guardrails tbody tr").all_inner_texts()
+            decisions_listed = page.locator("#decisions li").all_inner_texts()
+            autopilot = page.text_content("#autopilot-status")
+            banner_hidden = page.locator("#trust-banner").is_hidden()
             page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+            # The README's picture: the interval over time, the autopilot and the guardrails.
+            page.screenshot(
+                path=str(artifacts / "dashboard-autopilot.png"),
+                full_page=True,
+                clip={"x": 0, "y": 0, "width": 1280, "height": 1100},
+            )
         finally:
             browser.close()
 
@@ -153,7 +182,74 @@ def test_dashboard_shows_variants_numbers_and_verdict_in_chromium(experiment: Ex
     assert rows[1].split("\t")[:4] == ["candidate", "2.0", "0.70", str(candidate["requests"])]
     assert f"{candidate['accuracy']['value']:.3f}" in rows[1]
     assert any(row.startswith("candidate vs control\taccuracy") for row in comparisons)
-    assert charts == 5  # traffic, accuracy, MAE, latency, stars
+    assert charts == 6  # the interval over time, traffic, accuracy, MAE, latency, stars
+
+    # The interval over time: one chart and band per candidate, a point per look in the report.
+    assert chart_candidates == ["candidate"] and bands == 1
+    looks = report["interval_history"]["candidate"]
+    assert len(looks) >= 100  # 300 feedbacks, a look each once both arms have the burn-in
+    assert band is not None and line is not None
+    assert len(line.split()) == len(looks) and len(band.split()) == 2 * len(looks)
+    # The band narrows: its height in pixels at the first look exceeds that at the last.
+    corners = [tuple(map(float, xy.split(","))) for xy in band.split()]
+    upper, lower = corners[: len(looks)], corners[len(looks) :][::-1]
+    first_height, last_height = lower[0][1] - upper[0][1], lower[-1][1] - upper[-1][1]
+    assert first_height > 1.5 * last_height > 0
+    first, last = looks[0], looks[-1]
+    assert first["high"] - first["low"] > 1.5 * (last["high"] - last["low"])
+    # Decision markers by action, each saying why.
+    assert marker_classes == ["decision decision-ramp", "decision decision-promote"]
+    for title, decision in zip(marker_titles, seeded, strict=True):
+        assert title is not None and decision.reason in title
+        assert f"at {decision.feedbacks} feedbacks" in title and "(dry run)" in title
+    assert len(decisions_listed) == 2 and "promote" in decisions_listed[1]
+    assert autopilot is not None and autopilot.startswith("experiment running")
+
+    # Guardrails: a row per candidate and metric with its status; trusted, so no banner.
+    assert len(guardrail_rows) == len(report["guardrails"]) >= 2
+    for row, guardrail in zip(guardrail_rows, report["guardrails"], strict=True):
+        assert row.startswith(guardrail["candidate"])
+        assert row.endswith(guardrail["status"].replace("_", " "))
+    assert report["trustworthy"] is True and banner_hidden
+    shutil.copyfile(
+        artifacts / "dashboard-autopilot.png", REPO / "docs" / "dashboard-autopilot.png"
+    )
+
+
+def seed_decisions(live: LiveGateway, looks: list[dict[str, Any]]) -> list[DecisionRecord]:
+    """Store a dry-run ramp and promote through the store API, at the given looks."""
+    store = ExperimentStore(f"sqlite:///{live.torchserve.paths.home / 'db' / 'starrating.db'}")
+    try:
+        revision = store.latest_experiment()
+        assert revision is not None
+        decisions = [
+            DecisionRecord(
+                revision=revision.revision,
+                at=datetime.fromisoformat(look["at"]),
+                mode="dry-run",
+                action=action,
+                candidate="candidate",
+                weight_before=before,
+                weight_after=after,
+                feedbacks=look["feedbacks"],
+                reason=reason,
+                numbers={"difference": look["difference"], "low": look["low"]},
+                applied=False,
+            )
+            for look, (action, before, after, reason) in zip(
+                looks,
+                [
+                    ("ramp", 0.7, 0.75, "no guardrail worse and the split follows the weights"),
+                    ("promote", 0.75, 1.0, "accuracy significantly better, no guardrail worse"),
+                ],
+                strict=True,
+            )
+        ]
+        for decision in decisions:
+            assert store.record_decision(str(SPLIT["name"]), decision) is not None
+        return decisions
+    finally:
+        store.close()
 
 
 def test_acknowledged_feedback_survives_kill_9_of_the_gateway(experiment: Experiment) -> None:
