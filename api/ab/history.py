@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from api.ab import stats
+from api.ab.assessment import primary_values
 from api.ab.store import FeedbackRow
 
 # At most this many looks per candidate: enough for a smooth line, small enough for the report.
@@ -34,14 +35,6 @@ class IntervalPoint(BaseModel):
     difference: float = Field(description="candidate minus control in the primary metric")
     low: float = Field(description="always-valid 95% interval")
     high: float
-
-
-def metric_values(
-    metric: Literal["accuracy", "mae"], true_stars: np.ndarray, predicted_stars: np.ndarray
-) -> np.ndarray:
-    """Per-feedback values of ``metric``: 1/0 for an exact hit, or the absolute error."""
-    errors = np.abs(predicted_stars.astype(np.float64) - true_stars.astype(np.float64))
-    return (errors == 0).astype(np.float64) if metric == "accuracy" else errors
 
 
 def look_positions(first: int, last: int, max_points: int = MAX_POINTS) -> list[int]:
@@ -72,7 +65,7 @@ def interval_history(
     sequential test, so the last look agrees with the report. A look counts once both arms have
     ``burn_in`` units (the test's burn-in); a candidate with less has an empty list.
     """
-    values = metric_values(
+    values = primary_values(
         metric,
         np.array([f.stars for f in feedback], dtype=np.int64),
         np.array([f.predicted for f in feedback], dtype=np.int64),
