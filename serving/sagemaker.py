@@ -9,7 +9,8 @@ answers /ping and /invocations on port 8080.
 
 ``plan_endpoint`` and ``update_weights_request`` build the exact API requests (boto3 names) and
 do nothing else; ``apply_endpoint_plan`` and ``apply_update_weights`` send them with a boto3
-client, so a dry run prints precisely what a real run sends.
+client, so a dry run prints precisely what a real run sends. ``apply_decision`` drives an
+endpoint's weights from the A/B autopilot's decisions (the same policy as the gateway's split).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starrating.aws import (
     SageMakerConfigError,
@@ -235,6 +236,58 @@ def update_weights_request(endpoint_name: str, weights: Mapping[str, float]) -> 
 
 def apply_update_weights(request: Mapping[str, Any], sagemaker_client: Any) -> None:
     sagemaker_client.update_endpoint_weights_and_capacities(**request)
+
+
+class WeightDecision(Protocol):
+    """What the A/B autopilot decided (``api.ab.policy.Decision`` is one): the candidate's new
+    share of traffic (0 for a rollback, 1 for a promotion)."""
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def weight_after(self) -> float: ...
+
+
+def decision_weights_request(
+    endpoint_name: str, decision: WeightDecision, control_version: str, candidate_version: str
+) -> dict[str, Any]:
+    """The UpdateEndpointWeightsAndCapacities request that applies an autopilot decision to an
+    endpoint whose variants are ``variant_name(control_version)`` and
+    ``variant_name(candidate_version)``: the candidate at ``weight_after``, the control the rest
+    (so a rollback sends everything to the control and a promotion everything to the
+    candidate)."""
+    if not 0.0 <= decision.weight_after <= 1.0:
+        raise SageMakerConfigError(
+            f"a decision's weight must be in [0, 1], got {decision.weight_after}"
+        )
+    if control_version == candidate_version:
+        raise SageMakerConfigError(f"control and candidate are both version {control_version}")
+    weights = {
+        control_version: 1.0 - decision.weight_after,
+        candidate_version: decision.weight_after,
+    }
+    return update_weights_request(endpoint_name, weights)
+
+
+def apply_decision(
+    decision: WeightDecision,
+    endpoint_name: str,
+    control_version: str,
+    candidate_version: str,
+    sagemaker_client: Any,
+) -> dict[str, Any]:
+    """Send the decision's weights to the endpoint (boto3's ``sagemaker`` client); the request
+    sent. SageMaker shifts traffic without redeploying either variant."""
+    request = decision_weights_request(endpoint_name, decision, control_version, candidate_version)
+    apply_update_weights(request, sagemaker_client)
+    logger.info(
+        "autopilot %s applied to SageMaker endpoint %s: %s",
+        decision.action,
+        endpoint_name,
+        request["DesiredWeightsAndCapacities"],
+    )
+    return request
 
 
 def parse_weights(pairs: Sequence[str]) -> dict[str, float]:

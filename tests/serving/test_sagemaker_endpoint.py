@@ -14,8 +14,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from api.ab.policy import Decision
 from serving.sagemaker import (
     EndpointSpec,
+    apply_decision,
     apply_endpoint_plan,
     apply_update_weights,
     parse_weights,
@@ -220,3 +222,48 @@ def test_missing_archive_and_bad_names_are_refused(model_store: Path) -> None:
     long_name = "a" * 40  # fits an endpoint, not the model names derived from it
     with pytest.raises(SageMakerConfigError, match="model name"):
         plan_endpoint(endpoint(model_store, endpoint_name=long_name), CREATED)
+
+
+def _decision(action: str, before: float, after: float) -> Decision:
+    return Decision(action, "candidate", before, after, "test", {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("decision", "weights"),
+    [
+        (_decision("ramp", 0.1, 0.25), (0.75, 0.25)),
+        (_decision("rollback", 0.25, 0.0), (1.0, 0.0)),
+        (_decision("promote", 0.5, 1.0), (0.0, 1.0)),
+    ],
+)
+def test_autopilot_decisions_set_the_endpoint_variant_weights(
+    clients: tuple[Any, Any, Stubber, Stubber],
+    decision: Decision,
+    weights: tuple[float, float],
+) -> None:
+    sagemaker, _, sagemaker_stub, _ = clients
+    expected = {
+        "EndpointName": "starrating-ab",
+        "DesiredWeightsAndCapacities": [
+            {"VariantName": "stars-1-0", "DesiredWeight": weights[0]},
+            {"VariantName": "stars-2-0", "DesiredWeight": weights[1]},
+        ],
+    }
+    sagemaker_stub.add_response(
+        "update_endpoint_weights_and_capacities",
+        {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/starrating-ab"},
+        expected_params=expected,
+    )
+    sent = apply_decision(decision, "starrating-ab", "1.0", "2.0", sagemaker)
+    assert sent == expected
+    sagemaker_stub.assert_no_pending_responses()
+
+
+def test_a_decision_for_a_bad_endpoint_is_refused_before_any_call(
+    clients: tuple[Any, Any, Stubber, Stubber],
+) -> None:
+    sagemaker = clients[0]  # the stubber has no response queued: any call would fail loudly
+    with pytest.raises(SageMakerConfigError, match="not a valid SageMaker name"):
+        apply_decision(_decision("ramp", 0.1, 0.5), "bad_name", "1.0", "2.0", sagemaker)
+    with pytest.raises(SageMakerConfigError, match=r"both version 1\.0"):
+        apply_decision(_decision("ramp", 0.1, 0.5), "starrating-ab", "1.0", "1.0", sagemaker)
