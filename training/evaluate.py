@@ -197,16 +197,28 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_reliability(
-    predictions: Predictions, temperature: float, path: Path, bins: int = 10
+    predictions: Predictions,
+    temperature: float,
+    path: Path,
+    bins: int = 10,
+    *,
+    fitted: float | None = None,
 ) -> Path:
-    """Confidence against accuracy per bin, before and after temperature scaling."""
+    """Confidence against accuracy per bin, before and after temperature scaling. ``fitted``:
+    a temperature fitted on validation but not kept (it did not help on held-out folds), drawn
+    too so the reader sees what it would have done."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     edges = np.linspace(0, 1, bins + 1)
-    for t, label in ((1.0, "before"), (temperature, f"after (T={temperature:.2f})")):
+    curves = [(1.0, "T = 1" if temperature == 1.0 else "before")]
+    if temperature != 1.0:
+        curves.append((temperature, f"after (T={temperature:.2f})"))
+    if fitted is not None and fitted != temperature:
+        curves.append((fitted, f"fitted, not kept (T={fitted:.2f})"))
+    for t, label in curves:
         probs = probabilities(predictions.logits, t)
         confidence = probs.max(axis=1)
         correct = probs.argmax(axis=1) == predictions.labels
@@ -217,7 +229,8 @@ def plot_reliability(
             if (which == b).any()
         ]
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o", label=label)
+        style = "-" if t in (1.0, temperature) else ":"
+        ax.plot(xs, ys, marker="o", linestyle=style, label=label)
     ax.set(xlabel="confidence", ylabel="accuracy", title="calibration", xlim=(0, 1), ylim=(0, 1))
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """The report of a finished training run, written by rank 0 once the steps are over.
 
-``summarise_run`` calibrates on the validation split and evaluates the final split (test where
-there is one); ``save_run`` writes the model and the results into the run directory,
-``plot_run`` the three plots, and ``track_run`` the final metrics, tags and files to MLflow.
+``summarise_run`` calibrates on the validation split (cross-fitted, ``training.calibration``)
+and evaluates the final split (test where there is one); ``save_run`` writes the model and the
+results into the run directory, ``plot_run`` the three plots, and ``track_run`` the final
+metrics, tags and files to MLflow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starrating.artifacts import save_artifacts
 from starrating.labels import STARS
-from training.calibration import fit_temperature
+from training.calibration import CalibrationChoice, choose_temperature
 from training.config import TrainConfig
 from training.data.streaming import split_files
 from training.evaluate import (
@@ -45,6 +46,7 @@ class RunSummary:
     predictions: Predictions  # of the final split
     temperature: float
     summary: dict[str, Any]
+    calibration: CalibrationChoice | None = None
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -63,9 +65,11 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 def summarise_run(
     validation: Predictions, test: Predictions | None, run: dict[str, Any]
 ) -> RunSummary:
-    """Fit the temperature on ``validation`` and evaluate the final split before and after it;
-    ``run`` (rules, steps, time, where it ran) completes the summary."""
-    temperature = fit_temperature(validation.logits, validation.labels)
+    """Choose the temperature on ``validation`` (cross-fitted: T = 1 unless it helps on held-out
+    folds) and evaluate the final split before and after it; ``run`` (rules, steps, time, where
+    it ran) completes the summary."""
+    calibration = choose_temperature(validation.logits, validation.labels)
+    temperature = calibration.temperature
     val_before = evaluate_predictions(validation)
     val_after = evaluate_predictions(validation, temperature)
     split, final = ("test", test) if test is not None else ("validation", validation)
@@ -77,13 +81,14 @@ def summarise_run(
         "ece_before": before["ece"],
         "ece_after": after["ece"],
         "temperature": temperature,
+        "calibration": calibration.to_json(),
         "per_class": after["per_class"],
         "confusion_matrix": after["confusion_matrix"],
         "validation": _headline(val_after)
         | {"ece_before": val_before["ece"], "ece_after": val_after["ece"]},
         **run,
     }
-    return RunSummary(split, final, temperature, summary)
+    return RunSummary(split, final, temperature, summary, calibration)
 
 
 def _split_location(out: Path, split: str) -> Path | None:
@@ -157,7 +162,12 @@ def plot_run(out: Path, result: RunSummary, history: list[dict[str, Any]]) -> li
             f"{result.split} ({result.summary['n']} reviews)",
         ),
         plot_training_curves(history, plots / "training_curves.png"),
-        plot_reliability(result.predictions, result.temperature, plots / "reliability.png"),
+        plot_reliability(
+            result.predictions,
+            result.temperature,
+            plots / "reliability.png",
+            fitted=result.calibration.fitted_temperature if result.calibration else None,
+        ),
     ]
 
 

@@ -66,3 +66,14 @@ def test_plots_are_png_files(tmp_path: Path) -> None:
     for path in (confusion, curves):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(history)
+
+
+def test_reliability_diagram_shows_a_temperature_that_was_not_kept(tmp_path: Path) -> None:
+    from training.evaluate import Predictions, plot_reliability
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    logits = rng.normal(0, 1, size=(200, 5)).astype(np.float32)
+    predictions = Predictions(index=np.arange(200), logits=logits, labels=labels)
+    path = plot_reliability(predictions, 1.0, tmp_path / "plots" / "reliability.png", fitted=1.7)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,3 +41,12 @@ def test_without_a_test_split_validation_is_the_final_split() -> None:
     assert (result.split, result.summary["n"]) == ("validation", 200)
     assert result.predictions is validation
     assert "validation_accuracy" in result.final_metrics
+
+
+def test_the_summary_records_the_cross_fitted_calibration_decision() -> None:
+    validation, test = _predictions(200, seed=0), _predictions(80, seed=1)
+    calibration = summarise_run(validation, test, {}).summary["calibration"]
+    assert calibration["calibrated"] is True and calibration["folds"] == 5
+    assert calibration["heldout_ece_after"] < calibration["heldout_ece_before"]
+    assert calibration["temperature"] == calibration["fitted_temperature"]
+    assert calibration["decision"].startswith("fitted temperature kept")
