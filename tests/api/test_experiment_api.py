@@ -400,6 +400,42 @@ def test_invalid_feedback_is_422(gateway: TestClient, body: dict[str, Any]) -> N
 # -- the report -----------------------------------------------------------------------------
 
 
+def test_the_autopilot_rolls_back_a_failing_candidate_and_the_report_says_why(
+    open_gateway: GatewayFactory, torchserve: FakeTorchServe
+) -> None:
+    gateway = open_gateway(autopilot_interval_s=0.1)
+    autopilot = {"mode": "on", "min_feedback": 60, "ramp": [0.5, 0.8]}
+    put = gateway.put("/v1/experiment", json={**SPLIT, "autopilot": autopilot}, headers=AUTH)
+    assert put.status_code == 200, put.text
+    torchserve.ready["2.0"] = False  # B fails every request from now on
+    for i in range(120):
+        answer = gateway.post("/v1/predictions", json={"text": f"review {i}", "user_id": f"u{i}"})
+        if answer.status_code == 200:
+            gateway.post(
+                "/v1/feedback", json={"request_id": answer.json()["request_id"], "stars": 3}
+            )
+    shown: dict[str, Any] = {}
+    for _ in range(100):
+        shown = gateway.get("/v1/experiment").json()
+        if shown["status"] != "running":
+            break
+        threading.Event().wait(0.1)
+    assert shown["status"] == "rolled_back"
+    assert [v["weight"] for v in shown["variants"]] == [1.0, 0.0]
+    (decision,) = shown["decisions"]
+    assert (decision["action"], decision["mode"], decision["applied"]) == ("rollback", "on", True)
+    assert decision["revision"] == 1 and shown["revision"] == 2
+    assert "error_rate" in decision["reason"]
+    # Users keep getting answers: from the control only.
+    answers = [_predict(gateway, "still here", f"u{i}") for i in range(20)]
+    assert {a["variant"] for a in answers} == {"A"}
+    report = gateway.get("/v1/experiment/report").json()
+    assert report["status"] == "rolled_back" and report["decisions"] == shown["decisions"]
+    error_rate = next(g for g in report["guardrails"] if g["metric"] == "error_rate")
+    assert (error_rate["candidate_value"], error_rate["status"]) == (1.0, "worse")
+    assert _metric(gateway, "starrating_ab_autopilot_decisions_total", action="rollback") >= 1
+
+
 def test_report_names_the_variant_whose_predictions_match_the_feedback(gateway: TestClient) -> None:
     # The fake model rates by text length; users tell A it was right and B it was 2 stars off.
     for i in range(240):
@@ -426,6 +462,27 @@ def test_report_names_the_variant_whose_predictions_match_the_feedback(gateway: 
     assert by_metric["mae"]["fixed_test"] == "Welch t-test"
     assert report["sample_ratio"]["mismatch"] is False
     assert report["verdict"].startswith("B is worse than A on accuracy (p")
+    # What the autopilot reads, shown too (it is off here: no decisions).
+    assert (report["primary_metric"], report["trustworthy"], report["srm_cause"]) == (
+        "accuracy",
+        True,
+        None,
+    )
+    assert by_metric["accuracy"]["p_value_holm"] < 0.05  # the clustered test agrees
+    assert by_metric["mae"]["p_value_holm"] == by_metric["mae"]["p_value"]
+    guardrails = {g["metric"]: g for g in report["guardrails"]}
+    assert set(guardrails) == {"error_rate", "latency_p95_ms"}  # no shadow, no disagreement
+    assert guardrails["error_rate"]["candidate"] == "B"
+    assert (guardrails["error_rate"]["control_value"], guardrails["error_rate"]["limit"]) == (
+        0.0,
+        0.01,
+    )
+    assert guardrails["error_rate"]["status"] in {"not_worse", "not_enough_data"}
+    assert (report["status"], report["autopilot"]["mode"], report["decisions"]) == (
+        "running",
+        "off",
+        [],
+    )
 
 
 def test_report_asks_for_more_data_early(gateway: TestClient) -> None:
