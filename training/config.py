@@ -66,10 +66,8 @@ class TrainConfig:
     train_sharded_per_node: bool = field(
         default=False,
         metadata=_help(
-            "The training split on each node is only that node's part of it (a SageMaker channel "
-            "with ShardedByS3Key): divide it among this node's processes (torchrun's LOCAL_RANK "
-            "of LOCAL_WORLD_SIZE) instead of among all processes. Script mode (train.py) sets it "
-            "from /opt/ml/input/config/inputdataconfig.json."
+            "Each node holds only its own part of the training split (SageMaker ShardedByS3Key): "
+            "divide it among the node's processes, not all (train.py reads inputdataconfig.json)."
         ),
     )
     model: str = field(
@@ -102,6 +100,14 @@ class TrainConfig:
         metadata=_help(
             "Weight of the expected distance in stars added to the cross-entropy "
             "(0 = plain cross-entropy)."
+        ),
+    )
+    soft_labels: bool = field(
+        default=False,
+        metadata=_help(
+            "Train against each review's distribution over stars (the 'distribution' of rows "
+            "prepared from the embedded data: its raters' shares) instead of its one star; rows "
+            "without one count as their star."
         ),
     )
     max_length: int = field(

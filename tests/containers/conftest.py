@@ -8,6 +8,7 @@ to ports published on 127.0.0.1; what sits on the internal network is reached wi
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -65,6 +66,27 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def sagemaker_training_env(
+    hyperparameters: dict[str, str], hosts: list[str], current_host: str
+) -> dict[str, str]:
+    """The SM_* variables SageMaker sets in a training container (channels model, train,
+    validation; no GPU) on instance ``current_host`` of ``hosts``."""
+    return {
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
+        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
+        "SM_CHANNELS": json.dumps(["model", "train", "validation"]),
+        "SM_HPS": json.dumps(hyperparameters),
+        "SM_HOSTS": json.dumps(hosts),
+        "SM_CURRENT_HOST": current_host,
+        "SM_HOST_COUNT": str(len(hosts)),
+        "SM_CURRENT_HOST_RANK": str(hosts.index(current_host)),
+        "SM_NUM_GPUS": "0",
+        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.containers.conftest import docker, wait_for
+from tests.containers.conftest import docker, sagemaker_training_env, wait_for
 from training.metric_lines import METRIC_DEFINITIONS
 
 # The first test to use `images` waits for a cold build (about 8 minutes here).
@@ -54,18 +54,7 @@ def job(root: Path, tiny_model_dir: Path, tiny_data_dir: Path) -> Path:
 
 
 def run_args(ml: Path, image: str, name: str) -> list[str]:
-    env = {
-        "SM_MODEL_DIR": "/opt/ml/model",
-        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
-        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
-        "SM_CHANNELS": json.dumps(["model", "train", "validation"]),
-        "SM_HPS": json.dumps(HYPERPARAMETERS),
-        "SM_HOSTS": json.dumps(["algo-1"]),
-        "SM_CURRENT_HOST": "algo-1",
-        "SM_NUM_GPUS": "0",
-        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
+    env = sagemaker_training_env(HYPERPARAMETERS, ["algo-1"], "algo-1")
     # The SDK's driver reads hyperparameters.json and passes each as `--name value`.
     hyperparameters = json.loads(
         (ml / "input" / "config" / "hyperparameters.json").read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containers.conftest import docker
+from tests.containers.conftest import docker, sagemaker_training_env
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -72,21 +72,9 @@ def node_job(root: Path, host: str, objects: dict[str, list[str]], shards: list[
 
 
 def run_args(ml: Path, image: str, name: str, network: str, host: str) -> list[str]:
-    env = {
-        "SM_MODEL_DIR": "/opt/ml/model",
-        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
-        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
-        "SM_CHANNELS": json.dumps(["model", "train", "validation"]),
-        "SM_HPS": json.dumps(HYPERPARAMETERS),
-        "SM_HOSTS": json.dumps(list(HOSTS)),
-        "SM_CURRENT_HOST": host,
-        "SM_HOST_COUNT": str(len(HOSTS)),
-        "SM_CURRENT_HOST_RANK": str(HOSTS.index(host)),
+    env = sagemaker_training_env(HYPERPARAMETERS, list(HOSTS), host) | {
         "SM_MASTER_ADDR": HOSTS[0],
         "SM_MASTER_PORT": str(MASTER_PORT),
-        "SM_NUM_GPUS": "0",
-        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
         "GLOO_SOCKET_IFNAME": "eth0",
     }
     environment = [part for k, v in env.items() for part in ("-e", f"{k}={v}")]
