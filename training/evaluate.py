@@ -69,6 +69,7 @@ def predict(
         for batch in batches:
             labels.append(batch.pop("labels").numpy())
             index.append(batch.pop("index").numpy())
+            batch.pop("distribution", None)  # a soft label: training only
             inputs = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             with autocast():
                 out = model(**inputs).logits

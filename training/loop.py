@@ -88,16 +88,26 @@ def autocast_for(device: torch.device, precision: ResolvedPrecision) -> Callable
     )
 
 
-def rating_loss(logits: torch.Tensor, labels: torch.Tensor, ordinal_weight: float) -> torch.Tensor:
+def rating_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ordinal_weight: float,
+    distribution: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy plus ``ordinal_weight`` times the expected distance in stars between the
     predicted distribution and the true rating: stars are ordered, so 1 star for a 5-star
-    review should cost more than 4 stars. Computed in fp32 whatever the autocast dtype
-    (log-softmax in half precision loses digits)."""
+    review should cost more than 4 stars. With ``distribution`` (soft labels: the raters'
+    shares per star) both are taken against it instead of the one star. Computed in fp32
+    whatever the autocast dtype (log-softmax in half precision loses digits)."""
     logits = logits.float()
-    loss = F.cross_entropy(logits, labels)
+    # cross_entropy takes class probabilities as the target too.
+    loss = F.cross_entropy(logits, labels if distribution is None else distribution)
     if ordinal_weight:
         classes = torch.arange(logits.shape[-1], device=logits.device)
-        distance = (classes[None, :] - labels[:, None]).abs().float()
+        if distribution is None:
+            distance = (classes[None, :] - labels[:, None]).abs().float()
+        else:  # the expected distance to a star drawn from the distribution
+            distance = distribution @ (classes[None, :] - classes[:, None]).abs().float()
         loss = loss + ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
     return loss
 
@@ -111,10 +121,10 @@ def forward_backward(
     ordinal_weight: float = 0.0,
 ) -> torch.Tensor:
     """The loss of a batch, backpropagated (scaled for fp16, times ``weight``)."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "distribution")}
     with autocast():
         logits = model(**inputs).logits
-    loss = rating_loss(logits, batch["labels"], ordinal_weight)
+    loss = rating_loss(logits, batch["labels"], ordinal_weight, batch.get("distribution"))
     scaler.scale(loss * weight).backward()  # type: ignore[no-untyped-call]
     return loss.detach()
 
@@ -397,6 +407,13 @@ class Trainer:
                 f"{path} was written by {saved['world_size']} processes; resume with "
                 f"--nproc-per-node {saved['world_size']} (the data order depends on it)"
             )
+        if saved.get("train_sharded_per_node", False) != self.train_share.per_node:
+            raise ckpt.CheckpointError(
+                f"{path} was written with --train-sharded-per-node "
+                f"{str(not self.train_share.per_node).lower()}: resume the same way (which "
+                "process reads which rows depends on it; on SageMaker keep the training "
+                "channel's S3 distribution type)"
+            )
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -439,6 +456,7 @@ class Trainer:
                     "epoch": s.position.epoch,
                     "batches": s.position.batches,
                     "world_size": self.ctx.world_size,
+                    "train_sharded_per_node": self.train_share.per_node,
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
@@ -487,6 +505,7 @@ class Trainer:
             buffer_size=self.config.shuffle_buffer,
             group_by_length=self.config.group_by_length,
             skip_batches=skip,
+            soft_labels=self.config.soft_labels,
         )
         return iter(self._loader(stream, self.config.num_workers))
 

@@ -233,6 +233,7 @@ def test_embedded_rows_carry_their_id_source_and_ratings(
         "id": "5_1",
         "source": "amazon",
         "ratings": [1, 1, 1, 0],
+        "distribution": [0.0, 0.0, 0.25, 0.75, 0.0],  # raters' own stars: 4, 4, 4, 3
     }
 
 

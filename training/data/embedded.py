@@ -24,10 +24,12 @@ import sys
 import tarfile
 import tempfile
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from starrating.labels import STARS
 from training.data.readers import Review
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,12 @@ class EmbeddedDataError(RuntimeError):
 def mean_rating_to_stars(mean: float) -> int:
     """Map a mean rating on -4..+4 to 1-5 stars by ``CUT_POINTS``."""
     return bisect_right(CUT_POINTS, mean) + 1
+
+
+def ratings_distribution(ratings: Sequence[int]) -> list[float]:
+    """The share of raters whose own rating maps to each of 1-5 stars (the soft label)."""
+    counts = Counter(mean_rating_to_stars(r) for r in ratings)
+    return [round(counts[star] / len(ratings), 6) for star in STARS]
 
 
 def _verify(data: bytes, file: ArchiveFile) -> None:

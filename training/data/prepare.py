@@ -6,7 +6,8 @@ stratified to within one block per class, deterministic for a seed, and memory s
 multi-GB review dumps.
 Output: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` with ``{"text", "stars"}`` per line,
 and ``summary.json``. Rows that know where they come from also carry ``id`` (the sentence id in
-its corpus), ``source`` (the corpus) and ``ratings`` (every rater's rating, -4..+4).
+its corpus), ``source`` (the corpus), ``ratings`` (every rater's rating, -4..+4) and
+``distribution`` (the share of raters per star: a soft label for ``--soft-labels``).
 
 Extra training rows (``extra_train``: other domains) go to the training split only and draw no
 split slots, so validation and test are exactly what they are without them; the training split
@@ -28,6 +29,7 @@ from typing import Any
 
 from starrating.labels import STARS
 from starrating.text import normalize_text
+from training.data.embedded import ratings_distribution
 from training.data.readers import Review
 
 SPLITS = ("train", "validation", "test")
@@ -93,8 +95,9 @@ def _record(review: Review, text: str, stars: int) -> dict[str, Any]:
         record["id"] = review.id
     if review.source is not None:
         record["source"] = review.source
-    if review.ratings is not None:
+    if review.ratings:
         record["ratings"] = list(review.ratings)
+        record["distribution"] = ratings_distribution(review.ratings)
     return record
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from starrating.labels import id_to_star, star_to_id
+from starrating.labels import NUM_LABELS, id_to_star, star_to_id
 from starrating.text import encode_batch
 from training.data.readers import DataFormatError, open_text
 
@@ -136,6 +136,24 @@ def _parse(index: int, line: str, files: Sequence[Path]) -> tuple[str, int]:
         ) from exc
 
 
+def _soft_label(index: int, line: str, label: int, files: Sequence[Path]) -> list[float]:
+    """A row's ``distribution`` over 1-5 stars (its raters' shares), or its star one-hot."""
+    distribution = json.loads(line).get("distribution")
+    if distribution is None:
+        return [float(c == label) for c in range(NUM_LABELS)]
+    if (
+        not isinstance(distribution, list)
+        or len(distribution) != NUM_LABELS
+        or not all(isinstance(p, int | float) and p >= 0 for p in distribution)
+        or abs(sum(distribution) - 1) > 1e-3
+    ):
+        names = ", ".join(str(p) for p in files)
+        raise DataFormatError(
+            f"review #{index} of {names}: distribution must be {NUM_LABELS} shares summing to 1"
+        )
+    return [float(p) for p in distribution]
+
+
 def _chunks(items: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
     chunk: list[tuple[int, str]] = []
     for item in items:
@@ -182,6 +200,7 @@ class ReviewStream(IterableDataset[Batch]):
         buffer_size: int = 10_000,
         group_by_length: int = 0,
         skip_batches: int = 0,
+        soft_labels: bool = False,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -198,6 +217,7 @@ class ReviewStream(IterableDataset[Batch]):
         self.buffer_size = max(1, buffer_size)
         self.group_by_length = group_by_length
         self.skip_batches = skip_batches
+        self.soft_labels = soft_labels
 
     def _rank_lines(self) -> Iterator[tuple[int, str]]:
         lines = (
@@ -231,6 +251,14 @@ class ReviewStream(IterableDataset[Batch]):
         batch: Batch = dict(encoded)
         batch["labels"] = torch.tensor([label for _, label in parsed], dtype=torch.long)
         batch["index"] = torch.tensor([i for i, _ in raw], dtype=torch.long)
+        if self.soft_labels:
+            batch["distribution"] = torch.tensor(
+                [
+                    _soft_label(i, line, label, self.files)
+                    for (i, line), (_, label) in zip(raw, parsed, strict=True)
+                ],
+                dtype=torch.float32,
+            )
         return batch
 
     def __iter__(self) -> Iterator[Batch]:
