@@ -319,3 +319,17 @@ def test_the_run_summary_counts_the_rows_each_epoch_read(
     assert metrics["train_sharded_per_node"] is True
     assert metrics["train_rows_planned"] == 200 and metrics["epochs"] == 1.0
     assert metrics["train_rows_read"][0]["rows"] == 200
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_only_with_the_same_division_of_the_split(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Which process reads which rows depends on --train-sharded-per-node: resuming the other
+    way would skip rows of the epoch that were never read and read others twice."""
+    out = tmp_path / "run"
+    code, _ = _train_on(tiny_data_dir, out, tiny_model_dir, "--train-sharded-per-node")
+    assert code == 0 and list((out / "checkpoints").glob("*.pt"))
+    code, _ = _train_on(tiny_data_dir, out, tiny_model_dir, "--resume", "--epochs", "2")
+    assert code == 2
+    assert "written with --train-sharded-per-node true: resume the same way" in caplog.text
