@@ -258,11 +258,12 @@ def evaluate_run(
     ``data`` is a prepared data directory (its ``<split>.jsonl`` is used) or a split file.
     Returns the metrics and the files written (under ``RUN/evaluation`` by default). Where the
     split's rows carry their raters' ratings, ``metrics["human"]`` holds the human agreement on
-    the same rows (``training.human``).
+    the same rows (``training.human``), and where they carry the raters' distribution over
+    stars, ``metrics["rater_distribution"]`` how close the model's probabilities come to it.
     """
     from starrating.artifacts import load_artifacts
     from training.distributed import pick_device
-    from training.human import split_human_agreement
+    from training.human import split_distribution_agreement, split_human_agreement
 
     location = data if data.is_file() else data / f"{split}.jsonl"
     files = split_files(location if location.exists() else data / split)
@@ -286,6 +287,11 @@ def evaluate_run(
     human = split_human_agreement(files)
     if human is not None:
         metrics["human"] = human
+    raters = split_distribution_agreement(
+        files, probabilities(predictions.logits, artifacts.temperature)
+    )
+    if raters is not None:
+        metrics["rater_distribution"] = raters
     out = out_dir or run_dir / "evaluation"
     written = [
         write_json(out / f"{split}-metrics.json", metrics),

@@ -12,6 +12,8 @@ the labels (``training.data.embedded.CUT_POINTS``), on the rows of one split:
   second panel like the one that made the labels would answer: a ceiling worth aiming at).
 
 Each is reported as exact-star accuracy and mean absolute error in stars, beside the model's.
+Where rows carry their raters' ``distribution`` over stars, ``distribution_agreement`` says how
+close the model's probabilities come to it (Brier score and KL divergence, lower is closer).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import rel_entr
 
 from training.data.embedded import CUT_POINTS
 from training.data.readers import open_text
@@ -84,23 +87,45 @@ def human_agreement(
     }
 
 
-def split_ratings(files: Sequence[Path]) -> list[list[float]]:
-    """The individual ratings of every row of a prepared split that carries them."""
-    found: list[list[float]] = []
+def _split_field(files: Sequence[Path], name: str) -> list[list[float] | None]:
+    """One list-valued field of every row of a prepared split, in line order (None where a
+    row lacks it)."""
+    found: list[list[float] | None] = []
     for path in files:
         with open_text(path) as handle:
             for line in handle:
                 if not line.strip():
                     continue
                 try:
-                    ratings = json.loads(line).get("ratings")
+                    value = json.loads(line).get(name)
                 except (ValueError, AttributeError):
-                    continue  # not a prepared row: the model's evaluation reports it
-                if isinstance(ratings, list):
-                    found.append(ratings)
+                    value = None  # not a prepared row: the model's evaluation reports it
+                found.append(value if isinstance(value, list) else None)
     return found
 
 
 def split_human_agreement(files: Sequence[Path]) -> dict[str, Any] | None:
     """The human agreement on a prepared split, or None where its rows carry no ratings."""
-    return human_agreement(split_ratings(files))
+    return human_agreement([r for r in _split_field(files, "ratings") if r is not None])
+
+
+def distribution_agreement(
+    probs: NDArray[np.floating], distributions: Sequence[Sequence[float] | None]
+) -> dict[str, Any] | None:
+    """Brier score and KL(raters || model) of predicted probabilities against the raters'
+    distribution over stars, over the rows (in line order) that carry one."""
+    rows = [i for i, d in enumerate(distributions) if d is not None and len(d) == probs.shape[1]]
+    if not rows or len(distributions) != len(probs):
+        return None
+    target = np.asarray([distributions[i] for i in rows], dtype=np.float64)
+    predicted = np.asarray(probs, dtype=np.float64)[rows]
+    brier = ((predicted - target) ** 2).sum(axis=1).mean()
+    kl = rel_entr(target, np.clip(predicted, 1e-12, None)).sum(axis=1).mean()
+    return {"n": len(rows), "brier": float(brier), "kl": float(kl)}
+
+
+def split_distribution_agreement(
+    files: Sequence[Path], probs: NDArray[np.floating]
+) -> dict[str, Any] | None:
+    """``distribution_agreement`` of a split's predictions (in line order) with its rows."""
+    return distribution_agreement(probs, _split_field(files, "distribution"))

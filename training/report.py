@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starrating.artifacts import save_artifacts
 from starrating.labels import STARS
-from training.calibration import CalibrationChoice, choose_temperature
+from training.calibration import CalibrationChoice, choose_temperature, probabilities
 from training.config import TrainConfig
 from training.data.streaming import split_files
 from training.evaluate import (
@@ -26,7 +26,7 @@ from training.evaluate import (
     plot_training_curves,
     write_json,
 )
-from training.human import split_human_agreement
+from training.human import split_distribution_agreement, split_human_agreement
 from training.tracking import RunTracker
 
 if TYPE_CHECKING:
@@ -103,14 +103,25 @@ def _split_location(out: Path, split: str) -> Path | None:
     return config.split_path(split)
 
 
-def add_human_agreement(out: Path, summary: dict[str, Any]) -> None:
+def add_human_agreement(
+    out: Path, summary: dict[str, Any], final: Predictions | None = None, temperature: float = 1.0
+) -> None:
     """The human agreement beside the model's numbers (``human``: single rater, half panel) of
-    the final split and of validation, where their rows carry their raters' ratings."""
+    the final split and of validation, where their rows carry their raters' ratings; and how
+    close the ``final`` predictions come to the raters' distribution (``rater_distribution``)."""
     for split, block in ((summary["split"], summary), ("validation", summary["validation"])):
         location = _split_location(out, split)
-        human = split_human_agreement(split_files(location)) if location is not None else None
+        if location is None:
+            continue
+        files = split_files(location)
+        human = split_human_agreement(files)
         if human is not None:
             block["human"] = human
+        if final is not None and block is summary:
+            probs = probabilities(final.logits, temperature)
+            raters = split_distribution_agreement(files, probs)
+            if raters is not None:
+                block["rater_distribution"] = raters
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,7 @@ def save_run(
     """The model (with its temperature) in ``out/model``; metrics (with the human agreement on
     the same rows, where known), confusion matrix and history as JSON beside the config the run
     started with."""
-    add_human_agreement(out, result.summary)
+    add_human_agreement(out, result.summary, result.predictions, result.temperature)
     model_dir = save_artifacts(
         out / "model", model, tokenizer, max_length=max_length, temperature=result.temperature
     )

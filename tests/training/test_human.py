@@ -15,7 +15,13 @@ from starrating.cli import app
 from starrating.settings import CoreSettings
 from training.config import TrainConfig
 from training.data import embedded
-from training.human import human_agreement, rating_stars, split_human_agreement
+from training.evaluate import Predictions
+from training.human import (
+    distribution_agreement,
+    human_agreement,
+    rating_stars,
+    split_human_agreement,
+)
 from training.report import add_human_agreement
 
 runner = CliRunner()
@@ -66,6 +72,18 @@ def test_no_agreement_without_two_ratings_of_a_sentence() -> None:
     assert partly is not None and partly["n"] == 1
 
 
+def test_model_probabilities_against_the_raters_distribution() -> None:
+    raters = [[0.0, 0.0, 0.5, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], None]
+    same = distribution_agreement(np.array([*raters[:2], [0.2] * 5]), raters)
+    assert same == {"n": 2, "brier": 0.0, "kl": 0.0}  # the row without raters is left out
+    uniform = distribution_agreement(np.full((3, 5), 0.2), raters)
+    assert uniform is not None
+    # Brier: 2 x 0.3^2 + 3 x 0.2^2 = 0.3, and 0.8^2 + 4 x 0.2^2 = 0.8; KL: log 2.5 and log 5.
+    assert uniform["brier"] == pytest.approx((0.3 + 0.8) / 2)
+    assert uniform["kl"] == pytest.approx((np.log(2.5) + np.log(5)) / 2)
+    assert distribution_agreement(np.full((3, 5), 0.2), [None] * 3) is None
+
+
 def _write_split(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -82,7 +100,12 @@ def test_evaluate_reports_the_humans_beside_the_model(tmp_path: Path, tiny_model
     rows = [
         {"text": "great product", "stars": 5, "ratings": [3, 3, 2, 4]},
         {"text": "it broke", "stars": 1, "ratings": [-4, -3, -3, -4]},
-        {"text": "so so", "stars": 3, "ratings": [0, 0, 0, 4]},
+        {
+            "text": "so so",
+            "stars": 3,
+            "ratings": [0, 0, 0, 4],
+            "distribution": [0, 0, 0.75, 0, 0.25],
+        },
     ]
     _write_split(tmp_path / "test.jsonl", rows)
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--data", str(tmp_path)])
@@ -93,19 +116,26 @@ def test_evaluate_reports_the_humans_beside_the_model(tmp_path: Path, tiny_model
     assert metrics["human"]["n"] == 3
     # Two unanimous sentences and the dissent above: (1 + 1 + 0) / 3 single-rater agreement.
     assert metrics["human"]["single_rater"]["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["rater_distribution"]["n"] == 1  # the one row that carries its distribution
+    assert 0 < metrics["rater_distribution"]["brier"] < 2
 
 
 def test_the_run_summary_carries_the_humans_of_its_splits(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    _write_split(data / "test.jsonl", [{"text": "a", "stars": 3, "ratings": [0, 0, 0, 4]}])
+    row = {"text": "a", "stars": 3, "ratings": [0, 0, 0, 4], "distribution": [0, 0, 0.75, 0, 0.25]}
+    _write_split(data / "test.jsonl", [row])
     _write_split(data / "validation.jsonl", [{"text": "b", "stars": 3}])
     run = tmp_path / "run"
     TrainConfig(out=run, data=data).save(run / "config.json")
     summary: dict[str, object] = {"split": "test", "validation": {}}
-    add_human_agreement(run, summary)
+    logits = np.log(np.array([[1e-9, 1e-9, 0.75, 1e-9, 0.25]], dtype=np.float32))
+    final = Predictions(index=np.arange(1), logits=logits, labels=np.array([2]))
+    add_human_agreement(run, summary, final)
     human = summary["human"]
     assert isinstance(human, dict) and human["single_rater"]["accuracy"] == 0.0
+    raters = summary["rater_distribution"]
+    assert isinstance(raters, dict) and raters["brier"] == pytest.approx(0.0, abs=1e-6)
     assert summary["validation"] == {}  # its rows carry no ratings
 
 
