@@ -211,9 +211,6 @@ def test_dashboard_shows_variants_numbers_and_verdict_in_chromium(experiment: Ex
         assert row.startswith(guardrail["candidate"])
         assert row.endswith(guardrail["status"].replace("_", " "))
     assert report["trustworthy"] is True and banner_hidden
-    shutil.copyfile(
-        artifacts / "dashboard-autopilot.png", REPO / "docs" / "dashboard-autopilot.png"
-    )
 
 
 def seed_decisions(live: LiveGateway, looks: list[dict[str, Any]]) -> list[DecisionRecord]:
