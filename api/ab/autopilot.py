@@ -59,8 +59,6 @@ class Observations:
     requests: list[RequestObs]
     feedback: list[FeedbackObs]
     shadows: list[ShadowObs]
-    feedbacks_since_change: int
-    """Feedback on predictions made since the weights last changed (the ramp waits for it)."""
 
 
 def traffic_shares(config: ExperimentConfig) -> dict[str, float]:
@@ -90,18 +88,12 @@ def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
         )
         for r in store.request_rows(name)
     ]
-    rows = store.feedback_rows(name)
-    feedback = [FeedbackObs(f.variant, f.unit, f.stars, f.predicted, f.at) for f in rows]
+    feedback = [
+        FeedbackObs(f.variant, f.unit, f.stars, f.predicted, f.at)
+        for f in store.feedback_rows(name)
+    ]
     shadows = [ShadowObs(s.version, s.unit, s.disagree) for s in store.shadow_rows(name)]
-    # The earliest revision from which on the weights are those in force.
-    revisions = sorted(weights_by_revision, reverse=True)
-    changed_at = revisions[0] if revisions else 0
-    for revision in revisions:
-        if weights_by_revision[revision] != weights_by_revision[revisions[0]]:
-            break
-        changed_at = revision
-    since = sum(1 for f in rows if f.revision is not None and f.revision >= changed_at)
-    return Observations(expected, shares, requests, feedback, shadows, since)
+    return Observations(expected, shares, requests, feedback, shadows)
 
 
 def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessment:
@@ -184,10 +176,9 @@ class Autopilot:
             return []  # another replica decides
         seen = await self.store.run(observe, self.store, config)
         assessment = await asyncio.to_thread(assess_experiment, config, seen)
+        # All feedbacks so far: the policy's ramp counts from the total (stateless).
         feedbacks = len(seen.feedback)
-        decisions = decide(
-            assessment, config.autopilot.settings(), seen.shares, seen.feedbacks_since_change
-        )
+        decisions = decide(assessment, config.autopilot.settings(), seen.shares, feedbacks)
         self._seen = (revision, *activity)
         if not decisions:
             return []

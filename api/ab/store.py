@@ -277,8 +277,6 @@ class FeedbackRow:
     stars: int
     predicted: int
     at: datetime
-    revision: int | None = None
-    """The experiment revision the prediction was made under."""
 
 
 @dataclass(frozen=True)
@@ -774,15 +772,14 @@ class ExperimentStore:
                     _Prediction.stars,
                     _Feedback.item,
                     _Feedback.created_at,
-                    _Prediction.revision,
                 )
                 .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
                 .where(_Prediction.experiment == experiment)
                 .order_by(_Feedback.id)
             ).all()
         return [
-            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at), revision)
-            for variant, h, rid, stars, predicted, item, at, revision in rows
+            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
+            for variant, h, rid, stars, predicted, item, at in rows
         ]
 
     def shadow_rows(self, experiment: str) -> list[ShadowRow]:

@@ -198,13 +198,17 @@ def test_dry_run_records_what_it_would_do_and_changes_nothing(setup: Setup) -> N
     assert _decisions_metric("promote", "dry-run") == before + 1
 
 
-def test_ramp_raises_the_candidate_one_step_then_waits_for_new_feedback(setup: Setup) -> None:
+def test_ramp_raises_the_candidate_one_step_at_a_time_as_feedback_comes_in(
+    setup: Setup,
+) -> None:
     revision = _start(setup, _config("on", control=0.9, candidate=0.1))
-    _traffic(setup, "control", 180, correct=0.6)
-    _traffic(setup, "candidate", 20, correct=0.6)
+    _traffic(setup, "control", 54, correct=0.6)
+    _traffic(setup, "candidate", 6, correct=0.6)
+    autopilot = setup.autopilot()
 
-    decisions = asyncio.run(setup.autopilot().step())
+    decisions = asyncio.run(autopilot.step())
 
+    # Ramp [0.1, 0.5, 0.8], min_feedback 40: step 0.5 after 40 feedbacks in all, 0.8 after 80.
     assert [(d.action, round(d.weight_before, 9), d.weight_after) for d in decisions] == [
         ("ramp", 0.1, 0.5)
     ]
@@ -212,9 +216,15 @@ def test_ramp_raises_the_candidate_one_step_then_waits_for_new_feedback(setup: S
     assert latest is not None and latest.revision == revision + 1
     assert [v["weight"] for v in latest.config["variants"]] == [0.5, 0.5]
     assert latest.status == "running"
-    # At the new weights no feedback yet: no further step, however often it looks.
-    _traffic(setup, "control", 5, correct=0.6, revision=revision, tag="old-")
-    assert asyncio.run(setup.autopilot().step()) == []
+    setup.revision = latest.revision
+    _traffic(setup, "control", 5, correct=0.6, tag="r2-")
+    _traffic(setup, "candidate", 5, correct=0.6, tag="r2-")
+    assert asyncio.run(autopilot.step()) == []  # 70 feedbacks: not yet
+    _traffic(setup, "control", 10, correct=0.6, tag="r2b-")
+    _traffic(setup, "candidate", 10, correct=0.6, tag="r2b-")
+    (second,) = asyncio.run(autopilot.step())  # 90
+    assert (second.action, second.weight_before, second.weight_after) == ("ramp", 0.5, 0.8)
+    assert second.revision == revision + 1
 
 
 def test_one_replica_decides_at_a_time(setup: Setup) -> None:
