@@ -82,17 +82,12 @@ def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
     shares = traffic_shares(config)
     if sum(expected.values()) <= 0:
         expected = shares
-    requests = [
-        RequestObs(
-            r.variant, r.unit, r.failed, None if r.latency_s is None else r.latency_s * 1000.0
-        )
-        for r in store.request_rows(name)
-    ]
+    requests = store.request_observations(name)
     feedback = [
         FeedbackObs(f.variant, f.unit, f.stars, f.predicted, f.at)
         for f in store.feedback_rows(name)
     ]
-    shadows = [ShadowObs(s.version, s.unit, s.disagree) for s in store.shadow_rows(name)]
+    shadows = store.shadow_observations(name)
     return Observations(expected, shares, requests, feedback, shadows)
 
 

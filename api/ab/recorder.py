@@ -120,20 +120,6 @@ class ExperimentRecorder:
         """Count and store (in a task of its own) a request TorchServe failed (error or
         timeout) under its variant: the error rate per variant the autopilot's guardrail
         reads. Only requests the split assigned; never the text."""
-        task = asyncio.create_task(
-            self._record_failure(request_id, assignment, user_id, error, latency_s)
-        )
-        self._failures.add(task)
-        task.add_done_callback(self._failures.discard)
-
-    async def _record_failure(
-        self,
-        request_id: str,
-        assignment: Assignment,
-        user_id: str | None,
-        error: str,
-        latency_s: float,
-    ) -> None:
         if not isinstance(assignment, ExperimentAssignment) or assignment.revision is None:
             return
         if assignment.variant == OVERRIDE_VARIANT:
@@ -150,10 +136,15 @@ class ExperimentRecorder:
             latency_s=latency_s,
             created_at=datetime.now(UTC),
         )
+        task = asyncio.create_task(self._store_failure(record))
+        self._failures.add(task)
+        task.add_done_callback(self._failures.discard)
+
+    async def _store_failure(self, record: FailureRecord) -> None:
         try:
             await self.store.run(self.store.add_failures, [record])
         except Exception:
-            logger.exception("storing failed request %s failed", request_id)
+            logger.exception("storing failed request %s failed", record.request_id)
 
     async def _write(self, record: PredictionRecord) -> None:
         written = asyncio.get_running_loop().create_future()

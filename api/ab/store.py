@@ -61,6 +61,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from api.ab.guardrails import RequestObs, ShadowObs
 from starrating.labels import STARS
 
 logger = logging.getLogger(__name__)
@@ -259,16 +260,6 @@ class FailureRecord:
 
 
 @dataclass(frozen=True)
-class RequestRow:
-    """One request of an experiment, answered or failed: what guardrails read."""
-
-    variant: str
-    unit: str
-    failed: bool
-    latency_s: float | None
-
-
-@dataclass(frozen=True)
 class FeedbackRow:
     """One feedback with its unit and arrival time, in arrival order."""
 
@@ -277,13 +268,6 @@ class FeedbackRow:
     stars: int
     predicted: int
     at: datetime
-
-
-@dataclass(frozen=True)
-class ShadowRow:
-    version: str
-    unit: str
-    disagree: bool | None
 
 
 @dataclass(frozen=True)
@@ -673,25 +657,39 @@ class ExperimentStore:
                 counts.setdefault(revision, {})[variant] = int(n)
         return counts
 
-    def feedback(self, experiment: str) -> list[FeedbackRecord]:
-        """Every feedback of ``experiment`` joined with its prediction, in arrival order."""
+    def _feedback_rows(self, experiment: str) -> Sequence[Any]:
+        """Feedback of ``experiment`` joined with its prediction, in arrival order."""
         with self._session() as session:
-            rows = session.execute(
+            return session.execute(
                 select(
                     _Feedback.request_id,
                     _Feedback.item,
                     _Feedback.stars,
+                    _Feedback.created_at,
                     _Prediction.stars,
                     _Prediction.variant,
                     _Prediction.version,
+                    _Prediction.user_hash,
                 )
                 .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
                 .where(_Prediction.experiment == experiment)
                 .order_by(_Feedback.id)
             ).all()
+
+    def feedback(self, experiment: str) -> list[FeedbackRecord]:
+        """Every feedback of ``experiment`` joined with its prediction, in arrival order."""
         return [
             FeedbackRecord(rid, item, stars, predicted[item], variant, version)
-            for rid, item, stars, predicted, variant, version in rows
+            for rid, item, stars, _, predicted, variant, version, _ in self._feedback_rows(
+                experiment
+            )
+        ]
+
+    def feedback_rows(self, experiment: str) -> list[FeedbackRow]:
+        """Feedback of ``experiment`` with its unit and arrival time, in arrival order."""
+        return [
+            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
+            for rid, item, stars, at, predicted, variant, _, h in self._feedback_rows(experiment)
         ]
 
     def shadow_pairs(self, experiment: str) -> list[ShadowPair]:
@@ -734,7 +732,7 @@ class ExperimentStore:
             for r in rows
         ]
 
-    def request_rows(self, experiment: str) -> list[RequestRow]:
+    def request_observations(self, experiment: str) -> list[RequestObs]:
         """Every request of ``experiment`` assigned by the split (forced versions left out),
         answered and failed, with its unit (hashed user, else the request id)."""
         with self._session() as session:
@@ -756,33 +754,11 @@ class ExperimentStore:
                     _FailedPrediction.revision.is_not(None),
                 )
             ).all()
-        return [RequestRow(v, _unit(h, rid), False, lat) for v, h, rid, lat in answered] + [
-            RequestRow(v, _unit(h, rid), True, None) for v, h, rid in failed
-        ]
-
-    def feedback_rows(self, experiment: str) -> list[FeedbackRow]:
-        """Feedback of ``experiment`` with unit and arrival time, in arrival order."""
-        with self._session() as session:
-            rows = session.execute(
-                select(
-                    _Prediction.variant,
-                    _Prediction.user_hash,
-                    _Prediction.request_id,
-                    _Feedback.stars,
-                    _Prediction.stars,
-                    _Feedback.item,
-                    _Feedback.created_at,
-                )
-                .join(_Prediction, _Prediction.request_id == _Feedback.request_id)
-                .where(_Prediction.experiment == experiment)
-                .order_by(_Feedback.id)
-            ).all()
         return [
-            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
-            for variant, h, rid, stars, predicted, item, at in rows
-        ]
+            RequestObs(v, _unit(h, rid), False, lat * 1000.0) for v, h, rid, lat in answered
+        ] + [RequestObs(v, _unit(h, rid), True, None) for v, h, rid in failed]
 
-    def shadow_rows(self, experiment: str) -> list[ShadowRow]:
+    def shadow_observations(self, experiment: str) -> list[ShadowObs]:
         with self._session() as session:
             rows = session.execute(
                 select(
@@ -796,7 +772,7 @@ class ExperimentStore:
                 .where(_Prediction.experiment == experiment)
             ).all()
         return [
-            ShadowRow(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
+            ShadowObs(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
             for h, rid, live, version, shadow in rows
         ]
 

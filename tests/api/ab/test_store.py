@@ -315,7 +315,7 @@ def test_failed_requests_count_per_variant_next_to_answered_ones(database_url: s
     store.add_prediction(_prediction("r1", "A"))
     store.add_prediction(_prediction("r2", "B"))
     store.add_failures([_failure("f1"), _failure("f2", user_hash="h9")])
-    rows = store.request_rows("exp")
+    rows = store.request_observations("exp")
     failed = {(r.variant, r.unit) for r in rows if r.failed}
     assert failed == {("B", "f1"), ("B", "h9")}
     assert sorted((r.variant, r.failed) for r in rows) == [
@@ -325,7 +325,8 @@ def test_failed_requests_count_per_variant_next_to_answered_ones(database_url: s
         ("B", True),
     ]
     assert [f.error for f in store.failures("exp")] == ["ModelNotReady", "ModelNotReady"]
-    assert all(r.latency_s is None for r in rows if r.failed)
+    assert all(r.latency_ms is None for r in rows if r.failed)
+    assert {r.latency_ms for r in rows if not r.failed} == {12.0}
     store.close()
 
 
@@ -347,7 +348,7 @@ def test_a_database_of_an_older_gateway_gains_the_new_tables_and_keeps_its_data(
     latest = reopened.latest_experiment()
     assert latest is not None and (latest.revision, latest.status) == (revision, "running")
     reopened.add_failures([_failure("f1")])
-    assert [r.failed for r in reopened.request_rows("exp")].count(True) == 1
+    assert [r.failed for r in reopened.request_observations("exp")].count(True) == 1
     reopened.close()
 
 
