@@ -692,12 +692,14 @@ class ExperimentStore:
             for rid, item, stars, at, predicted, variant, _, h in self._feedback_rows(experiment)
         ]
 
-    def shadow_pairs(self, experiment: str) -> list[ShadowPair]:
+    def _shadow_rows(self, experiment: str) -> Sequence[Any]:
         with self._session() as session:
-            rows = session.execute(
+            return session.execute(
                 select(
                     _Prediction.variant,
                     _Prediction.stars,
+                    _Prediction.user_hash,
+                    _Prediction.request_id,
                     _ShadowPrediction.version,
                     _ShadowPrediction.stars,
                     _ShadowPrediction.error,
@@ -705,9 +707,18 @@ class ExperimentStore:
                 .join(_Prediction, _Prediction.request_id == _ShadowPrediction.request_id)
                 .where(_Prediction.experiment == experiment)
             ).all()
+
+    def shadow_pairs(self, experiment: str) -> list[ShadowPair]:
         return [
             ShadowPair(variant, tuple(live), version, None if shadow is None else tuple(shadow), e)
-            for variant, live, version, shadow, e in rows
+            for variant, live, _, _, version, shadow, e in self._shadow_rows(experiment)
+        ]
+
+    def shadow_observations(self, experiment: str) -> list[ShadowObs]:
+        """Each shadow copy: does its answer differ from the live one (None: it failed)?"""
+        return [
+            ShadowObs(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
+            for _, live, h, rid, version, shadow, _ in self._shadow_rows(experiment)
         ]
 
     def failures(self, experiment: str) -> list[FailureRecord]:
@@ -757,24 +768,6 @@ class ExperimentStore:
         return [
             RequestObs(v, _unit(h, rid), False, lat * 1000.0) for v, h, rid, lat in answered
         ] + [RequestObs(v, _unit(h, rid), True, None) for v, h, rid in failed]
-
-    def shadow_observations(self, experiment: str) -> list[ShadowObs]:
-        with self._session() as session:
-            rows = session.execute(
-                select(
-                    _Prediction.user_hash,
-                    _Prediction.request_id,
-                    _Prediction.stars,
-                    _ShadowPrediction.version,
-                    _ShadowPrediction.stars,
-                )
-                .join(_Prediction, _Prediction.request_id == _ShadowPrediction.request_id)
-                .where(_Prediction.experiment == experiment)
-            ).all()
-        return [
-            ShadowObs(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
-            for h, rid, live, version, shadow in rows
-        ]
 
     def feedback_count(self, experiment: str) -> int:
         with self._session() as session:

@@ -229,6 +229,15 @@ def test_shadow_answers_are_paired_with_live_answers(database_url: str) -> None:
         ((4,), (4,), None),
         ((4,), None, "upstream_timeout"),
     }
+    store.add_shadow("r1", "3.0", (2,), 0.02)
+    observed = sorted(
+        store.shadow_observations("exp"), key=lambda o: (o.disagree is None, o.disagree)
+    )
+    assert [(o.version, o.unit, o.disagree) for o in observed] == [
+        ("3.0", "r1", False),
+        ("3.0", "r1", True),
+        ("3.0", "r1", None),
+    ]
     store.close()
 
 
