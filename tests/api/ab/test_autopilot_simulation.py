@@ -43,6 +43,7 @@ class Outcome:
     at_request: npt.NDArray[np.int64]  # request index (1-based) of that action, -1 if none
     feedbacks: npt.NDArray[np.int64]  # feedbacks received by then
     ramps: npt.NDArray[np.int64]  # ramp steps taken
+    candidate_failures: npt.NDArray[np.int64]  # failed answers the candidate gave by then
 
 
 def simulate(accuracy_gain: float, error_rate: float, requests: int, seed: int) -> Outcome:
@@ -75,6 +76,7 @@ def simulate(accuracy_gain: float, error_rate: float, requests: int, seed: int) 
     action = np.zeros(e, dtype=np.int8)
     at = np.full(e, -1, dtype=np.int64)
     feedbacks_at = np.full(e, -1, dtype=np.int64)
+    failures_at = np.full(e, -1, dtype=np.int64)
     open_ = np.ones(e, dtype=bool)
     looks = np.arange(t)[None, :]
     while open_.any():
@@ -126,12 +128,13 @@ def simulate(accuracy_gain: float, error_rate: float, requests: int, seed: int) 
         action[final] = code[final]
         at[final] = first[final] + 1
         feedbacks_at[final] = feedbacks[rows, first][final]
+        failures_at[final] = np.cumsum(failed & is_candidate, axis=1)[rows, first][final]
         # A ramp applies from the next request on.
         step[ramped] += 1
         switch_at[rows[ramped], step[ramped]] = first[ramped] + 1
         start[ramped] = first[ramped] + 1
         open_ &= ramped
-    return Outcome(action, at, feedbacks_at, step)
+    return Outcome(action, at, feedbacks_at, step, failures_at)
 
 
 def _share(outcome: Outcome, action: int) -> float:
@@ -177,7 +180,10 @@ def test_a_candidate_failing_five_times_as_often_is_rolled_back_quickly() -> Non
         f"\n5x the control's error rate ({5 * CONTROL_ERROR_RATE:.0%} vs "
         f"{CONTROL_ERROR_RATE:.0%}), {EXPERIMENTS} experiments: rolled back "
         f"{rolled_back.mean():.1%} within {bound} requests; requests to rollback median "
-        f"{np.median(when):.0f}, 95th percentile {np.percentile(when, 95):.0f}, max {when.max()}"
+        f"{np.median(when):.0f}, 95th percentile {np.percentile(when, 95):.0f}, max {when.max()}; "
+        f"failed answers users got from the candidate by then: median "
+        f"{np.median(outcome.candidate_failures[rolled_back]):.0f}, "
+        f"max {outcome.candidate_failures[rolled_back].max()}"
     )
     assert rolled_back.mean() >= 0.99
     assert np.percentile(when, 95) < 4000
