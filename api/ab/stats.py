@@ -35,7 +35,6 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -632,9 +631,18 @@ def sequential_comparison(
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:
-    """Holm-adjusted p-values (step-down, family-wise error at alpha), by name."""
+    """Holm-adjusted p-values (step-down, family-wise error at alpha), by name.
+
+    The same numbers as statsmodels' ``multipletests(method="holm")`` (the tests compare them),
+    written out here because statsmodels would bring pandas and patsy into the gateway image,
+    which otherwise needs neither: the i-th smallest of m p-values is multiplied by m - i, the
+    running maximum keeps the adjusted values in order, and 1 caps them."""
     if not p_values:
         return {}
     names = list(p_values)
-    adjusted = multipletests([p_values[n] for n in names], method="holm")[1]
+    raw = np.array([p_values[n] for n in names], dtype=np.float64)
+    order = np.argsort(raw, kind="stable")
+    scaled = raw[order] * np.arange(len(raw), 0, -1)
+    adjusted = np.empty_like(raw)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return {name: float(p) for name, p in zip(names, adjusted, strict=True)}

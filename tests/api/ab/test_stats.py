@@ -313,6 +313,14 @@ def test_holm_matches_statsmodels() -> None:
     assert list(holm(p).values()) == pytest.approx(list(expected))
     assert holm({"B": 0.01, "C": 0.04}) == {"B": 0.02, "C": 0.04}
     assert holm({}) == {}
+    # Random families, ties and values that the cap at 1 clips included.
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 3, 7, 20):
+        for _ in range(50):
+            raw = rng.choice([rng.random(), 0.02, 0.5], size=size) * rng.random(size)
+            family = {f"c{i}": float(v) for i, v in enumerate(raw)}
+            expected = multipletests(raw, method="holm")[1]
+            assert list(holm(family).values()) == pytest.approx(list(expected), abs=1e-12)
 
 
 def test_sequential_comparison_with_clusters_is_less_eager_than_per_request() -> None:
