@@ -83,10 +83,7 @@ def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
     if sum(expected.values()) <= 0:
         expected = shares
     requests = store.request_observations(name)
-    feedback = [
-        FeedbackObs(f.variant, f.unit, f.stars, f.predicted, f.at)
-        for f in store.feedback_rows(name)
-    ]
+    feedback = store.feedback_observations(name)
     shadows = store.shadow_observations(name)
     return Observations(expected, shares, requests, feedback, shadows)
 

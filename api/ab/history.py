@@ -22,8 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from api.ab import stats
-from api.ab.assessment import primary_values
-from api.ab.store import FeedbackRow
+from api.ab.assessment import FeedbackObs, primary_values
 
 # At most this many looks per candidate: enough for a smooth line, small enough for the report.
 MAX_POINTS = 200
@@ -50,7 +49,7 @@ def look_positions(first: int, last: int, max_points: int = MAX_POINTS) -> list[
 def interval_history(
     control: str,
     candidates: Sequence[str],
-    feedback: Sequence[FeedbackRow],
+    feedback: Sequence[FeedbackObs],
     metric: Literal["accuracy", "mae"],
     *,
     alpha: float = stats.ALPHA,
@@ -59,16 +58,17 @@ def interval_history(
 ) -> dict[str, list[IntervalPoint]]:
     """For each candidate, the difference and its always-valid interval at each look.
 
-    ``feedback`` is the experiment's feedback in arrival order (``store.feedback_rows``). The
-    mixture SD is the report's for ``metric``. The running difference and its
-    variance come from ``stats.sequential_comparison``, the same computation as the report's
-    sequential test, so the last look agrees with the report. A look counts once both arms have
+    ``feedback`` is the experiment's feedback in arrival order
+    (``store.feedback_observations``). The mixture SD is the report's for ``metric``. The
+    running difference and its variance come from ``stats.sequential_comparison``, the same
+    computation as the report's sequential test, so the last look agrees with the report. A
+    look counts once both arms have
     ``burn_in`` units (the test's burn-in); a candidate with less has an empty list.
     """
     values = primary_values(
         metric,
-        np.array([f.stars for f in feedback], dtype=np.int64),
-        np.array([f.predicted for f in feedback], dtype=np.int64),
+        np.array([f.true_stars for f in feedback], dtype=np.int64),
+        np.array([f.predicted_stars for f in feedback], dtype=np.int64),
     )
     variants = np.array([f.variant for f in feedback], dtype=object)
     mixture_sd = stats.MIXTURE_SD[metric]

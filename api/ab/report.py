@@ -355,7 +355,8 @@ def build_report(
         share = candidate.weight / weights if weights > 0 else 0.0
         for metric in ("accuracy", "mae"):
             comparisons.append(_compare(metric, control.name, candidate.name, share, pair))
-    assessment = assess_experiment(config, observe(store, config))
+    seen = observe(store, config)
+    assessment = assess_experiment(config, seen)
     primary_metric = config.autopilot.primary_metric
     comparisons = _holm(comparisons, assessment, primary_metric)
 
@@ -394,7 +395,7 @@ def build_report(
         interval_history=interval_history(
             control.name,
             [v.name for v in config.variants[1:]],
-            store.feedback_rows(config.name),
+            seen.feedback,
             primary_metric,
         ),
     )

@@ -61,6 +61,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from api.ab.assessment import FeedbackObs
 from api.ab.guardrails import RequestObs, ShadowObs
 from starrating.labels import STARS
 
@@ -257,17 +258,6 @@ class FailureRecord:
     error: str
     latency_s: float
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class FeedbackRow:
-    """One feedback with its unit and arrival time, in arrival order."""
-
-    variant: str
-    unit: str
-    stars: int
-    predicted: int
-    at: datetime
 
 
 @dataclass(frozen=True)
@@ -685,10 +675,10 @@ class ExperimentStore:
             )
         ]
 
-    def feedback_rows(self, experiment: str) -> list[FeedbackRow]:
+    def feedback_observations(self, experiment: str) -> list[FeedbackObs]:
         """Feedback of ``experiment`` with its unit and arrival time, in arrival order."""
         return [
-            FeedbackRow(variant, _unit(h, rid), stars, predicted[item], _aware(at))
+            FeedbackObs(variant, _unit(h, rid), stars, predicted[item], _aware(at))
             for rid, item, stars, at, predicted, variant, _, h in self._feedback_rows(experiment)
         ]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from api.ab import stats
+from api.ab.assessment import FeedbackObs
 from api.ab.history import MAX_POINTS, interval_history, look_positions
 from api.ab.stats import MIXTURE_SD
-from api.ab.store import FeedbackRow
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -21,7 +21,7 @@ def simulate(
     accuracy: dict[str, float],
     weights: dict[str, float],
     users: int | None = None,
-) -> list[FeedbackRow]:
+) -> list[FeedbackObs]:
     """``n`` feedbacks a second apart; each variant right with its accuracy (else one star off)."""
     names = list(weights)
     variants = rng.choice(names, size=n, p=[weights[v] for v in names])
@@ -29,11 +29,11 @@ def simulate(
     predicted = rng.integers(1, 6, size=n)
     units = rng.integers(0, users, size=n) if users else np.arange(n)
     return [
-        FeedbackRow(
+        FeedbackObs(
             variant=str(v),
             unit=f"{v}-{u}",
-            stars=int(p) if hits[i] < accuracy[str(v)] else int(p % 5 + 1),
-            predicted=int(p),
+            true_stars=int(p) if hits[i] < accuracy[str(v)] else int(p % 5 + 1),
+            predicted_stars=int(p),
             at=START + timedelta(seconds=i),
         )
         for i, (v, p, u) in enumerate(zip(variants, predicted, units, strict=True))
@@ -56,7 +56,7 @@ def test_the_interval_narrows_as_feedback_grows() -> None:
     assert all(p.low <= p.difference <= p.high for p in points)
     # The last look is the whole experiment: the plain difference in accuracy.
     right = {
-        v: [f.stars == f.predicted for f in feedback if f.variant == v]
+        v: [f.true_stars == f.predicted_stars for f in feedback if f.variant == v]
         for v in ("control", "candidate")
     }
     assert points[-1].difference == pytest.approx(
@@ -81,7 +81,7 @@ def test_the_interval_covers_the_true_difference_at_every_look_in_95_percent_of_
         # The classical 95% interval on the same running variance, looked at as often.
         running = stats.sequential_comparison(
             [f.variant == "candidate" for f in feedback],
-            [float(f.stars == f.predicted) for f in feedback],
+            [float(f.true_stars == f.predicted_stars) for f in feedback],
             stats.unit_codes([f.unit for f in feedback]),
             MIXTURE_SD["accuracy"],
             binary=True,
