@@ -2,12 +2,13 @@
 
 Pure (no I/O): the caller reads the store and passes plain observations. Three steps:
 
-1. **Trust.** The sample-ratio check (units per variant against the weights, p < 0.001) gates
-   everything: a split that does not follow its weights means some users are missing or
-   misrouted, and every difference may be that bias. Then ``trustworthy`` is False, the verdict
-   says the results cannot be trusted and ``srm_cause`` names the likely cause the data points
-   to (units seen in several variants, a variant whose failures are not recorded, one user
-   sending most requests).
+1. **Trust.** The sample-ratio check (``stats.assignment_check``: units per variant against the
+   weights of each revision, p < 0.001; the report shows the same one) gates everything: a
+   split that does not follow its weights means some users are missing or misrouted, and every
+   difference may be that bias. Then ``trustworthy`` is False, the verdict says the results
+   cannot be trusted and ``srm_cause`` names the likely cause the data points to (units seen in
+   several variants, a variant whose failures are not recorded, one user sending most
+   requests).
 2. **Primary metric** (accuracy or MAE on feedback) per candidate vs control: the mSPRT with the
    user-clustered variance (``api.ab.stats``), always valid, then Holm-adjusted across the
    candidates so that "some candidate is better" keeps its false-positive rate at alpha.
@@ -153,12 +154,13 @@ def _with_holm(
     return out
 
 
-def srm_cause(control: str, weights: Mapping[str, float], requests: Sequence[RequestObs]) -> str:
-    """The likely cause of a sample-ratio mismatch, from what the requests can tell."""
+def srm_cause(expected: Mapping[str, float], requests: Sequence[RequestObs]) -> str:
+    """The likely cause of a sample-ratio mismatch, from what the requests can tell;
+    ``expected`` is the check's expected units per variant (0: never weighted)."""
     causes: list[str] = []
     variants_of: dict[str, set[str]] = {}
     for r in requests:
-        if r.variant in weights:
+        if r.variant in expected:
             variants_of.setdefault(r.unit, set()).add(r.variant)
     switched = sum(len(v) > 1 for v in variants_of.values())
     if variants_of and switched / len(variants_of) > SWITCHED_UNIT_SHARE:
@@ -169,15 +171,15 @@ def srm_cause(control: str, weights: Mapping[str, float], requests: Sequence[Req
         )
     failed = Counter(r.variant for r in requests if r.failed)
     total = Counter(r.variant for r in requests)
-    silent = [v for v in weights if weights[v] > 0 and total[v] and not failed[v]]
-    noisy = [v for v in weights if total[v] and failed[v]]
+    silent = [v for v in expected if expected[v] > 0 and total[v] and not failed[v]]
+    noisy = [v for v in expected if total[v] and failed[v]]
     if silent and noisy:
         shares = ", ".join(f"{v} {failed[v] / total[v]:.1%}" for v in sorted(noisy))
         causes.append(
             f"no failed request is recorded for {', '.join(sorted(silent))} while others fail "
             f"({shares}): a variant's failures may not be recorded, so its failing users vanish"
         )
-    for variant in sorted(v for v in weights if total[v]):
+    for variant in sorted(v for v in expected if total[v]):
         units = Counter(r.unit for r in requests if r.variant == variant)
         _, top = units.most_common(1)[0]
         if top / total[variant] > DOMINANT_UNIT_SHARE and len(units) > 1:
@@ -230,7 +232,8 @@ def _verdict(
 
 def assess(
     control: str,
-    weights: Mapping[str, float],
+    candidates: Sequence[str],
+    srm: stats.SampleRatioCheck,
     requests: Sequence[RequestObs],
     feedback: Sequence[FeedbackObs],
     shadows: Sequence[ShadowObs],
@@ -242,20 +245,11 @@ def assess(
 ) -> Assessment:
     """Everything the autopilot and the verdict need, from plain observations.
 
-    ``weights`` are what the units were drawn with; where weights changed during the
-    experiment pass the expected number of units per variant (summed per revision), as the
-    report's sample-ratio check does. ``requests`` and ``shadows`` in arrival order; feedback is
-    ordered by its time. Candidates are the variants of ``weights`` other than the control.
+    ``srm`` is the experiment's sample-ratio check (``stats.assignment_check`` on the units
+    assigned per revision), the one the report shows. ``requests`` and ``shadows`` in arrival
+    order; feedback is ordered by its time.
     """
-    if control not in weights:
-        raise ValueError(f"control {control!r} has no weight")
-    candidates = [v for v in weights if v != control]
-    units: dict[str, set[str]] = {v: set() for v in weights}
-    for r in requests:
-        if r.variant in units:
-            units[r.variant].add(r.unit)
-    srm = stats.sample_ratio_check({v: len(u) for v, u in units.items()}, dict(weights))
-    cause = srm_cause(control, weights, requests) if srm.mismatch else None
+    cause = srm_cause(srm.expected, requests) if srm.mismatch else None
 
     raw: list[PrimaryResult] = []
     p_values: dict[str, float] = {}

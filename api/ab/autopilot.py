@@ -31,9 +31,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.ab import metrics as m
+from api.ab import stats
 from api.ab.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
 from api.ab.policy import Decision, decide
-from api.ab.router import ExperimentConfig, ExperimentRouter
+from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig, ExperimentRouter
 from api.ab.store import DecisionRecord, ExperimentStatus, ExperimentStore
 from serving.torchserve import TorchServeClient
 
@@ -52,8 +53,8 @@ ACTION_STATUS: dict[str, ExperimentStatus] = {
 class Observations:
     """What the assessment reads, taken from the store in one go (blocking)."""
 
-    weights: dict[str, float]
-    """Expected units per variant summed over the revisions (weights changed while ramping)."""
+    srm: stats.SampleRatioCheck
+    """Units per variant against the weights of the revisions they were assigned under."""
     shares: dict[str, float]
     """The traffic share of each variant in the revision in force."""
     requests: list[RequestObs]
@@ -67,25 +68,19 @@ def traffic_shares(config: ExperimentConfig) -> dict[str, float]:
 
 
 def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
-    """The experiment's requests (answered and failed), feedback and shadow answers (blocking)."""
+    """The experiment's sample-ratio check, requests (answered and failed), feedback and shadow
+    answers (blocking)."""
     name = config.name
-    variants = [v.name for v in config.variants]
-    expected = dict.fromkeys(variants, 0.0)
-    weights_by_revision = store.experiment_weights(name)
-    for revision, assigned in store.assigned_units(name).items():
-        weights = weights_by_revision.get(revision, {})
-        total_weight = sum(weights.get(v, 0.0) for v in variants)
-        units = sum(n for v, n in assigned.items() if v in expected)
-        for variant in variants:
-            if total_weight > 0:
-                expected[variant] += units * weights.get(variant, 0.0) / total_weight
-    shares = traffic_shares(config)
-    if sum(expected.values()) <= 0:
-        expected = shares
+    # Forced versions were not drawn from the weights: they are counted apart, not here.
+    assigned = {
+        revision: {v: n for v, n in counts.items() if v != OVERRIDE_VARIANT}
+        for revision, counts in store.assigned_units(name).items()
+    }
+    srm = stats.assignment_check(assigned, store.experiment_weights(name))
     requests = store.request_observations(name)
     feedback = store.feedback_observations(name)
     shadows = store.shadow_observations(name)
-    return Observations(expected, shares, requests, feedback, shadows)
+    return Observations(srm, traffic_shares(config), requests, feedback, shadows)
 
 
 def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessment:
@@ -93,7 +88,8 @@ def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessmen
     settings = config.autopilot.settings()
     return assess(
         config.control.name,
-        seen.weights,
+        [v.name for v in config.variants[1:]],
+        seen.srm,
         seen.requests,
         seen.feedback,
         seen.shadows,

@@ -252,27 +252,6 @@ def _compare(
     )
 
 
-def _sample_ratio(store: ExperimentStore, config: ExperimentConfig) -> stats.SampleRatioCheck:
-    """Units per variant against the weights of the revision each was assigned under."""
-    weights_by_revision = store.experiment_weights(config.name)
-    observed: Counter[str] = Counter()
-    expected: dict[str, float] = {v.name: 0.0 for v in config.variants}
-    for revision, assigned in store.assigned_units(config.name).items():
-        # Forced versions were not drawn from the weights: they are counted apart, not here.
-        counts = {name: n for name, n in assigned.items() if name != OVERRIDE_VARIANT}
-        weights = weights_by_revision.get(revision, {})
-        total = sum(counts.values())
-        observed.update(counts)
-        for name in counts:
-            expected.setdefault(name, 0.0)
-        for name, weight in weights.items():
-            expected[name] = expected.get(name, 0.0) + total * weight / sum(weights.values())
-    if not observed:
-        return stats.SampleRatioCheck({}, expected, 0.0, 1.0, False)
-    # Expected counts already sum to the observed total, so they serve as the weights.
-    return stats.sample_ratio_check(dict(observed), expected)
-
-
 def _shadow(store: ExperimentStore, experiment: str) -> list[ShadowReport]:
     by_version: dict[str, list[tuple[tuple[int, ...], tuple[int, ...] | None]]] = {}
     for pair in store.shadow_pairs(experiment):
@@ -331,9 +310,10 @@ def build_report(
         latencies.setdefault(variant, []).append(latency)
         star_counts.setdefault(variant, Counter()).update(stars)
     feedback = store.feedback(config.name)
-    units: Counter[str] = Counter()
-    for counts in store.assigned_units(config.name).values():
-        units.update(counts)
+    # One reading of the experiment, the autopilot's: its sample-ratio check is the report's.
+    seen = observe(store, config)
+    assessment = assess_experiment(config, seen)
+    srm = assessment.srm
 
     variants = [
         _variant_report(
@@ -342,7 +322,7 @@ def build_report(
             v.weight,
             latencies.get(v.name, []),
             star_counts.get(v.name, Counter()),
-            units.get(v.name, 0),
+            srm.observed.get(v.name, 0),
             [f for f in feedback if f.variant == v.name],
         )
         for v in config.variants
@@ -355,12 +335,8 @@ def build_report(
         share = candidate.weight / weights if weights > 0 else 0.0
         for metric in ("accuracy", "mae"):
             comparisons.append(_compare(metric, control.name, candidate.name, share, pair))
-    seen = observe(store, config)
-    assessment = assess_experiment(config, seen)
     primary_metric = config.autopilot.primary_metric
     comparisons = _holm(comparisons, assessment, primary_metric)
-
-    srm = _sample_ratio(store, config)
     verdict = stats.verdict(
         control.name,
         [

@@ -276,6 +276,53 @@ def sample_ratio_check(
     return SampleRatioCheck(counts, expected, float(result.statistic), p_value, p_value < alpha)
 
 
+def expected_units(
+    assigned: Mapping[int, Mapping[str, int]], weights: Mapping[int, Mapping[str, float]]
+) -> dict[str, float]:
+    """Units each variant should have been assigned: each revision's units shared out by that
+    revision's weights, summed over the revisions.
+
+    ``assigned`` is units per variant per revision, ``weights`` the variant weights of each
+    revision. A unit is drawn afresh under every revision (a ramp moves the boundary between
+    variants), so each revision is its own draw. Every variant weighted in some revision is
+    listed, the latest revision's first; a variant with units but no weight expects 0.
+    """
+    expected: dict[str, float] = {}
+    for revision in sorted(weights, reverse=True):
+        expected.update((name, 0.0) for name in weights[revision] if name not in expected)
+    for revision, counts in assigned.items():
+        total = sum(counts.values())
+        shares = weights.get(revision, {})
+        total_weight = sum(shares.values())
+        for name in counts:
+            expected.setdefault(name, 0.0)
+        for name, weight in shares.items():
+            expected[name] += total * weight / total_weight
+    return expected
+
+
+def assignment_check(
+    assigned: Mapping[int, Mapping[str, int]],
+    weights: Mapping[int, Mapping[str, float]],
+    alpha: float = SRM_ALPHA,
+) -> SampleRatioCheck:
+    """The sample-ratio check of an experiment: units per variant, summed over its revisions,
+    against ``expected_units`` (so a ramp, which changes the weights, is no mismatch).
+
+    The unit is the user (an anonymous request stands for itself): the split draws users, and
+    one busy user's many requests would make requests look skewed when the split is fine.
+    """
+    observed: dict[str, int] = {}
+    for counts in assigned.values():
+        for name, n in counts.items():
+            observed[name] = observed.get(name, 0) + n
+    expected = expected_units(assigned, weights)
+    if sum(observed.values()) == 0:
+        return SampleRatioCheck({}, expected, 0.0, 1.0, False)
+    # The expected units already sum to the units observed, so they serve as the weights.
+    return sample_ratio_check(observed, expected, alpha)
+
+
 def proportions_sample_size(
     p_control: float,
     p_candidate: float,

@@ -629,17 +629,30 @@ class ExperimentStore:
         return [(v, ver, list(s), lat) for v, ver, s, lat in rows]
 
     def assigned_units(self, experiment: str) -> dict[int, dict[str, int]]:
-        """Distinct assignment units (hashed user, else request) per revision and variant.
+        """Distinct assignment units (hashed user, else request) per revision and variant, of
+        answered and failed requests alike.
 
         Units rather than requests: a sticky user sends many requests to one variant, so
-        counting requests would make a busy user look like a broken split.
+        counting requests would make a busy user look like a broken split. Failed requests
+        too: a user whose every request failed was still assigned, and leaving them out would
+        make a failing variant look like a broken split (the error-rate guardrail's finding).
         """
-        unit = func.coalesce(_Prediction.user_hash, _Prediction.request_id)
+        answered = select(
+            _Prediction.revision,
+            _Prediction.variant,
+            func.coalesce(_Prediction.user_hash, _Prediction.request_id).label("unit"),
+        ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
+        failed = select(
+            _FailedPrediction.revision,
+            _FailedPrediction.variant,
+            func.coalesce(_FailedPrediction.user_hash, _FailedPrediction.request_id),
+        ).where(_FailedPrediction.experiment == experiment, _FailedPrediction.revision.is_not(None))
+        both = answered.union_all(failed).subquery()
         with self._session() as session:
             rows = session.execute(
-                select(_Prediction.revision, _Prediction.variant, func.count(unit.distinct()))
-                .where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
-                .group_by(_Prediction.revision, _Prediction.variant)
+                select(
+                    both.c.revision, both.c.variant, func.count(both.c.unit.distinct())
+                ).group_by(both.c.revision, both.c.variant)
             ).all()
         counts: dict[int, dict[str, int]] = {}
         for revision, variant, n in rows:

@@ -6,9 +6,29 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from api.ab.assessment import FeedbackObs, RequestObs, assess
+from api.ab.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from api.ab.stats import Metric, assignment_check
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _assess(
+    weights: dict[str, float],
+    requests: list[RequestObs],
+    feedback: list[FeedbackObs],
+    shadows: list[ShadowObs],
+    primary_metric: Metric = "accuracy",
+) -> Assessment:
+    """``assess`` of one revision with these weights, the first the control: its sample-ratio
+    check on the units of the requests (answered and failed), as the store counts them."""
+    units: dict[str, set[str]] = {v: set() for v in weights}
+    for r in requests:
+        units[r.variant].add(r.unit)
+    srm = assignment_check({1: {v: len(u) for v, u in units.items()}}, {1: weights})
+    control, *candidates = weights
+    return assess(
+        control, candidates, srm, requests, feedback, shadows, primary_metric=primary_metric
+    )
 
 
 def _traffic(
@@ -28,7 +48,7 @@ def _traffic(
 
 def test_a_clearly_better_candidate_is_better_after_holm() -> None:
     requests, feedback = _traffic({"A": 0.55, "B": 0.75, "C": 0.55})
-    a = assess("A", {"A": 1, "B": 1, "C": 1}, requests, feedback, [])
+    a = _assess({"A": 1, "B": 1, "C": 1}, requests, feedback, [])
     by = {r.candidate: r for r in a.primary}
     assert a.trustworthy and a.srm_cause is None
     assert by["B"].better and not by["C"].better
@@ -40,7 +60,7 @@ def test_a_clearly_better_candidate_is_better_after_holm() -> None:
 
 def test_mae_is_better_when_lower() -> None:
     requests, feedback = _traffic({"A": 0.5, "B": 0.8})
-    a = assess("A", {"A": 1, "B": 1}, requests, feedback, [], primary_metric="mae")
+    a = _assess({"A": 1, "B": 1}, requests, feedback, [], primary_metric="mae")
     assert a.primary[0].metric == "mae"
     assert a.primary[0].difference is not None and a.primary[0].difference < 0
     assert a.primary[0].better
@@ -50,7 +70,7 @@ def test_sample_ratio_mismatch_gates_the_verdict_and_names_users_switching_varia
     requests, feedback = _traffic({"A": 0.5, "B": 0.8})
     # Every user of A was also served by B: B has twice the units it should.
     requests += [RequestObs("B", r.unit, False, 20.0) for r in requests if r.variant == "A"]
-    a = assess("A", {"A": 1, "B": 1}, requests, feedback, [])
+    a = _assess({"A": 1, "B": 1}, requests, feedback, [])
     assert not a.trustworthy
     assert a.srm_cause is not None and "more than one variant" in a.srm_cause
     assert a.verdict.startswith("results cannot be trusted")
@@ -60,13 +80,13 @@ def test_sample_ratio_mismatch_points_at_unrecorded_failures() -> None:
     requests, feedback = _traffic({"A": 0.5, "B": 0.5})
     failing = [RequestObs("A", f"x{i}", True, None) for i in range(300)]
     # B's failing users were never recorded: B is short of units and shows no failure at all.
-    a = assess("A", {"A": 1, "B": 1}, requests + failing, feedback, [])
+    a = _assess({"A": 1, "B": 1}, requests + failing, feedback, [])
     assert not a.trustworthy
     assert a.srm_cause is not None and "not be recorded" in a.srm_cause
 
 
 def test_no_feedback_for_a_candidate_is_not_enough_data() -> None:
     requests, feedback = _traffic({"A": 0.5, "B": 0.5})
-    a = assess("A", {"A": 1, "B": 1}, requests, [f for f in feedback if f.variant == "A"], [])
+    a = _assess({"A": 1, "B": 1}, requests, [f for f in feedback if f.variant == "A"], [])
     assert a.primary[0].p_value is None and not a.primary[0].better
     assert "not enough data" in a.verdict

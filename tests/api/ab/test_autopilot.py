@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.ab.autopilot import Autopilot
+from api.ab.report import build_report
 from api.ab.router import ExperimentConfig, ExperimentRouter
 from api.ab.store import DecisionRecord, ExperimentStore, FailureRecord, PredictionRecord
 from serving.torchserve import TorchServeClient
@@ -285,3 +286,67 @@ def test_the_background_task_looks_by_itself(setup: Setup, tmp_path: Path) -> No
         return setup.store.decisions(NAME)
 
     assert [d.action for d in asyncio.run(main())] == ["rollback"]
+
+
+def _failing_candidate_with_its_failures_recorded(setup: Setup) -> None:
+    _start(setup, _config("on"))
+    _traffic(setup, "control", 200, correct=0.6)
+    _traffic(setup, "candidate", 200, correct=0.6, failed=0.5)
+
+
+def _users_returning_after_a_ramp(setup: Setup) -> None:
+    """1000 sticky users under 90/10, all back after a ramp to 50/50: those whose point lies
+    in [0.5, 0.9) moved from the control to the candidate, as the router moves them."""
+    for weights, split in ((0.9, 900), (0.5, 500)):
+        revision = _start(setup, _config("on", control=weights, candidate=1 - weights))
+        setup.store.add_predictions(
+            [
+                PredictionRecord(
+                    f"r{revision}-{i}", NAME, revision, variant, "1.0", f"u{i}", (4,),
+                    ({"4": 1.0},), 0.010, datetime.now(UTC),
+                )
+                for i in range(1000)
+                for variant in ["control" if i < split else "candidate"]
+            ]
+        )  # fmt: skip
+    for i in range(400, 600):  # both variants rated, half of them right
+        setup.store.add_feedback(f"r{setup.revision}-{i}", 4 if i % 2 else 1)
+
+
+def _failures_of_the_candidate_not_recorded(setup: Setup) -> None:
+    _start(setup, _config("on"))
+    _traffic(setup, "control", 200, correct=0.6)
+    _traffic(setup, "candidate", 100, correct=0.6)  # its 100 failing users vanished
+
+
+@pytest.mark.parametrize(
+    ("scenario", "mismatch", "action"),
+    [
+        (_failing_candidate_with_its_failures_recorded, False, "rollback"),
+        (_users_returning_after_a_ramp, False, "ramp"),
+        (_failures_of_the_candidate_not_recorded, True, None),
+    ],
+)
+def test_the_report_and_the_autopilot_read_the_split_alike(
+    setup: Setup, scenario: Any, mismatch: bool, action: str | None
+) -> None:
+    """One sample-ratio check: the report's mismatch, its trust flag and the autopilot's gate
+    agree. A failing candidate is the error-rate guardrail's finding, and a ramp is no broken
+    split (the report used to flag the first, the autopilot the second)."""
+    scenario(setup)
+    config, revision = setup.router.config, setup.router.revision
+    assert config is not None
+    report = build_report(setup.store, config, revision)
+    assert report.sample_ratio.mismatch is mismatch
+    assert report.trustworthy is not mismatch
+    assert report.verdict.startswith("sample ratio mismatch") is mismatch
+    assert (report.srm_cause is not None) is mismatch
+    assert [v.units for v in report.variants] == [
+        report.sample_ratio.observed[v.name] for v in report.variants
+    ]
+
+    decisions = asyncio.run(setup.autopilot().step())
+
+    assert [d.action for d in decisions] == ([] if action is None else [action])
+    for d in decisions:
+        assert d.numbers["srm_p_value"] == report.sample_ratio.p_value

@@ -18,7 +18,9 @@ from api.ab.stats import (
     Comparison,
     always_valid_half_width,
     always_valid_interval,
+    assignment_check,
     cluster_mean_variance,
+    expected_units,
     holm,
     mean_interval,
     means_sample_size,
@@ -188,6 +190,39 @@ def test_sample_ratio_check_flags_traffic_to_a_zero_weight_variant() -> None:
     assert not sample_ratio_check({"a": 100, "b": 0}, {"a": 1, "b": 0}).mismatch
     with pytest.raises(ValueError, match="no weight"):
         sample_ratio_check({"c": 1}, {"a": 1})
+
+
+def test_assignment_check_takes_each_revision_with_its_own_weights() -> None:
+    # 1000 sticky users under 90/10, the same users again after a ramp to 50/50: the 400 whose
+    # point lies in [0.5, 0.9) moved to B. Per revision the split is exact.
+    assigned = {1: {"A": 900, "B": 100}, 2: {"A": 500, "B": 500}}
+    weights = {1: {"A": 0.9, "B": 0.1}, 2: {"A": 0.5, "B": 0.5}}
+    assert expected_units(assigned, weights) == {"A": pytest.approx(1400), "B": pytest.approx(600)}
+    check = assignment_check(assigned, weights)
+    assert check.observed == {"A": 1400, "B": 600}
+    assert check.chi2 == pytest.approx(0.0, abs=1e-9) and check.p_value == pytest.approx(1.0)
+    assert not check.mismatch
+    # Against the weights in force alone the ramp itself would read as a broken split.
+    assert sample_ratio_check(check.observed, weights[2]).mismatch
+    # B short of units in the second revision: 450 of 950 (expected 900 + 475 and 100 + 475),
+    # chi-square on the summed counts, p ~ 0.2; 350 of 850 is a mismatch (p ~ 1e-4).
+    short = assignment_check({1: {"A": 900, "B": 100}, 2: {"A": 500, "B": 450}}, weights)
+    assert short.expected == {"A": pytest.approx(1375), "B": pytest.approx(575)}
+    assert short.p_value == pytest.approx(stats.chisquare([1400, 550], [1375, 575]).pvalue)
+    assert not short.mismatch
+    assert assignment_check({1: {"A": 900, "B": 100}, 2: {"A": 500, "B": 350}}, weights).mismatch
+
+
+def test_assignment_check_lists_every_variant_and_flags_units_without_a_weight() -> None:
+    weights = {1: {"A": 1.0, "B": 0.0}, 2: {"A": 0.5, "B": 0.5, "C": 0.0}}
+    empty = assignment_check({}, weights)
+    assert (empty.observed, empty.expected, empty.mismatch) == ({}, {"A": 0, "B": 0, "C": 0}, False)
+    assert list(empty.expected) == ["A", "B", "C"]  # the latest revision's order
+    assert not assignment_check({1: {"A": 40}, 2: {"A": 50, "B": 50}}, weights).mismatch
+    # Units under a zero weight, or in a variant the revision does not have, break the split.
+    assert assignment_check({1: {"A": 40, "B": 1}}, weights).mismatch
+    stray = assignment_check({2: {"A": 50, "B": 50, "D": 1}}, weights)
+    assert stray.mismatch and stray.expected["D"] == 0.0
 
 
 def test_sample_sizes_match_statsmodels_power() -> None:

@@ -339,6 +339,16 @@ def test_failed_requests_count_per_variant_next_to_answered_ones(database_url: s
     store.close()
 
 
+def test_assigned_units_count_users_whose_requests_failed_once(database_url: str) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(PredictionRecord(**{**_prediction("r1", "B").__dict__, "user_hash": "h1"}))
+    # h1 answered once and failed once: one unit; h2 only failed: still assigned to B.
+    store.add_failures([_failure("f1", user_hash="h1"), _failure("f2", user_hash="h2")])
+    store.add_failures([_failure("f3"), _failure("f4", "A")])  # anonymous: a unit each
+    assert store.assigned_units("exp") == {1: {"A": 1, "B": 3}}
+    store.close()
+
+
 def test_a_database_of_an_older_gateway_gains_the_new_tables_and_keeps_its_data(
     database_url: str,
 ) -> None:
