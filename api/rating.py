@@ -16,10 +16,11 @@ from typing import Annotated, Protocol, runtime_checkable
 from fastapi import BackgroundTasks, Depends, Header, Request
 
 from api import metrics
+from api.batching import Predictor
 from api.deps import ChooserDep, PredictorDep, RecorderDep, SettingsDep
 from api.errors import InvalidInput, PayloadTooLarge
 from api.schemas import USER_ID_PATTERN
-from api.seams import Assignment, PredictionEvent, PredictionRecorder
+from api.seams import Assignment, PredictionEvent, PredictionRecorder, VariantChooser
 from api.settings import Settings
 from serving.torchserve import (
     BadUpstreamResponse,
@@ -112,16 +113,16 @@ class Rated:
 
 
 class RatingPath:
-    """Everything a rating request needs, handed out per request as a FastAPI dependency."""
+    """Everything a rating request needs, handed out per request by ``rating_path``."""
 
     def __init__(
         self,
         request: Request,
         background: BackgroundTasks,
-        settings: SettingsDep,
-        predictor: PredictorDep,
-        chooser: ChooserDep,
-        recorder: RecorderDep,
+        settings: Settings,
+        predictor: Predictor,
+        chooser: VariantChooser,
+        recorder: PredictionRecorder,
     ) -> None:
         self.request = request
         self.background = background
@@ -185,4 +186,17 @@ class RatingPath:
         return Rated(request_id, assignment, version, predictions)
 
 
-RatingDep = Annotated[RatingPath, Depends()]
+async def rating_path(
+    request: Request,
+    background: BackgroundTasks,
+    settings: SettingsDep,
+    predictor: PredictorDep,
+    chooser: ChooserDep,
+    recorder: RecorderDep,
+) -> RatingPath:
+    # A coroutine, not the class itself: FastAPI runs a class dependency in its thread pool,
+    # a thread hop on every prediction.
+    return RatingPath(request, background, settings, predictor, chooser, recorder)
+
+
+RatingDep = Annotated[RatingPath, Depends(rating_path)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 
@@ -377,3 +379,22 @@ def test_unknown_route_and_wrong_method_use_the_error_format(gateway: TestClient
     assert missing.json() == {"error": {"code": "not_found", "message": "Not Found"}}
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_prediction_never_waits_for_a_worker_thread(
+    gateway: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every dependency and handler of the rating path runs on the event loop: a hop to the
+    # thread pool (a class or plain-def dependency) costs each request a thread wake-up.
+    hops: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., object], *args: object, **kwargs: Any) -> object:
+        hops.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    for body in ({"text": REVIEW}, {"texts": [REVIEW, "It's OK."]}):
+        assert gateway.post("/v1/predictions", json=body).status_code == 200
+
+    assert hops == []
