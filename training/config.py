@@ -166,6 +166,13 @@ class TrainConfig:
         ),
     )
     experiment: str = field(default="starrating", metadata=_help("MLflow experiment name."))
+    tracking: bool = field(
+        default=True,
+        metadata=_help(
+            "Record the run in MLflow. Turn it off on a machine without MLflow: metrics.json, "
+            "history.json and plots/ are written all the same."
+        ),
+    )
     progress: bool = field(default=True, metadata=_help("Show a progress bar on rank 0."))
 
     def split_path(self, name: str) -> Path | None:

@@ -62,7 +62,8 @@ def setup_distributed() -> DistributedContext:
 
 
 def teardown_distributed(ctx: DistributedContext) -> None:
-    if ctx.distributed and dist.is_initialized():
+    # Also a group of one (torchrun with one process): NCCL warns of leaked resources otherwise.
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

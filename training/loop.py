@@ -387,7 +387,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.rules = TrainingRules()
         self.state = RunState()
-        self.tracker = RunTracker(config, enabled=ctx.is_main)
+        self.tracker = RunTracker(config, enabled=ctx.is_main and config.tracking)
         # Dropout differs per rank, as it would with one process over the global batch.
         torch.manual_seed(config.seed + 1000 * (ctx.rank + 1))
         self.last_validation: tuple[int, Predictions] | None = None

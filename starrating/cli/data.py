@@ -39,6 +39,14 @@ def prepare_command(
         "cut points). They go to the training split only: validation and test stay the Amazon "
         "sentences, split exactly as without this option.",
     ),
+    extra_corpora_ratio: float | None = typer.Option(
+        None,
+        "--extra-corpora-ratio",
+        help="With --with-extra-corpora: keep only a random sample (by --seed) of R x the "
+        "Amazon training rows from the extra corpora, e.g. 1 for as many as Amazon has "
+        "(all of them where there are fewer). Default: all of them.",
+        metavar="R",
+    ),
 ) -> None:
     """Validate rows (missing text and labels outside 1-5 are counted, not fatal) and write
     stratified splits plus summary.json."""
@@ -50,6 +58,8 @@ def prepare_command(
 
     if with_extra_corpora and source != "default":
         raise fail("--with-extra-corpora adds the embedded archive's corpora: use --source default")
+    if extra_corpora_ratio is not None and not with_extra_corpora:
+        raise fail("--extra-corpora-ratio samples the extra corpora: add --with-extra-corpora")
     cache_dir = CoreSettings().cache_dir
     if source == "default":
         reviews = read_corpus(cache_dir, AMAZON)
@@ -80,6 +90,7 @@ def prepare_command(
                 test_fraction=test_fraction,
                 on_row=lambda: progress.advance(task),
                 extra_train=extra,
+                extra_ratio=extra_corpora_ratio,
             )
     except (DataFormatError, EmbeddedDataError, ValueError) as exc:
         raise fail(str(exc)) from exc

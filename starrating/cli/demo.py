@@ -172,6 +172,8 @@ def demo(
         seed=42,
         validation_fraction=0.1,
         test_fraction=0.1,
+        with_extra_corpora=False,
+        extra_corpora_ratio=None,
     )
 
     for v in versions:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,23 @@ def test_early_stop_ends_training_when_a_rule_finds_an_issue(
     assert metrics["stopped"] == "rules" and metrics["steps"] < 104
     assert metrics["rules"]["LossNotDecreasing"]["status"] == "IssuesFound"
     assert (run / "model" / "config.json").is_file()  # an early stop still saves the model
+
+
+def test_without_tracking_it_trains_where_mlflow_is_not_installed(
+    tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
+) -> None:
+    # A bare GPU machine: importing mlflow fails there.
+    blocker = tmp_path / "site" / "mlflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no MLflow on this machine')\n")
+    run = tmp_path / "run"
+    args = ["--data", str(tiny_data_dir), "--out", str(run), "--model", str(tiny_model_dir)]
+    args += ["--max-steps", "2", "--num-workers", "0", "--checkpoint-every", "0"]
+    args += ["--progress", "0", "--tracking", "0"]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(blocker.parent), os.getcwd()])}
+    done = subprocess.run(
+        [sys.executable, "-m", "training", *args], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2
+    assert (run / "plots" / "reliability.png").exists() and not (run / "mlflow.db").exists()

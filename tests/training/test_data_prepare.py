@@ -306,3 +306,90 @@ def test_the_real_archive_adds_its_three_corpora_to_training() -> None:
         for c in embedded_module.CORPORA
     }
     assert counts == {"amazon": 3708, "movies": 10605, "tweets": 4200, "nyt_editorials": 5190}
+
+
+# -- --extra-corpora-ratio: a seeded sample of the extra corpora -----------------------------
+
+
+def _key(row: dict[str, object]) -> tuple[object, object]:
+    return row["source"], row["id"]
+
+
+def test_a_ratio_keeps_a_seeded_sample_of_the_extra_corpora_and_counts_it_right(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    full, _ = _prepare(tmp_path / "full", "--with-extra-corpora", "--seed", "7")
+    args = ("--with-extra-corpora", "--extra-corpora-ratio", "0.5", "--seed", "7")
+    half, summary = _prepare(tmp_path / "half", *args)
+    for split in ("validation", "test"):
+        assert _lines(half, split) == _lines(full, split)
+    train = _read_split(half, "train")
+    amazon = [r for r in train if r["source"] == "amazon"]
+    extra = [r for r in train if r["source"] != "amazon"]
+    full_amazon = [r for r in _read_split(full, "train") if r["source"] == "amazon"]
+    assert {_key(r) for r in amazon} == {_key(r) for r in full_amazon}
+    assert len(extra) == round(0.5 * len(amazon)) < 200  # of the 200 extra rows
+    splits, sources = summary["splits"], summary["sources"]
+    assert isinstance(splits, dict) and isinstance(sources, dict)
+    assert splits["train"]["rows"] == len(train) == len(amazon) + len(extra)
+    assert {s: splits["train"][str(s)] for s in range(1, 6)} == {
+        s: sum(r["stars"] == s for r in train) for s in range(1, 6)
+    }
+    assert {name: per_split["train"] for name, per_split in sources.items()} == {
+        name: sum(r["source"] == name for r in train) for name in ("amazon", "movies", "tweets")
+    }
+    assert summary["rows_written"] == len(train) + 300 - len(amazon)
+    assert summary["rows_read"] == 500
+    assert summary["extra_ratio"] == 0.5
+    assert {r["source"] for r in train[:60]} == {"amazon", "movies", "tweets"}  # mixed through
+
+    again, _ = _prepare(tmp_path / "again", *args)
+    assert _lines(again, "train") == _lines(half, "train")
+    other, _ = _prepare(tmp_path / "other", *args[:-1], "8")
+    assert {_key(r) for r in _read_split(other, "train")} != {_key(r) for r in train}
+
+
+def test_a_ratio_samples_the_full_split_as_the_issue_15_recipe_did(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    """The measured recipe: the full split's Amazon rows plus random.Random(seed).sample() of
+    its extra rows as many as Amazon's, shuffled by the same generator."""
+    import random
+
+    full, _ = _prepare(tmp_path / "full", "--with-extra-corpora")
+    rows = _read_split(full, "train")
+    amazon = [r for r in rows if r["source"] == "amazon"]
+    extra = [r for r in rows if r["source"] != "amazon"]
+    rng = random.Random(42)
+    recipe = amazon + rng.sample(extra, 160)
+    rng.shuffle(recipe)
+    ratio = str(160 / len(amazon))
+    sampled, _ = _prepare(
+        tmp_path / "sampled", "--with-extra-corpora", "--extra-corpora-ratio", ratio
+    )
+    assert _read_split(sampled, "train") == recipe
+
+
+def test_a_ratio_asking_for_more_than_there_is_keeps_all_and_says_so(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    full, _ = _prepare(tmp_path / "full", "--with-extra-corpora")
+    out = tmp_path / "all"
+    result = _invoke(out, "--with-extra-corpora", "--extra-corpora-ratio", "2")
+    assert result.exit_code == 0, result.output
+    assert _lines(out, "train") == _lines(full, "train")
+    assert "keeping all of them" in " ".join(result.output.split())
+
+
+def test_a_ratio_needs_the_extra_corpora_and_a_positive_number(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    result = _invoke(tmp_path / "o", "--extra-corpora-ratio", "1")
+    assert result.exit_code == 2
+    assert "add --with-extra-corpora" in " ".join(result.output.split())
+    assert not (tmp_path / "o").exists()
+    for bad in ("0", "-1", "nan"):
+        result = _invoke(tmp_path / "o", "--with-extra-corpora", "--extra-corpora-ratio", bad)
+        assert result.exit_code == 2 and "above 0" in result.output, result.output
+    help_text = runner.invoke(app, ["data", "prepare", "--help"], env={"COLUMNS": "200"})
+    assert "--extra-corpora-ratio" in help_text.output

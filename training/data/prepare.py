@@ -12,12 +12,16 @@ its corpus), ``source`` (the corpus), ``ratings`` (every rater's rating, -4..+4)
 Extra training rows (``extra_train``: other domains) go to the training split only and draw no
 split slots, so validation and test are exactly what they are without them; the training split
 is then shuffled (seeded) so a streaming shuffle buffer sees every source throughout an epoch.
+With ``extra_ratio`` R only a seeded sample of round(R x main training rows) extra rows is kept,
+drawn from that shuffled split and shuffled again with the same generator: the recipe measured
+in issue 15 on a file made that way from the full split, which this reproduces row for row.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import random
 from collections import Counter
@@ -32,8 +36,12 @@ from starrating.text import normalize_text
 from training.data.embedded import ratings_distribution
 from training.data.readers import Review
 
+logger = logging.getLogger(__name__)
+
 SPLITS = ("train", "validation", "test")
 MAX_BLOCK = 100
+# A training row held before it is written: whether it is an extra row, and the row.
+HeldRow = tuple[bool, dict[str, Any]]
 
 
 @dataclass
@@ -48,6 +56,8 @@ class PrepareSummary:
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     # Rows per source (corpus) and split, where rows say their source.
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Extra training rows kept per main training row (a seeded sample); None: all of them.
+    extra_ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +111,35 @@ def _record(review: Review, text: str, stars: int) -> dict[str, Any]:
     return record
 
 
+def _sample_extra(train: list[HeldRow], ratio: float, seed: int) -> list[HeldRow]:
+    """All main rows of ``train`` and a seeded sample of round(``ratio`` x main rows) of its
+    extra rows, shuffled; all of ``train`` where that asks for as many extra rows as there are."""
+    main = [row for row in train if not row[0]]
+    extra = [row for row in train if row[0]]
+    wanted = round(ratio * len(main))
+    if wanted >= len(extra):
+        logger.info(
+            "extra training rows: ratio %g x %d training rows asks for %d, there are %d: "
+            "keeping all of them",
+            ratio,
+            len(main),
+            wanted,
+            len(extra),
+        )
+        return train
+    logger.info(
+        "extra training rows: keeping a seeded sample of %d of %d (ratio %g x %d training rows)",
+        wanted,
+        len(extra),
+        ratio,
+        len(main),
+    )
+    rng = random.Random(seed)
+    sampled = main + rng.sample(extra, wanted)
+    rng.shuffle(sampled)
+    return sampled
+
+
 def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
@@ -117,19 +156,23 @@ def prepare(
     test_fraction: float = 0.1,
     on_row: Callable[[], None] | None = None,
     extra_train: Iterable[Review] = (),
+    extra_ratio: float | None = None,
 ) -> PrepareSummary:
     """Validate ``reviews`` and write the splits under ``out_dir``; ``extra_train`` rows are
-    validated the same way and added to the training split only."""
+    validated the same way and added to the training split only: all of them, or with
+    ``extra_ratio`` a seeded sample of round(``extra_ratio`` x main training rows)."""
     if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
         raise ValueError("validation and test fractions must be >= 0 and sum to less than 1")
+    if extra_ratio is not None and not (extra_ratio > 0 and math.isfinite(extra_ratio)):
+        raise ValueError(f"the extra rows' ratio must be a number above 0, not {extra_ratio}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PrepareSummary(source=source, seed=seed)
+    summary = PrepareSummary(source=source, seed=seed, extra_ratio=extra_ratio)
     bags = _SplitBags({"validation": validation_fraction, "test": test_fraction}, seed)
     counts: dict[str, Counter[int]] = {name: Counter() for name in SPLITS}
     by_source: dict[str, Counter[str]] = {}
     # With extra rows the training split is shuffled before it is written, so it is held here.
     extra = iter(extra_train)
-    held_train: list[dict[str, Any]] | None = None
+    held_train: list[HeldRow] | None = None
     first_extra = next(extra, None)
     if first_extra is not None:
         held_train = []
@@ -163,7 +206,7 @@ def prepare(
                 continue
             split = bags.draw(record["stars"])
             if split == "train" and held_train is not None:
-                held_train.append(record)
+                held_train.append((False, record))
             else:
                 handles[split].write(json.dumps(record, ensure_ascii=False) + "\n")
             count(split, record)
@@ -171,13 +214,14 @@ def prepare(
         for handle in handles.values():
             handle.close()
     if held_train is not None:
-        for review in extra:
-            record = valid(review)
-            if record is not None:
-                held_train.append(record)
-                count("train", record)
+        held_train.extend((True, r) for r in map(valid, extra) if r is not None)
         random.Random(f"{seed}/extra").shuffle(held_train)
-        _write_lines(out_dir / "train.partial", held_train)
+        if extra_ratio is not None:
+            held_train = _sample_extra(held_train, extra_ratio, seed)
+        for is_extra, record in held_train:
+            if is_extra:  # counted once kept; the main rows were counted as they came
+                count("train", record)
+        _write_lines(out_dir / "train.partial", (record for _, record in held_train))
     for name in SPLITS:
         (out_dir / f"{name}.partial").replace(out_dir / f"{name}.jsonl")
         summary.splits[name] = {str(s): counts[name][s] for s in STARS} | {
