@@ -43,6 +43,12 @@ RUN --mount=type=secret,id=pip-ca \
 
 # TorchServe and the handler: the CPU build of torch (serving needs no GPU here).
 FROM python-base AS deps-serve
+# TorchServe's frontend is Java; tini forwards SIGTERM to it. Installed before any of this
+# project's files are copied, so a code change does not reinstall the JDK.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+    && rm -rf /var/lib/apt/lists/*
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY deploy/docker/requirements-serve.lock /tmp/requirements.lock
@@ -96,10 +102,6 @@ RUN --mount=type=secret,id=pip-ca \
 
 # ---------------------------------------------------------------------------------------------
 FROM app-serve AS serve
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
-    && rm -rf /var/lib/apt/lists/*
 COPY deploy/torchserve/config.properties deploy/torchserve/sagemaker.properties /etc/starrating/torchserve/
 COPY --chmod=0755 deploy/torchserve/entrypoint.sh /usr/local/bin/starrating-torchserve
 COPY --chown=starrating:starrating model_store/ /opt/starrating/model-store/

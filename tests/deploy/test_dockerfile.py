@@ -185,7 +185,10 @@ def test_service_images_run_as_a_numeric_non_root_user(target: str) -> None:
 def test_serve_image_runs_torchserve_with_a_model_healthcheck() -> None:
     serve = STAGES["serve"]
     assert set(" ".join(serve.all("EXPOSE")).split()) == {"8080", "8081", "8082"}
-    assert "openjdk-17-jre-headless" in " ".join(serve.all("RUN"))
+    # The JDK is installed with the serving dependencies, before any project file is copied,
+    # so a code change does not reinstall it; the serve image is built on that stage.
+    assert "openjdk-17-jre-headless" in " ".join(STAGES["deps-serve"].all("RUN"))
+    assert all("--from=source" not in copy for copy in STAGES["deps-serve"].all("COPY"))
     healthcheck = serve.last("HEALTHCHECK")
     assert healthcheck is not None and "starrating-torchserve-healthcheck" in healthcheck
     entrypoint = serve.last("ENTRYPOINT")
