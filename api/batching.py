@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from api import metrics
 from serving.torchserve import (
     BadUpstreamResponse,
     InvalidInput,
@@ -137,6 +138,7 @@ class AdaptiveBatcher:
 
     async def _answer(self, version: str | None, batch: list[_Waiting]) -> None:
         texts = [text for item in batch for text in item.texts]
+        metrics.UPSTREAM_REQUEST_TEXTS.observe(len(texts))
         try:
             predictions = await self._upstream.predict(texts, version)
             if len(predictions) != len(texts):

@@ -47,6 +47,12 @@ BATCH_SIZE = Histogram(
     "Texts per prediction request",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+UPSTREAM_REQUEST_TEXTS = Histogram(
+    "starrating_upstream_request_texts",
+    "Texts per TorchServe request the adaptive batcher sent (several callers' texts where "
+    "concurrent predictions were coalesced)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 PREDICTED_STARS = Counter(
     "starrating_predicted_stars_total",
     "Star ratings predicted, by model version",

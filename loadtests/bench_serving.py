@@ -351,6 +351,7 @@ def run_stack(
         def drive(name: str, users: int, duration: float, per_request: int) -> SetupResult:
             url, path, target, headers = targets[name]
             before = stack.cpu_seconds()
+            texts_before = stack.upstream_request_texts()
             result = run_load(
                 url,
                 path,
@@ -370,7 +371,16 @@ def run_stack(
                 f"{part}_cpu_ms_per_request": round(1000 * (after[part] - before[part]) / sent, 2)
                 for part in after
             }
-            return load_result(result, **tuning.describe(), **cpu_ms)
+            # How full the adaptive batcher made TorchServe's requests (warm-up included).
+            texts_after = stack.upstream_request_texts()
+            sent_texts = texts_after[0] - texts_before[0]
+            upstream_requests = texts_after[1] - texts_before[1]
+            coalesced = (
+                {"texts_per_torchserve_request": round(sent_texts / upstream_requests, 2)}
+                if upstream_requests
+                else {}
+            )
+            return load_result(result, **tuning.describe(), **cpu_ms, **coalesced)
 
         for name in ("stack", "direct"):
             if name in config.setups:

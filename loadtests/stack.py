@@ -69,20 +69,41 @@ class StackEndpoints:
         return f"/predictions/stars/{self.version}"
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time used so far by the gateway and by TorchServe (frontend JVM + workers)."""
+        """CPU time used so far by the gateway, by TorchServe (frontend JVM + workers) and by
+        TorchServe's Python workers alone (the model's process)."""
         return {
             "gateway": process_tree_cpu(self.gateway_pid),
             "torchserve": process_tree_cpu(self.torchserve_pid),
+            "torchserve_workers": process_tree_cpu(self.torchserve_pid, children_only=True),
         }
 
+    def upstream_request_texts(self) -> tuple[float, float]:
+        """(texts, TorchServe requests) the gateway's adaptive batcher has sent so far, from
+        its ``/metrics``."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
 
-def process_tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its living children (0 for a gone process)."""
+        text = httpx.get(f"{self.gateway_url}/metrics", timeout=10.0).raise_for_status().text
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "starrating_upstream_request_texts"
+            for sample in family.samples
+        }
+        return (
+            values.get("starrating_upstream_request_texts_sum", 0.0),
+            values.get("starrating_upstream_request_texts_count", 0.0),
+        )
+
+
+def process_tree_cpu(pid: int, *, children_only: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` and its living children (0 for a gone process);
+    ``children_only``: of the children without ``pid`` itself."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        processes = [*([] if children_only else [root]), *root.children(recursive=True)]
     except psutil.Error:
         return 0.0
     total = 0.0

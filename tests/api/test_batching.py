@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from api.batching import AdaptiveBatcher
 from serving.torchserve import (
@@ -103,6 +104,20 @@ async def test_callers_waiting_behind_a_request_in_flight_share_the_next_one() -
     assert answers == [expected(t, "1.0") for t in texts]
     # The first goes alone; the eleven that arrived while it was in flight go together.
     assert [len(request) for _, request in model.requests] == [1, 11]
+
+
+async def test_metrics_count_the_texts_of_each_torchserve_request() -> None:
+    # What an operator reads to see whether coalescing fills TorchServe's requests.
+    def sent() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("starrating_upstream_request_texts_count")
+        total = REGISTRY.get_sample_value("starrating_upstream_request_texts_sum")
+        return count or 0.0, total or 0.0
+
+    requests_before, texts_before = sent()
+    b = batcher(FakeModel(latency_s=0.1))
+    await asyncio.gather(*(b.predict([f"review {i}"], "1.0") for i in range(12)))
+    requests_after, texts_after = sent()
+    assert (requests_after - requests_before, texts_after - texts_before) == (2, 12)
 
 
 async def test_versions_are_never_mixed_in_one_request() -> None:

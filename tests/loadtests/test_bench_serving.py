@@ -115,6 +115,15 @@ def test_every_setup_end_to_end(tiny_model_dir: Path, tiny_data_dir: Path, tmp_p
         for part in ("gateway", "torchserve"):
             assert payload[name]["detail"][f"{part}_cpu_ms_per_request"] >= 0
     assert payload["stack"]["detail"]["gateway_cpu_ms_per_request"] > 0
+    for name in ("stack", "direct"):  # the model's process is part of TorchServe's tree
+        workers, whole = (
+            payload[name]["detail"][f"{part}_cpu_ms_per_request"]
+            for part in ("torchserve_workers", "torchserve")
+        )
+        assert 0 < workers <= whole
+    # Two users through the gateway: each TorchServe request carried one text or both.
+    assert 1 <= payload["stack"]["detail"]["texts_per_torchserve_request"] <= 2
+    assert "texts_per_torchserve_request" not in payload["direct"]["detail"]
     assert payload["stack_over_limit"] == pytest.approx(
         payload["stack"]["rps"] / payload["limit"]["rps"]
     )
