@@ -17,7 +17,7 @@ from fastapi import BackgroundTasks, Depends, Header, Request
 
 from api import metrics
 from api.batching import Predictor
-from api.deps import ChooserDep, PredictorDep, RecorderDep, SettingsDep
+from api.deps import get_chooser, get_predictor, get_recorder, get_settings
 from api.errors import InvalidInput, PayloadTooLarge
 from api.schemas import USER_ID_PATTERN
 from api.seams import Assignment, PredictionEvent, PredictionRecorder, VariantChooser
@@ -186,17 +186,18 @@ class RatingPath:
         return Rated(request_id, assignment, version, predictions)
 
 
-async def rating_path(
-    request: Request,
-    background: BackgroundTasks,
-    settings: SettingsDep,
-    predictor: PredictorDep,
-    chooser: ChooserDep,
-    recorder: RecorderDep,
-) -> RatingPath:
+async def rating_path(request: Request, background: BackgroundTasks) -> RatingPath:
     # A coroutine, not the class itself: FastAPI runs a class dependency in its thread pool,
-    # a thread hop on every prediction.
-    return RatingPath(request, background, settings, predictor, chooser, recorder)
+    # a thread hop on every prediction. The gateway's parts are read here rather than declared
+    # as four sub-dependencies: FastAPI solves each one on every prediction.
+    return RatingPath(
+        request,
+        background,
+        await get_settings(request),
+        await get_predictor(request),
+        await get_chooser(request),
+        await get_recorder(request),
+    )
 
 
 RatingDep = Annotated[RatingPath, Depends(rating_path)]
