@@ -62,19 +62,30 @@ def setup_distributed() -> DistributedContext:
 
 
 def teardown_distributed(ctx: DistributedContext) -> None:
-    # Also a group of one (torchrun with one process): NCCL warns of leaked resources otherwise.
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group once every process has got here.
+
+    The barrier keeps a process that finished first (any rank but 0, which still writes the
+    model) from closing its connections while the others still use theirs: Gloo then aborts
+    the process ("terminate called without an active exception"), and torchrun fails the job.
+    Also a group of one (torchrun with one process): NCCL warns of leaked resources otherwise.
+    """
+    if not dist.is_initialized():
+        return
+    if ctx.distributed:
+        dist.barrier(group=ctx.cpu_group)
+    dist.destroy_process_group()
 
 
 @contextmanager
 def distributed_context() -> Iterator[DistributedContext]:
-    """``setup_distributed()`` with the process group destroyed on the way out."""
+    """``setup_distributed()`` with the process group destroyed when the work is done.
+
+    Not after an error: the other processes may be inside a collective that will never
+    complete, and destroying the group under them can hang; the process exits instead and
+    torchrun stops the rest."""
     ctx = setup_distributed()
-    try:
-        yield ctx
-    finally:
-        teardown_distributed(ctx)
+    yield ctx
+    teardown_distributed(ctx)
 
 
 def agree_any(ctx: DistributedContext, *flags: bool) -> list[bool]:

@@ -88,6 +88,32 @@ def test_two_process_gradients_equal_one_process_on_the_same_global_batch(
             torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _leave_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ |= {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    with distributed_context():
+        if rank == 0:  # rank 0 still writes the model while the others are done
+            time.sleep(1.5)
+            (Path(out) / "rank0-done").write_text(str(time.time()))
+    (Path(out) / f"rank{rank}-left").write_text(str(time.time()))
+
+
+def test_a_process_that_finishes_first_waits_for_the_others_before_leaving(
+    tmp_path: Path,
+) -> None:
+    # Leaving early would close its connections under the others (Gloo aborts them then).
+    mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
+        _leave_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True
+    )
+    rank0_done = float((tmp_path / "rank0-done").read_text())
+    assert float((tmp_path / "rank1-left").read_text()) >= rank0_done
+
+
 def _environment() -> dict[str, str]:
     return os.environ | {
         "MLFLOW_DISABLE_TELEMETRY": "true",
