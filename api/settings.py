@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from starrating.service import GATEWAY_PORT, LOOPBACK
 from starrating.settings import TorchServeSettings
+from starrating.sizing import MIN_WORKERS_PER_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,11 @@ class Settings(TorchServeSettings):
         default=10.0, ge=0, le=10_000, description="longest a prediction waits to be coalesced"
     )
     coalesce_max_in_flight: int = Field(
-        default=2,
+        default=MIN_WORKERS_PER_VERSION,
         ge=1,
         le=1_000,
-        description="TorchServe requests in flight per version before predictions wait",
+        description="TorchServe requests in flight per version before predictions wait: the "
+        "workers TorchServe runs per version (`starrating serve` sets it from the layout)",
     )
     readiness_timeout_s: PositiveSeconds = Field(
         default=1.0, description="/readyz gives up (not ready) after this long"

@@ -520,6 +520,13 @@ def gateway_env(
     return env
 
 
+def coalescing_env(versions: int, cpus: int | None = None) -> dict[str, str]:
+    """The gateway keeps as many coalesced requests in flight per version as TorchServe runs
+    workers for it (``serving_layout``), so that no worker idles while predictions wait."""
+    workers = serving_layout(versions, cpus).workers_per_version
+    return {f"{ENV_PREFIX}COALESCE_MAX_IN_FLIGHT": str(workers)}
+
+
 def serve(
     paths: ServingPaths,
     options: TorchServeOptions,
@@ -562,9 +569,11 @@ def serve(
         if gateway_host is not None:
             if progress:
                 progress("starting the gateway")
+            base = env if env is not None else os.environ
             gateway_pid = start_gateway(
                 paths,
-                gateway_env(env if env is not None else os.environ, paths, options),
+                # A value the caller set wins over the one from the layout.
+                {**coalescing_env(len(archives)), **gateway_env(base, paths, options)},
                 host=gateway_host,
                 port=gateway_port,
                 workers=gateway_workers,

@@ -19,11 +19,13 @@ THREADS_ENV = f"{HANDLER_ENV_PREFIX}THREADS"
 MAX_THREADS_PER_WORKER = 4
 """More CPUs per version go to more workers rather than more threads: one short review batch
 keeps only a few intra-op threads busy."""
-FRONTEND_CPUS = 1
-"""Left to TorchServe's frontend (and a gateway beside it) when there is more than one CPU.
-A torch worker whose threads take every core stalls whenever the frontend runs: with two
-threads on two busy cores the in-process rate fell from 73 to 1 review/s, and the stack with
-one review per request did worse with two threads than with one (docs/performance.md)."""
+MIN_WORKERS_PER_VERSION = 2
+"""Workers per version wherever its share has that many CPUs, one thread each before any
+worker gets a second: while one worker runs a batch, the other takes the next one the gateway
+coalesced (the gateway keeps as many requests in flight per version; ``api.settings``). On 2
+CPUs, one review per request, 16 users: 2 workers x 1 thread rated 184 reviews/s, 1 x 2 142,
+and 1 x 1 with the second CPU left to TorchServe's frontend (the earlier rule) 112
+(docs/performance.md)."""
 
 
 def available_cpus() -> int:
@@ -44,17 +46,16 @@ class ServingLayout:
 def serving_layout(versions: int, cpus: int | None = None) -> ServingLayout:
     """Share ``cpus`` (default: ``available_cpus()``) among ``versions`` served side by side.
 
-    One CPU stays with TorchServe's frontend when there are several (``FRONTEND_CPUS``); the
-    rest is shared equally, at least one CPU per version, and a share is split into as few
-    workers as keep each at ``MAX_THREADS_PER_WORKER`` threads or fewer. More versions than
-    CPUs still get one worker with one thread each.
+    Each version gets an equal share, at least one CPU. A share runs one worker per CPU up to
+    ``MIN_WORKERS_PER_VERSION``; beyond that, as few workers as keep each at
+    ``MAX_THREADS_PER_WORKER`` threads or fewer. More versions than CPUs still get one worker
+    with one thread each.
     """
     if versions < 1:
         raise ValueError(f"need at least one version to serve, got {versions}")
     cpus = available_cpus() if cpus is None else cpus
     if cpus < 1:
         raise ValueError(f"need at least one CPU, got {cpus}")
-    for_workers = cpus - FRONTEND_CPUS if cpus > FRONTEND_CPUS else cpus
-    share = max(1, for_workers // versions)
-    workers = -(-share // MAX_THREADS_PER_WORKER)
+    share = max(1, cpus // versions)
+    workers = max(min(share, MIN_WORKERS_PER_VERSION), -(-share // MAX_THREADS_PER_WORKER))
     return ServingLayout(workers_per_version=workers, threads_per_worker=share // workers)

@@ -59,7 +59,7 @@ def layout(image: str, store: Path, *limits: str) -> tuple[list[str], str]:
     ("versions", "limits", "cpus", "expected"),
     [
         (1, ("--cpus", "1"), 1, ["1", "1"]),  # a CPU quota (docker --cpus, a Kubernetes limit)
-        (1, ("--cpus", "1.5"), 2, ["1", "1"]),  # a fractional quota rounds up
+        (1, ("--cpus", "1.5"), 2, ["2", "1"]),  # a fractional quota rounds up
         (1, ("--cpuset-cpus", "0"), 1, ["1", "1"]),  # an affinity mask
         (2, ("--cpus", "2"), 2, ["1", "1"]),  # two versions share two CPUs
     ],

@@ -18,8 +18,8 @@ def test_prints_workers_and_threads_for_the_versions_in_the_store(
         (tmp_path / f"stars-{version}.mar").touch()
     assert layout.main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
-    assert out == "1 2\n"
-    assert "2 version(s) on 5 CPU(s): 1 worker(s) x 2 thread(s) each" in err
+    assert out == "2 1\n"
+    assert "2 version(s) on 5 CPU(s): 2 worker(s) x 1 thread(s) each" in err
 
 
 def test_an_empty_store_is_an_error_that_names_it(

@@ -14,6 +14,7 @@ from serving.supervisor import (
     LifecycleError,
     ServingPaths,
     TorchServeOptions,
+    coalescing_env,
     discover_archives,
     gateway_env,
     version_key,
@@ -93,3 +94,12 @@ def test_two_archives_of_one_version_are_refused(tmp_path: Path) -> None:
     fake_mar(tmp_path / "b.mar", "stars", "1.0")
     with pytest.raises(LifecycleError, match="both hold"):
         discover_archives(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "versions", "in_flight"), [(2, 1, "2"), (2, 2, "1"), (16, 1, "4")]
+)
+def test_the_gateway_keeps_a_request_in_flight_per_torchserve_worker(
+    cpus: int, versions: int, in_flight: str
+) -> None:
+    assert coalescing_env(versions, cpus) == {"STARRATING_COALESCE_MAX_IN_FLIGHT": in_flight}
