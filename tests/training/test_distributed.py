@@ -59,7 +59,7 @@ def _gradients(texts: list[str], labels: list[int], ddp: bool) -> dict[str, torc
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _as_torchrun_would_start(rank: int, world_size: int, port: int) -> None:
     os.environ |= {
         "RANK": str(rank),
         "LOCAL_RANK": str(rank),
@@ -67,6 +67,10 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    _as_torchrun_would_start(rank, world_size, port)
     with distributed_context() as ctx:
         assert ctx.world_size == world_size and ctx.is_main == (rank == 0)
         share = slice(rank * 4, (rank + 1) * 4)
@@ -89,13 +93,7 @@ def test_two_process_gradients_equal_one_process_on_the_same_global_batch(
 
 
 def _leave_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ |= {
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(world_size),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
+    _as_torchrun_would_start(rank, world_size, port)
     with distributed_context():
         if rank == 0:  # rank 0 still writes the model while the others are done
             time.sleep(1.5)
