@@ -28,7 +28,6 @@ DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 PREFIX = os.environ.get("IMAGE_PREFIX", "starrating")
 TAG = os.environ.get("IMAGE_TAG", "latest")
 PROJECT = "starrating-ci"
-GATEWAY_PORT = int(os.environ.get("STARRATING_GATEWAY_PORT", "8000"))
 
 
 def image(target: str) -> str:
@@ -218,11 +217,15 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One compose stack for the session: two versions (1.0, 2.0) of the tiny model."""
-    if port_open(GATEWAY_PORT):
+    """One compose stack for the session: two versions (1.0, 2.0) of the tiny model, its
+    gateway published on ``STARRATING_GATEWAY_PORT`` or else on a free port (so a service
+    already on 8000 does not stop the tests)."""
+    chosen = os.environ.get("STARRATING_GATEWAY_PORT")
+    gateway_port = int(chosen) if chosen else free_port()
+    if port_open(gateway_port):
         pytest.fail(
-            f"127.0.0.1:{GATEWAY_PORT} is taken: stop what listens there, or set "
-            "STARRATING_GATEWAY_PORT"
+            f"127.0.0.1:{gateway_port} is taken: stop what listens there, or set "
+            "STARRATING_GATEWAY_PORT to a free port"
         )
     home = tmp_path_factory.mktemp("compose")
     home.chmod(0o755)
@@ -231,12 +234,12 @@ def stack(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         "STARRATING_ADMIN_TOKEN": secrets.token_hex(16),
         "STARRATING_POSTGRES_PASSWORD": secrets.token_hex(16),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(16),
-        "STARRATING_GATEWAY_PORT": str(GATEWAY_PORT),
+        "STARRATING_GATEWAY_PORT": str(gateway_port),
         "STARRATING_MODEL_STORE_DIR": str(store),
     }
     env_file = home / "compose.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    stack = Stack(env_file, values, f"http://127.0.0.1:{GATEWAY_PORT}", 0.0)
+    stack = Stack(env_file, values, f"http://127.0.0.1:{gateway_port}", 0.0)
     stack.down("-v")  # a stack left over by an interrupted session
     try:
         stack.up_seconds = stack.up()
