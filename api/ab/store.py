@@ -53,8 +53,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    null,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -748,29 +750,33 @@ class ExperimentStore:
 
     def request_observations(self, experiment: str) -> list[RequestObs]:
         """Every request of ``experiment`` assigned by the split (forced versions left out),
-        answered and failed, with its unit (hashed user, else the request id)."""
+        answered and failed, with its unit (hashed user, else the request id), in arrival
+        order: the guardrails' sequential tests read them as a sequence."""
+        answered = select(
+            _Prediction.variant,
+            _Prediction.user_hash,
+            _Prediction.request_id,
+            _Prediction.latency_s,
+            _Prediction.created_at,
+        ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
+        failed = select(
+            _FailedPrediction.variant,
+            _FailedPrediction.user_hash,
+            _FailedPrediction.request_id,
+            null().cast(Float),  # a failed request has no latency
+            _FailedPrediction.created_at,
+        ).where(_FailedPrediction.experiment == experiment, _FailedPrediction.revision.is_not(None))
+        both = union_all(answered, failed).subquery()
         with self._session() as session:
-            answered = session.execute(
+            rows = session.execute(
                 select(
-                    _Prediction.variant,
-                    _Prediction.user_hash,
-                    _Prediction.request_id,
-                    _Prediction.latency_s,
-                ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
-            ).all()
-            failed = session.execute(
-                select(
-                    _FailedPrediction.variant,
-                    _FailedPrediction.user_hash,
-                    _FailedPrediction.request_id,
-                ).where(
-                    _FailedPrediction.experiment == experiment,
-                    _FailedPrediction.revision.is_not(None),
-                )
+                    both.c.variant, both.c.user_hash, both.c.request_id, both.c.latency_s
+                ).order_by(both.c.created_at)
             ).all()
         return [
-            RequestObs(v, _unit(h, rid), False, lat * 1000.0) for v, h, rid, lat in answered
-        ] + [RequestObs(v, _unit(h, rid), True, None) for v, h, rid in failed]
+            RequestObs(v, _unit(h, rid), lat is None, None if lat is None else lat * 1000.0)
+            for v, h, rid, lat in rows
+        ]
 
     def feedback_count(self, experiment: str) -> int:
         with self._session() as session:

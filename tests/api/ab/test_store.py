@@ -13,7 +13,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -336,6 +337,24 @@ def test_failed_requests_count_per_variant_next_to_answered_ones(database_url: s
     assert [f.error for f in store.failures("exp")] == ["ModelNotReady", "ModelNotReady"]
     assert all(r.latency_ms is None for r in rows if r.failed)
     assert {r.latency_ms for r in rows if not r.failed} == {12.0}
+    store.close()
+
+
+def test_requests_answered_and_failed_come_back_in_arrival_order(database_url: str) -> None:
+    # The guardrails' sequential tests read requests as a sequence: failures stored apart
+    # must come back where they happened, not after every answered request.
+    store = ExperimentStore(database_url)
+    start = datetime.now(UTC)
+    arrivals = ["r0", "f1", "r2", "f3", "r4"]
+    for i, request_id in enumerate(arrivals):
+        at = start + timedelta(milliseconds=10 * i)
+        if request_id.startswith("f"):
+            store.add_failures([replace(_failure(request_id), created_at=at)])
+        else:
+            store.add_prediction(replace(_prediction(request_id, "B"), created_at=at))
+    rows = store.request_observations("exp")
+    assert [r.unit for r in rows] == arrivals
+    assert [r.failed for r in rows] == [False, True, False, True, False]
     store.close()
 
 
