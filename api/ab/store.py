@@ -62,6 +62,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Subquery
 
 from api.ab.assessment import FeedbackObs
 from api.ab.guardrails import RequestObs, ShadowObs
@@ -314,6 +315,29 @@ def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
         "latency_s": record.latency_s,
         "created_at": record.created_at,
     }
+
+
+def _split_requests(experiment: str) -> Subquery:
+    """The requests of ``experiment`` the split assigned (forced versions have no revision),
+    answered and failed: revision, variant, user_hash, request_id, latency_s (NULL when
+    failed), created_at."""
+    answered = select(
+        _Prediction.revision,
+        _Prediction.variant,
+        _Prediction.user_hash,
+        _Prediction.request_id,
+        _Prediction.latency_s,
+        _Prediction.created_at,
+    ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
+    failed = select(
+        _FailedPrediction.revision,
+        _FailedPrediction.variant,
+        _FailedPrediction.user_hash,
+        _FailedPrediction.request_id,
+        null().cast(Float),  # a failed request has no latency
+        _FailedPrediction.created_at,
+    ).where(_FailedPrediction.experiment == experiment, _FailedPrediction.revision.is_not(None))
+    return union_all(answered, failed).subquery()
 
 
 def _enable_sqlite_durability(dbapi_connection: Any, connection_record: Any) -> None:
@@ -639,22 +663,13 @@ class ExperimentStore:
         too: a user whose every request failed was still assigned, and leaving them out would
         make a failing variant look like a broken split (the error-rate guardrail's finding).
         """
-        answered = select(
-            _Prediction.revision,
-            _Prediction.variant,
-            func.coalesce(_Prediction.user_hash, _Prediction.request_id).label("unit"),
-        ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
-        failed = select(
-            _FailedPrediction.revision,
-            _FailedPrediction.variant,
-            func.coalesce(_FailedPrediction.user_hash, _FailedPrediction.request_id),
-        ).where(_FailedPrediction.experiment == experiment, _FailedPrediction.revision.is_not(None))
-        both = answered.union_all(failed).subquery()
+        both = _split_requests(experiment)
+        unit = func.coalesce(both.c.user_hash, both.c.request_id)
         with self._session() as session:
             rows = session.execute(
-                select(
-                    both.c.revision, both.c.variant, func.count(both.c.unit.distinct())
-                ).group_by(both.c.revision, both.c.variant)
+                select(both.c.revision, both.c.variant, func.count(unit.distinct())).group_by(
+                    both.c.revision, both.c.variant
+                )
             ).all()
         counts: dict[int, dict[str, int]] = {}
         for revision, variant, n in rows:
@@ -752,21 +767,7 @@ class ExperimentStore:
         """Every request of ``experiment`` assigned by the split (forced versions left out),
         answered and failed, with its unit (hashed user, else the request id), in arrival
         order: the guardrails' sequential tests read them as a sequence."""
-        answered = select(
-            _Prediction.variant,
-            _Prediction.user_hash,
-            _Prediction.request_id,
-            _Prediction.latency_s,
-            _Prediction.created_at,
-        ).where(_Prediction.experiment == experiment, _Prediction.revision.is_not(None))
-        failed = select(
-            _FailedPrediction.variant,
-            _FailedPrediction.user_hash,
-            _FailedPrediction.request_id,
-            null().cast(Float),  # a failed request has no latency
-            _FailedPrediction.created_at,
-        ).where(_FailedPrediction.experiment == experiment, _FailedPrediction.revision.is_not(None))
-        both = union_all(answered, failed).subquery()
+        both = _split_requests(experiment)
         with self._session() as session:
             rows = session.execute(
                 select(
