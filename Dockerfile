@@ -79,6 +79,7 @@ COPY starrating /src/starrating
 COPY training /src/training
 COPY handlers /src/handlers
 COPY api /src/api
+COPY abtesting /src/abtesting
 COPY serving /src/serving
 COPY loadtests /src/loadtests
 

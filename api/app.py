@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from httpx_aiohttp import AiohttpTransport
 
+from abtesting.service import ABTesting
 from api import metrics
-from api.ab.service import ABTesting
 from api.batching import AdaptiveBatcher, Predictor
 from api.drain import Drain
 from api.errors import install_error_handlers
@@ -96,7 +96,13 @@ def create_app(
         app.state.client = _torchserve_client(settings) if owned else client
         app.state.predictor = _predictor(settings, app.state.client)
         if owned if ab_testing is None else ab_testing:
-            app.state.ab = await asyncio.to_thread(ABTesting.open, settings, app.state.client)
+            assert settings.database_url is not None  # Settings fills in the SQLite default
+            app.state.ab = await asyncio.to_thread(
+                ABTesting.open,
+                settings.database_url,
+                app.state.client,
+                autopilot_interval_s=settings.autopilot_interval_s,
+            )
             app.state.chooser = chooser if chooser is not None else app.state.ab.router
             app.state.recorder = recorder if recorder is not None else app.state.ab.recorder
             await app.state.ab.warn_if_stale(settings.readiness_timeout_s)

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.ab.service import ABTesting
+from abtesting.service import ABTesting
 from api.batching import Predictor
 from api.drain import Drain
 from api.errors import Forbidden, Unauthorized

@@ -239,7 +239,7 @@ def apply_update_weights(request: Mapping[str, Any], sagemaker_client: Any) -> N
 
 
 class WeightDecision(Protocol):
-    """What the A/B autopilot decided (``api.ab.policy.Decision`` is one): the candidate's new
+    """What the A/B autopilot decided (``abtesting.policy.Decision`` is one): the candidate's new
     share of traffic (0 for a rollback, 1 for a promotion)."""
 
     @property

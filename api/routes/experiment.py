@@ -15,10 +15,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
-from api.ab.report import DecisionReport, ExperimentReport, build_report
-from api.ab.router import ExperimentConfig, ExperimentNotReady
-from api.ab.service import ABTesting
-from api.ab.store import ExperimentStatus
+from abtesting.report import DecisionReport, ExperimentReport, build_report
+from abtesting.router import ExperimentConfig, ExperimentNotReady
+from abtesting.service import ABTesting
+from abtesting.store import ExperimentStatus
 from api.deps import AdminDep
 from api.errors import ApiError, InvalidInput, NotReady
 from api.schemas import error_responses

@@ -11,8 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.ab import metrics as m
-from api.ab.store import FeedbackConflict, UnknownRequest
+from abtesting import metrics as m
+from abtesting.store import FeedbackConflict, UnknownRequest
 from api.errors import ApiError
 from api.routes.experiment import ABDep
 from api.schemas import WholeNumber, error_responses

@@ -12,7 +12,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from api.ab.service import ABTesting
+from abtesting.service import ABTesting
 from api.deps import ABTestingDep, ChooserDep, ClientDep, DrainDep, SettingsDep
 from api.errors import NotReady, StaleExperiment
 from api.schemas import HealthResponse, ReadinessResponse, error_responses

@@ -35,7 +35,7 @@ function pText(p) {
 }
 
 function withInterval(interval, digits, scale) {
-  if (!interval) return "–";
+  if (!interval || interval.value === null || interval.value === undefined) return "–";
   const s = scale || 1;
   const bounds = interval.low === null || interval.high === null ? ""
     : ` [${fmt(interval.low * s, digits)}, ${fmt(interval.high * s, digits)}]`;
@@ -137,7 +137,9 @@ function starsChart(variants) {
 
 function verdictClass(report) {
   if (report.sample_ratio.mismatch) return "alarm";
-  const significant = report.comparisons.filter((c) => c.significant);
+  // The verdict's metric only: the same comparisons the autopilot decides on.
+  const significant = report.comparisons.filter(
+    (c) => c.significant && c.metric === (report.primary_metric || "accuracy"));
   if (!significant.length) return "waiting";
   const better = significant.some((c) => (c.metric === "accuracy") === (c.difference > 0));
   return better ? "better" : "worse";
@@ -330,7 +332,8 @@ function render(report) {
 
   fillTable(document.getElementById("comparisons"), report.comparisons.map((c) => [
     [`${c.candidate} vs ${c.control}`], [c.metric === "mae" ? "MAE" : "accuracy"],
-    [fmt(c.difference, 3), true], [fmtP(c.p_value), true],
+    [withInterval({ value: c.difference, low: c.low, high: c.high }, 3), true],
+    [fmtP(c.p_value), true], [fmtP(c.p_value_holm), true],
     [`${fmtP(c.p_value_fixed)} (${c.fixed_test})`, true], [c.significant ? "yes" : "no"],
     [c.significant ? "–" : (c.feedback_needed ?? "–"), true],
   ]));

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from api.ab.router import unit_point
+from abtesting.router import unit_point
 from api.app import create_app
 from api.settings import Settings
 from serving.torchserve import TorchServeClient
@@ -458,10 +458,11 @@ def test_report_names_the_variant_whose_predictions_match_the_feedback(gateway: 
     by_metric = {c["metric"]: c for c in report["comparisons"]}
     assert by_metric["accuracy"]["difference"] == -1.0
     assert by_metric["accuracy"]["p_value"] < 0.05
-    assert by_metric["accuracy"]["p_value_fixed"] < by_metric["accuracy"]["p_value"]
-    assert by_metric["mae"]["fixed_test"] == "Welch t-test"
+    assert by_metric["accuracy"]["p_value_fixed"] <= by_metric["accuracy"]["p_value"]
+    assert by_metric["mae"]["fixed_test"] == "z-test, user-clustered variance"
+    assert by_metric["accuracy"]["low"] == -1.0  # the band is cut at what accuracy allows
     assert report["sample_ratio"]["mismatch"] is False
-    assert report["verdict"].startswith("B is worse than A on accuracy (p")
+    assert report["verdict"].startswith("B is worse than A on accuracy (Holm-adjusted p")
     # What the autopilot reads, shown too (it is off here: no decisions).
     assert (report["primary_metric"], report["trustworthy"], report["srm_cause"]) == (
         "accuracy",
@@ -490,7 +491,7 @@ def test_report_asks_for_more_data_early(gateway: TestClient) -> None:
         answer = _predict(gateway, f"review {i}", f"user-{i}")
         gateway.post("/v1/feedback", json={"request_id": answer["request_id"], "stars": 3})
     report = gateway.get("/v1/experiment/report").json()
-    assert "not enough data: need ~" in report["verdict"]
+    assert "not enough data on accuracy yet: need ~" in report["verdict"]
     needed = [c["feedback_needed"] for c in report["comparisons"]]
     assert all(n is not None and n > 0 for n in needed)
 
@@ -632,11 +633,11 @@ def test_a_stored_experiment_routing_to_a_removed_version_is_named_at_start_and_
     # Version 2.0's .mar is gone (a store volume reused): TorchServe no longer has it.
     del torchserve.ready["2.0"]
 
-    with caplog.at_level("WARNING", logger="api.ab.service"):
+    with caplog.at_level("WARNING", logger="abtesting.service"):
         restarted = open_gateway()
     readyz = restarted.get("/readyz")
 
-    [logged] = [r for r in caplog.records if r.name == "api.ab.service"]
+    [logged] = [r for r in caplog.records if r.name == "abtesting.service"]
     assert logged.levelname == "WARNING"
     assert readyz.status_code == 503
     error = readyz.json()["error"]

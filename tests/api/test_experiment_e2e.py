@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from api.ab.store import DecisionRecord, ExperimentStore
+from abtesting.store import DecisionRecord, ExperimentStore
 from serving.supervisor import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
@@ -105,7 +105,9 @@ def test_report_names_the_better_version_with_p_below_005(experiment: Experiment
     assert accuracy["candidate"] == "candidate" and accuracy["difference"] > 0
     assert accuracy["p_value"] < 0.05
     assert accuracy["p_value_fixed"] is not None and accuracy["p_value_fixed"] < 0.05
-    assert report["verdict"].startswith("candidate is better than control on accuracy (p")
+    assert report["verdict"].startswith(
+        "candidate is better than control on accuracy (Holm-adjusted p"
+    )
     assert report["sample_ratio"]["mismatch"] is False
     shadow = report["shadow"][0]
     assert shadow["version"] == "1.0" and 0 < shadow["copies"] < USERS

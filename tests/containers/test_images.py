@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1800
 PROBE = (
     "import importlib.util, json; print(json.dumps({m: bool(importlib.util.find_spec(m)) "
     "for m in ['torch', 'transformers', 'mlflow', 'ts', 'model_archiver', 'locust', "
-    "'accelerate', 'sklearn', 'matplotlib', 'pyarrow', 'fastapi', 'scipy', 'api', 'handlers']}))"
+    "'accelerate', 'sklearn', 'matplotlib', 'pyarrow', 'fastapi', 'scipy', 'api', 'abtesting', "
+    "'handlers']}))"
 )
 # Measured here: gateway 419 MB (numpy + scipy with bytecode are half of it), serve 1.7 GB with
 # the CPU torch. The bounds catch a role's image picking up another role's dependencies.
@@ -35,7 +36,7 @@ def test_gateway_image_has_no_torch_transformers_mlflow_or_torchserve(
     images: dict[str, str],
 ) -> None:
     found = modules(images["gateway"])
-    assert found["fastapi"] and found["scipy"] and found["api"]
+    assert found["fastapi"] and found["scipy"] and found["api"] and found["abtesting"]
     heavy = ("torch", "transformers", "mlflow", "ts", "model_archiver", "locust")
     assert not any(found[m] for m in heavy), found
     assert size_mb(images["gateway"]) <= MAX_MB["gateway"]

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from api.ab.policy import Decision
+from abtesting.policy import Decision
 from serving.sagemaker import (
     EndpointSpec,
     apply_decision,

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from api.ab.store import ExperimentStore
+from abtesting.store import ExperimentStore
 from serving.supervisor import free_port
 from tests.serving.helpers import running_torchserve, starrating
 

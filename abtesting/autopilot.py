@@ -4,7 +4,7 @@ A background task of the gateway's lifespan (``Autopilot.run``), never on a requ
 ``interval_s`` it looks whether feedback or requests arrived since its last look (debounce: at
 most one assessment per interval, and none while nothing changed); if so, and if it holds the
 store's lease (one replica decides at a time), it builds the observations from the store, runs
-``api.ab.assessment.assess`` and ``api.ab.policy.decide`` and acts on the first decision:
+``abtesting.assessment.assess`` and ``abtesting.policy.decide`` and acts on the first decision:
 
 - **ramp**: a new experiment revision with the candidate's weight raised one step (the control
   gets the rest);
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from api.ab import metrics as m
-from api.ab import stats
-from api.ab.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
-from api.ab.policy import Decision, decide
-from api.ab.router import OVERRIDE_VARIANT, ExperimentConfig, ExperimentRouter
-from api.ab.store import DecisionRecord, ExperimentStatus, ExperimentStore
+from abtesting import metrics as m
+from abtesting import stats
+from abtesting.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from abtesting.policy import Decision, decide
+from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig, ExperimentRouter
+from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 from serving.torchserve import TorchServeClient
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessmen
         primary_metric=settings.primary_metric,
         limits=settings.limits,
         shadow_versions={v.name: v.version for v in config.variants},
+        weights={v.name: v.weight for v in config.variants},
     )
 
 

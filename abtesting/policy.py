@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from api.ab import stats
-from api.ab.assessment import Assessment, PrimaryResult
-from api.ab.guardrails import GuardrailLimits
+from abtesting import stats
+from abtesting.assessment import Assessment, Comparison
+from abtesting.guardrails import GuardrailLimits
 
 Action = Literal["ramp", "rollback", "promote"]
 NO_ACTION, RAMP, ROLLBACK, PROMOTE = 0, 1, 2, 3
@@ -93,7 +93,7 @@ def feedback_for_step(step: int, min_feedback: int) -> int:
 
 
 def _numbers(
-    primary: PrimaryResult | None, assessment: Assessment, candidate: str
+    primary: Comparison | None, assessment: Assessment, candidate: str
 ) -> dict[str, float | int | str | None]:
     numbers: dict[str, float | int | str | None] = {
         "srm_p_value": assessment.srm.p_value,
@@ -194,7 +194,7 @@ def decide(
     return [*chosen[ROLLBACK], *ramps]
 
 
-def _holm_of(result: PrimaryResult | None) -> float:
+def _holm_of(result: Comparison | None) -> float:
     if result is None or result.p_value_holm is None:
         return 1.0
     return result.p_value_holm

@@ -20,9 +20,9 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.ab.assessment import GuardrailLimits
-from api.ab.policy import AutopilotSettings
-from api.ab.store import ExperimentStatus, ExperimentStore
+from abtesting.assessment import GuardrailLimits
+from abtesting.policy import AutopilotSettings
+from abtesting.store import ExperimentStatus, ExperimentStore
 from api.seams import DEFAULT_VARIANT, Assignment, DefaultChooser
 from serving.torchserve import TorchServeClient
 from starrating.service import NAME_PATTERN, VERSION_PATTERN
@@ -121,7 +121,7 @@ class AutopilotConfig(BaseModel):
         return self
 
     def settings(self) -> AutopilotSettings:
-        """The policy's settings (``api.ab.policy``)."""
+        """The policy's settings (``abtesting.policy``)."""
         return AutopilotSettings(
             mode=self.mode,
             primary_metric=self.primary_metric,

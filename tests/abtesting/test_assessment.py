@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from api.ab.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
-from api.ab.stats import Metric, assignment_check
+from abtesting.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from abtesting.stats import Metric, assignment_check
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.ab.router import (
+from abtesting.router import (
     OVERRIDE_VARIANT,
     ExperimentAssignment,
     ExperimentConfig,
@@ -23,7 +23,7 @@ from api.ab.router import (
     ExperimentRouter,
     check_versions_ready,
 )
-from api.ab.store import ExperimentStore
+from abtesting.store import ExperimentStore
 from serving.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
 
@@ -57,7 +57,7 @@ def test_assignment_is_the_same_in_every_router_instance() -> None:
 def test_assignment_is_the_same_in_a_fresh_process_with_another_hash_seed() -> None:
     # A restarted replica is a new process; Python's own str hash changes between processes.
     script = (
-        "import json, sys; from api.ab.router import ExperimentConfig, ExperimentRouter; "
+        "import json, sys; from abtesting.router import ExperimentConfig, ExperimentRouter; "
         "c = ExperimentConfig.model_validate_json(sys.argv[1]); r = ExperimentRouter(c, 1); "
         "print(json.dumps([r.choose(f'user-{i}', None).variant for i in range(500)]))"
     )

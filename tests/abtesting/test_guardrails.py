@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from api.ab.guardrails import (
+from abtesting.guardrails import (
     GuardrailLimits,
-    RequestObs,
-    ShadowObs,
     assess_guardrails,
     disagreement_rate,
     error_rate,
     latency_p95,
 )
+from abtesting.observations import RequestObs, ShadowObs
 
 
 def _requests(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from api.ab.store import (
+from abtesting.store import (
     DecisionRecord,
     DuplicateRequest,
     ExperimentStore,
@@ -268,7 +268,7 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from datetime import UTC, datetime
-from api.ab.store import ExperimentStore, PredictionRecord
+from abtesting.store import ExperimentStore, PredictionRecord
 
 store = ExperimentStore(sys.argv[1])
 i = 0

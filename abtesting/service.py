@@ -1,6 +1,6 @@
 """The A/B testing parts the gateway wires in, opened together and closed together.
 
-``ABTesting.open(settings, client)`` opens the store at ``settings.database_url``, gives the
+``ABTesting.open(database_url, client)`` opens the store at ``database_url``, gives the
 router the experiment stored there (so weights survive restarts) and builds the recorder and the
 autopilot. The app keeps the bundle on ``app.state.ab``; its router is the app's chooser and its
 recorder the app's recorder; ``start`` runs the autopilot as a background task of the lifespan.
@@ -15,16 +15,15 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from api.ab.autopilot import Autopilot
-from api.ab.recorder import ExperimentRecorder
-from api.ab.router import (
+from abtesting.autopilot import Autopilot
+from abtesting.recorder import ExperimentRecorder
+from abtesting.router import (
     ExperimentConfig,
     ExperimentRouter,
     check_versions_ready,
     stale_experiment_reason,
 )
-from api.ab.store import DecisionRecord, ExperimentStore
-from api.settings import Settings
+from abtesting.store import DecisionRecord, ExperimentStore
 from serving.torchserve import TorchServeClient, TorchServeError
 from starrating.service import STALE_EXPERIMENT
 
@@ -42,17 +41,17 @@ class ABTesting:
     @classmethod
     def open(
         cls,
-        settings: Settings,
+        database_url: str,
         client: TorchServeClient,
         *,
+        autopilot_interval_s: float,
         rng: random.Random | None = None,
     ) -> ABTesting:
         """Open the store and load its experiment (blocking, once at startup)."""
-        assert settings.database_url is not None  # Settings fills in the SQLite default
-        store = ExperimentStore(settings.database_url)
+        store = ExperimentStore(database_url)
         router = ExperimentRouter(rng=rng)
         router.reload(store)
-        autopilot = Autopilot(store, router, client, interval_s=settings.autopilot_interval_s)
+        autopilot = Autopilot(store, router, client, interval_s=autopilot_interval_s)
         return cls(store, router, ExperimentRecorder(store, router, client), autopilot)
 
     def start(self) -> None:

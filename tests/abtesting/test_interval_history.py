@@ -1,4 +1,5 @@
-"""The interval over time: it narrows, it keeps its promise at every look, it stays small."""
+"""The assessment's interval over time: it narrows, it keeps its promise at every look, it stays
+within the metric's range and small."""
 
 from __future__ import annotations
 
@@ -7,12 +8,26 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from api.ab import stats
-from api.ab.assessment import FeedbackObs
-from api.ab.history import MAX_POINTS, interval_history, look_positions
-from api.ab.stats import MIXTURE_SD
+from abtesting import stats
+from abtesting.assessment import MAX_LOOKS, FeedbackObs, Look, assess, look_positions
+from abtesting.stats import MIXTURE_SD, Metric, SampleRatioCheck
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+SPLIT_OK = SampleRatioCheck({}, {}, 0.0, 1.0, False)
+
+
+def interval_history(
+    control: str,
+    candidates: list[str],
+    feedback: list[FeedbackObs],
+    metric: Metric,
+    max_points: int = MAX_LOOKS,
+) -> dict[str, list[Look]]:
+    """Each candidate's looks, as the assessment (and so the report) has them."""
+    assessment = assess(
+        control, candidates, SPLIT_OK, [], feedback, [], primary_metric=metric, max_looks=max_points
+    )
+    return {c.candidate: list(c.history) for c in assessment.primary}
 
 
 def simulate(
@@ -107,7 +122,7 @@ def test_long_experiments_are_thinned_keeping_the_first_and_last_look() -> None:
     history = interval_history("control", ["candidate", "other"], feedback, "mae")
 
     for name, points in history.items():
-        assert len(points) == MAX_POINTS, name
+        assert len(points) == MAX_LOOKS, name
         counts = [p.feedbacks for p in points]
         assert counts == sorted(set(counts))
         assert counts[-1] == len(feedback) and points[-1].at == feedback[-1].at
@@ -129,6 +144,21 @@ def test_no_interval_before_both_arms_have_their_burn_in() -> None:
     history = interval_history("control", ["candidate", "absent"], feedback, "accuracy")
 
     assert history == {"candidate": [], "absent": []}
+
+
+def test_the_band_stays_within_the_possible_range_of_the_difference() -> None:
+    """Early looks of a small experiment with a large difference reach past what the metric
+    allows (an accuracy difference lies in [-1, 1], an MAE difference in [-4, 4]): the band is
+    cut there instead of promising values no experiment can have."""
+    rng = np.random.default_rng(11)
+    feedback = simulate(
+        rng, 80, {"control": 0.1, "candidate": 0.95}, {"control": 0.5, "candidate": 0.5}
+    )
+    accuracy = interval_history("control", ["candidate"], feedback, "accuracy")["candidate"]
+    assert accuracy and all(-1.0 <= p.low <= p.difference <= p.high <= 1.0 for p in accuracy)
+    assert accuracy[0].high == 1.0  # cut: the uncut interval of the first look passes 1
+    mae = interval_history("control", ["candidate"], feedback, "mae")["candidate"]
+    assert mae and all(-4.0 <= p.low <= p.difference <= p.high <= 4.0 for p in mae)
 
 
 def test_look_positions_are_even_and_keep_both_ends() -> None:

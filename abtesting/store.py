@@ -64,8 +64,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Subquery
 
-from api.ab.assessment import FeedbackObs
-from api.ab.guardrails import RequestObs, ShadowObs
+from abtesting.observations import FeedbackObs, RequestObs, ShadowObs
 from starrating.labels import STARS
 
 logger = logging.getLogger(__name__)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from api.ab.assessment import Assessment, PrimaryResult
-from api.ab.guardrails import GuardrailResult
-from api.ab.policy import AutopilotSettings, decide
-from api.ab.stats import SampleRatioCheck
+from abtesting.assessment import Assessment, Comparison
+from abtesting.guardrails import GuardrailResult
+from abtesting.policy import AutopilotSettings, decide
+from abtesting.stats import SampleRatioCheck
 
 ON = AutopilotSettings(mode="on")
 SRM_OK = SampleRatioCheck({"A": 500, "B": 500}, {"A": 500.0, "B": 500.0}, 0.0, 1.0, False)
@@ -17,7 +17,7 @@ SRM_BAD = SampleRatioCheck({"A": 700, "B": 300}, {"A": 500.0, "B": 500.0}, 160.0
 def _assessment(
     *, better: bool = False, worse: bool = False, guard: str = "not_worse", srm: bool = True
 ) -> Assessment:
-    primary = PrimaryResult("B", "accuracy", 900, 0.1, 0.02, 0.18, 0.01, 0.01, better, worse)
+    primary = Comparison("B", "accuracy", 900, 0.1, 0.02, 0.18, 0.01, 0.01, 0.005, better, worse)
     guardrail = GuardrailResult("B", "error_rate", 0.01, 0.06, 0.05, 1e-6, 0.01, guard)  # type: ignore[arg-type]
     return Assessment(
         trustworthy=srm,

@@ -1,12 +1,16 @@
 """The A/B report: per-variant numbers with intervals, candidate-vs-control tests, a verdict.
 
-``build_report`` reads the store and runs ``api.ab.stats``; it blocks (database and numpy), so the
-route calls it on a worker thread. The first variant of the experiment is the control.
+``build_report`` reads the store once and writes out the experiment's one assessment
+(``abtesting.assessment.assess``, the autopilot's own reading): the comparisons, their p-values,
+the verdict, the guardrails and the interval over time all come from it, so the report cannot
+disagree with what the autopilot decides. It blocks (database and numpy), so the route calls it
+on a worker thread. The first variant of the experiment is the control.
 
-Two p-values per comparison, labelled: ``p_value`` is the always-valid sequential one (mSPRT,
-safe to watch continuously and to stop on), ``p_value_fixed`` the classical test (two-proportion
-z-test for accuracy, Welch's t-test for MAE), valid only for one look at a sample size fixed in
-advance. The verdict uses ``p_value`` at alpha = 0.05 per metric.
+Three p-values per comparison, labelled: ``p_value`` is the always-valid sequential one (mSPRT
+with the user-clustered variance, safe to watch continuously and to stop on), ``p_value_holm``
+that one adjusted across the candidates (what ``significant`` and the verdict read, at alpha =
+0.05), and ``p_value_fixed`` a secondary: a normal test with the same clustered variance, valid
+only for one look at a sample size fixed in advance.
 """
 
 from __future__ import annotations
@@ -20,19 +24,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from api.ab import stats
-from api.ab.assessment import Assessment
-from api.ab.autopilot import assess_experiment, observe
-from api.ab.history import IntervalPoint, interval_history
-from api.ab.router import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
-from api.ab.stats import MIXTURE_SD
-from api.ab.store import DecisionRecord, ExperimentStatus, ExperimentStore, FeedbackRecord
+from abtesting import stats
+from abtesting.assessment import Comparison
+from abtesting.autopilot import assess_experiment, observe
+from abtesting.observations import FeedbackObs
+from abtesting.router import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
+from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 
-# Smallest difference worth finding, for "need ~N more feedbacks".
-MIN_EFFECT: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}
-# Standard deviations assumed for the power calculation before data exists.
-PRIOR_SD: dict[stats.Metric, float] = {"accuracy": 0.5, "mae": 0.8}
-FIXED_TEST: dict[stats.Metric, str] = {"accuracy": "two-proportion z-test", "mae": "Welch t-test"}
+FIXED_TEST = "z-test, user-clustered variance"
 
 
 class Interval(BaseModel):
@@ -60,15 +59,27 @@ class ComparisonReport(BaseModel):
     candidate: str
     control: str
     metric: Literal["accuracy", "mae"]
-    difference: float = Field(description="candidate minus control")
-    p_value: float = Field(description="always-valid sequential p-value (mSPRT)")
-    p_value_holm: float | None = Field(
-        description="Holm-adjusted across candidates (the autopilot's, user-clustered, for the "
-        "primary metric); null before the test has enough data"
+    difference: float | None = Field(
+        description="candidate minus control; null until both have feedback"
     )
-    p_value_fixed: float | None = Field(description="fixed-horizon test, for one planned look")
+    low: float | None = Field(
+        description="always-valid 95% interval of the difference (null during the burn-in)"
+    )
+    high: float | None
+    p_value: float | None = Field(
+        description="always-valid sequential p-value (mSPRT, user-clustered variance); null "
+        "during the burn-in"
+    )
+    p_value_holm: float | None = Field(
+        description="p_value Holm-adjusted across candidates: what 'significant', the verdict "
+        "and the autopilot read"
+    )
+    p_value_fixed: float | None = Field(
+        description="secondary: fixed-horizon test with the same clustered variance, valid only "
+        "for one look at a planned sample size"
+    )
     fixed_test: str
-    significant: bool = Field(description="p_value < 0.05")
+    significant: bool = Field(description="p_value_holm < alpha")
     feedback_needed: int | None = Field(
         description="about how many more feedbacks the sequential test needs, if not significant"
     )
@@ -125,6 +136,14 @@ class DecisionReport(BaseModel):
         )
 
 
+class IntervalPoint(BaseModel):
+    feedbacks: int = Field(description="feedbacks of the experiment so far (all variants)")
+    at: datetime = Field(description="when the last of them was stored")
+    difference: float = Field(description="candidate minus control in the primary metric")
+    low: float = Field(description="always-valid 95% interval, within the metric's range")
+    high: float
+
+
 class ExperimentReport(BaseModel):
     experiment: str
     revision: int | None
@@ -148,7 +167,7 @@ class ExperimentReport(BaseModel):
     interval_history: dict[str, list[IntervalPoint]] = Field(
         default_factory=dict,
         description="per candidate: the always-valid 95% interval of the primary metric's "
-        "difference to the control after each feedback (at most 200 looks; api.ab.history)",
+        "difference to the control after each feedback (at most 200 looks)",
     )
 
 
@@ -169,9 +188,9 @@ def _variant_report(
     latencies: Sequence[float],
     star_counts: Counter[int],
     units: int,
-    feedback: Sequence[FeedbackRecord],
+    feedback: Sequence[FeedbackObs],
 ) -> VariantReport:
-    errors = np.array([abs(f.predicted - f.stars) for f in feedback], dtype=np.float64)
+    errors = np.array([abs(f.predicted_stars - f.true_stars) for f in feedback], np.float64)
     n = len(feedback)
     return VariantReport(
         name=name,
@@ -193,62 +212,21 @@ def _variant_report(
     )
 
 
-def _values(metric: stats.Metric, records: Sequence[FeedbackRecord]) -> np.ndarray:
-    errors = np.array([abs(f.predicted - f.stars) for f in records], dtype=np.float64)
-    return (errors == 0).astype(np.float64) if metric == "accuracy" else errors
-
-
-def _compare(
-    metric: stats.Metric,
-    control: str,
-    candidate: str,
-    share_candidate: float,
-    pair: Sequence[FeedbackRecord],
-) -> ComparisonReport:
-    is_candidate = np.array([f.variant == candidate for f in pair], dtype=bool)
-    values = _values(metric, pair)
-    a, b = values[~is_candidate], values[is_candidate]
-    sequential = stats.sequential_test(is_candidate, values, MIXTURE_SD[metric])
-
-    p_fixed: float | None = None
-    if metric == "accuracy" and a.size and b.size:
-        p_fixed = stats.two_proportion_ztest(int(a.sum()), a.size, int(b.sum()), b.size).p_value
-    elif metric == "mae" and a.size >= 2 and b.size >= 2:
-        p_fixed = stats.welch_ttest(a, b).p_value
-
-    significant = sequential.p_value < stats.ALPHA
-    needed = needed_fixed = None
-    if not significant:
-        effect = max(abs(sequential.difference), MIN_EFFECT[metric])
-        sd_a = float(a.std(ddof=1)) if a.size >= 2 and a.std() > 0 else PRIOR_SD[metric]
-        sd_b = float(b.std(ddof=1)) if b.size >= 2 and b.std() > 0 else PRIOR_SD[metric]
-        total = stats.sequential_sample_size(
-            effect, sd_a, sd_b, share_candidate, MIXTURE_SD[metric]
-        )
-        if total is not None:
-            needed = max(total - len(pair), 1)
-        if 0 < share_candidate < 1:
-            ratio = share_candidate / (1 - share_candidate)
-            if metric == "accuracy":
-                p_control = float(a.mean()) if a.size else 0.5
-                # Towards 0.5, where the variance (and so the sample size) is largest.
-                p_candidate = p_control + effect if p_control < 0.5 else p_control - effect
-                control_n = stats.proportions_sample_size(p_control, p_candidate, ratio)
-            else:
-                control_n = stats.means_sample_size(effect, math.hypot(sd_a, sd_b) / 2**0.5, ratio)
-            needed_fixed = max(math.ceil(control_n * (1 + ratio)) - len(pair), 0)
+def _comparison_report(control: str, c: Comparison) -> ComparisonReport:
     return ComparisonReport(
-        candidate=candidate,
+        candidate=c.candidate,
         control=control,
-        metric=metric,
-        difference=sequential.difference,
-        p_value=sequential.p_value,
-        p_value_holm=None,  # filled in across candidates by _holm
-        p_value_fixed=p_fixed,
-        fixed_test=FIXED_TEST[metric],
-        significant=significant,
-        feedback_needed=needed,
-        feedback_needed_fixed=needed_fixed,
+        metric=c.metric,
+        difference=c.difference,
+        low=c.low,
+        high=c.high,
+        p_value=c.p_value,
+        p_value_holm=c.p_value_holm,
+        p_value_fixed=c.p_value_fixed,
+        fixed_test=FIXED_TEST,
+        significant=c.better or c.worse,
+        feedback_needed=c.feedback_needed,
+        feedback_needed_fixed=c.feedback_needed_fixed,
     )
 
 
@@ -272,30 +250,6 @@ def _shadow(store: ExperimentStore, experiment: str) -> list[ShadowReport]:
     return reports
 
 
-def _holm(
-    comparisons: Sequence[ComparisonReport], assessment: Assessment, primary_metric: str
-) -> list[ComparisonReport]:
-    """Each comparison with its Holm-adjusted p-value: the assessment's for the primary metric
-    (what the autopilot decides on), else Holm over the report's own sequential p-values."""
-    adjusted: dict[str, dict[str, float]] = {
-        metric: stats.holm({c.candidate: c.p_value for c in comparisons if c.metric == metric})
-        for metric in ("accuracy", "mae")
-    }
-    primary = {
-        r.candidate: r.p_value_holm for r in assessment.primary if r.metric == primary_metric
-    }
-    return [
-        c.model_copy(
-            update={
-                "p_value_holm": primary.get(c.candidate)
-                if c.metric == primary_metric
-                else adjusted[c.metric].get(c.candidate)
-            }
-        )
-        for c in comparisons
-    ]
-
-
 def build_report(
     store: ExperimentStore,
     config: ExperimentConfig,
@@ -309,7 +263,6 @@ def build_report(
     for variant, _, stars, latency in predictions:
         latencies.setdefault(variant, []).append(latency)
         star_counts.setdefault(variant, Counter()).update(stars)
-    feedback = store.feedback(config.name)
     # One reading of the experiment, the autopilot's: its sample-ratio check is the report's.
     seen = observe(store, config)
     assessment = assess_experiment(config, seen)
@@ -323,28 +276,18 @@ def build_report(
             latencies.get(v.name, []),
             star_counts.get(v.name, Counter()),
             srm.observed.get(v.name, 0),
-            [f for f in feedback if f.variant == v.name],
+            [f for f in seen.feedback if f.variant == v.name],
         )
         for v in config.variants
     ]
     control = config.control
-    comparisons: list[ComparisonReport] = []
-    for candidate in config.variants[1:]:
-        pair = [f for f in feedback if f.variant in (control.name, candidate.name)]
-        weights = control.weight + candidate.weight
-        share = candidate.weight / weights if weights > 0 else 0.0
-        for metric in ("accuracy", "mae"):
-            comparisons.append(_compare(metric, control.name, candidate.name, share, pair))
+    compared = {(c.candidate, c.metric): c for c in assessment.primary + assessment.secondary}
+    comparisons = [
+        _comparison_report(control.name, compared[v.name, metric])
+        for v in config.variants[1:]
+        for metric in stats.METRICS
+    ]
     primary_metric = config.autopilot.primary_metric
-    comparisons = _holm(comparisons, assessment, primary_metric)
-    verdict = stats.verdict(
-        control.name,
-        [
-            stats.Comparison(c.candidate, c.metric, c.difference, c.p_value, c.feedback_needed)
-            for c in comparisons
-        ],
-        srm,
-    )
     return ExperimentReport(
         experiment=config.name,
         revision=revision,
@@ -360,7 +303,7 @@ def build_report(
             mismatch=srm.mismatch,
         ),
         shadow=_shadow(store, config.name),
-        verdict=verdict,
+        verdict=assessment.verdict,
         primary_metric=primary_metric,
         trustworthy=assessment.trustworthy,
         srm_cause=assessment.srm_cause,
@@ -368,10 +311,8 @@ def build_report(
         status=status,
         autopilot=config.autopilot,
         decisions=[DecisionReport.of(d) for d in store.decisions(config.name)],
-        interval_history=interval_history(
-            control.name,
-            [v.name for v in config.variants[1:]],
-            seen.feedback,
-            primary_metric,
-        ),
+        interval_history={
+            c.candidate: [IntervalPoint.model_validate(look.__dict__) for look in c.history]
+            for c in assessment.primary
+        },
     )

@@ -15,7 +15,7 @@ Three guardrails per candidate, from what the gateway sees anyway:
 * ``disagreement_rate``: share of shadow copies of a candidate whose stars differ from the live
   answer. The control agrees with itself, so the increase over the control is the rate itself.
 
-Each is one always-valid test (the mSPRT of ``api.ab.stats``, user-clustered variance) of "the
+Each is one always-valid test (the mSPRT of ``abtesting.stats``, user-clustered variance) of "the
 increase equals the limit", where the limit is the largest tolerated increase:
 
 * ``worse``: the increase is significantly *above the limit* (the always-valid interval of the
@@ -38,7 +38,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from api.ab import stats
+from abtesting import stats
+from abtesting.observations import RequestObs, ShadowObs
 
 GuardrailMetric = Literal["error_rate", "latency_p95_ms", "disagreement_rate"]
 GuardrailStatus = Literal["worse", "not_worse", "not_enough_data"]
@@ -49,25 +50,6 @@ GUARDRAIL_MIXTURE_SD: dict[GuardrailMetric, float] = {
     "disagreement_rate": 0.1,
 }
 LATENCY_QUANTILE = 0.95
-
-
-@dataclass(frozen=True)
-class RequestObs:
-    """One prediction request as the gateway saw it (no text). ``latency_ms`` None: failed."""
-
-    variant: str
-    unit: str
-    failed: bool
-    latency_ms: float | None
-
-
-@dataclass(frozen=True)
-class ShadowObs:
-    """One shadow copy: does ``version``'s answer differ from the live one? None: it failed."""
-
-    version: str
-    unit: str
-    disagree: bool | None
 
 
 @dataclass(frozen=True)

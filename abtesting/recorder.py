@@ -15,9 +15,9 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from api.ab import metrics as m
-from api.ab.router import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
-from api.ab.store import ExperimentStore, FailureRecord, PredictionRecord
+from abtesting import metrics as m
+from abtesting.router import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
+from abtesting.store import ExperimentStore, FailureRecord, PredictionRecord
 from api.seams import Assignment, PredictionEvent
 from serving.torchserve import TorchServeClient, TorchServeError
 

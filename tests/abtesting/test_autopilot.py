@@ -16,12 +16,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from api.ab.autopilot import Autopilot
-from api.ab.report import build_report
-from api.ab.router import ExperimentConfig, ExperimentRouter
-from api.ab.store import DecisionRecord, ExperimentStore, FailureRecord, PredictionRecord
+from abtesting.autopilot import Autopilot
+from abtesting.report import build_report
+from abtesting.router import ExperimentConfig, ExperimentRouter
+from abtesting.store import DecisionRecord, ExperimentStore, FailureRecord, PredictionRecord
 from serving.torchserve import TorchServeClient
-from tests.api.ab.test_store import database_url, postgres_url  # noqa: F401 - fixtures
+from tests.abtesting.test_store import database_url, postgres_url  # noqa: F401 - fixtures
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe
 
 NAME = "auto"
@@ -139,7 +139,7 @@ def test_a_failing_candidate_is_rolled_back_at_once(
     _traffic(setup, "candidate", 200, correct=0.6, failed=0.3)
     before = _decisions_metric("rollback", "on")
 
-    with caplog.at_level(logging.INFO, logger="api.ab.autopilot"):
+    with caplog.at_level(logging.INFO, logger="abtesting.autopilot"):
         decisions = asyncio.run(setup.autopilot().step())
 
     assert [(d.action, d.applied, d.weight_before, d.weight_after) for d in decisions] == [
@@ -339,7 +339,7 @@ def test_the_report_and_the_autopilot_read_the_split_alike(
     report = build_report(setup.store, config, revision)
     assert report.sample_ratio.mismatch is mismatch
     assert report.trustworthy is not mismatch
-    assert report.verdict.startswith("sample ratio mismatch") is mismatch
+    assert report.verdict.startswith("results cannot be trusted: sample ratio mismatch") is mismatch
     assert (report.srm_cause is not None) is mismatch
     assert [v.units for v in report.variants] == [
         report.sample_ratio.observed[v.name] for v in report.variants

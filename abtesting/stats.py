@@ -1,28 +1,26 @@
-"""Statistics for the A/B report: intervals, tests, sample-ratio mismatch, power, a verdict.
+"""Statistics of the A/B engine: intervals, the always-valid test, sample-ratio mismatch, power.
 
 Pure functions on numbers (numpy/scipy), no I/O, so each is tested against scipy/statsmodels and
-by simulation. Two kinds of p-value sit side by side:
+by simulation. Where scipy has the interval (Wilson, Student's t, a quantile's order-statistic
+interval) it is scipy's. What scipy does not have is written here:
 
-* ``fixed``: the classical two-proportion z-test (accuracy) and Welch's t-test (MAE). Valid only
-  if the sample size was fixed in advance and the data is looked at once.
-* ``sequential``: an always-valid p-value from the normal-mixture sequential probability ratio
-  test (mSPRT; Johari, Pekelis & Walsh, "Always valid inference", 2017). It may be watched after
-  every observation and the experiment stopped whenever it drops below alpha without inflating
-  the false-positive rate. The verdict uses this one.
-
-The autopilot (``api.ab.assessment``, ``api.ab.policy``) adds three pieces:
-
-* ``always_valid_interval``: the mSPRT inverted into a confidence sequence, the set of
-  differences its test would not reject; it covers the truth at every look at once, so the
-  interval may be watched after every feedback like the p-value.
+* The always-valid test: the normal-mixture sequential probability ratio test (mSPRT; Johari,
+  Pekelis & Walsh, "Always valid inference", 2017). Its p-value may be watched after every
+  observation and the experiment stopped whenever it drops below alpha without inflating the
+  false-positive rate; ``always_valid_interval`` inverts it into a confidence sequence that
+  covers the truth at every look at once.
 * ``running_cluster_moments`` / ``cluster_mean_variance``: metrics are per request but the
   randomisation unit is the user, and one user's requests are correlated (same writing style,
   same product). Treating them as independent understates the variance of a mean by the design
-  effect 1 + (m - 1) * rho and makes every test too eager. The cluster-robust (delta method,
-  ratio-of-sums) variance sums residuals per user first; it equals statsmodels' cluster-robust
-  OLS variance of an intercept.
-* ``holm``: the verdict draws on one test per candidate (and metric); Holm's step-down keeps
-  the chance of any false "better" at alpha across them and is never weaker than Bonferroni.
+  effect 1 + (m - 1) * rho and makes every test too eager (in A/A experiments with users who
+  send several feedbacks, a per-request test called a difference ~30 % of the time). The
+  cluster-robust (delta method, ratio-of-sums) variance sums residuals per user first; it
+  equals statsmodels' cluster-robust OLS variance of an intercept.
+* ``holm``: the verdict draws on one test per candidate; Holm's step-down keeps the chance of
+  any false "better" at alpha across them and is never weaker than Bonferroni.
+
+``abtesting.assessment`` puts them together into the one reading the report and the autopilot
+share.
 """
 
 from __future__ import annotations
@@ -30,11 +28,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
+
+from starrating.labels import STARS
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -56,14 +56,6 @@ class Estimate:
 
 
 @dataclass(frozen=True)
-class TestResult:
-    """A two-sample comparison: the difference (candidate - control) and its p-value."""
-
-    difference: float
-    p_value: float
-
-
-@dataclass(frozen=True)
 class SampleRatioCheck:
     """Chi-square goodness of fit of observed assignment counts against the configured weights."""
 
@@ -74,96 +66,50 @@ class SampleRatioCheck:
     mismatch: bool
 
 
-def _z(confidence: float) -> float:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return float(stats.norm.ppf(0.5 + confidence / 2.0))
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimate:
-    """Proportion with the Wilson score interval (good coverage for small n and p near 0/1)."""
+    """Proportion with the Wilson score interval (good coverage for small n and p near 0/1):
+    scipy's ``binomtest(...).proportion_ci(method="wilson")``."""
     if n <= 0:
         raise ValueError(f"need at least one observation, got n={n}")
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be in 0..{n}, got {successes}")
-    z = _z(confidence)
-    p = successes / n
-    denominator = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Estimate(value=p, low=max(0.0, centre - half), high=min(1.0, centre + half))
+    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Estimate(value=successes / n, low=float(ci.low), high=float(ci.high))
 
 
 def mean_interval(values: Sequence[float] | FloatArray, confidence: float = 0.95) -> Estimate:
-    """Mean with Student's t interval (the interval is None below two observations)."""
+    """Mean with Student's t interval, scipy's ``ttest_1samp(...).confidence_interval()`` (no
+    bounds below two observations; a constant sample's interval is its value)."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("need at least one observation")
     mean = float(x.mean())
     if x.size < 2:
         return Estimate(value=mean, low=None, high=None)
-    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, x.size - 1)) * sem
-    return Estimate(value=mean, low=mean - half, high=mean + half)
+    if np.ptp(x) == 0:
+        return Estimate(value=mean, low=mean, high=mean)
+    ci = stats.ttest_1samp(x, 0.0).confidence_interval(confidence_level=confidence)
+    return Estimate(value=mean, low=float(ci.low), high=float(ci.high))
 
 
 def quantile_interval(
     values: Sequence[float] | FloatArray, q: float, confidence: float = 0.95
 ) -> Estimate:
-    """A quantile with a distribution-free interval from order statistics.
-
-    The number of observations below the true q-quantile is Binomial(n, q), so the order
-    statistics at that binomial's alpha/2 and 1 - alpha/2 quantiles bracket it with at least the
-    requested coverage; the bounds are None where n is too small to reach them.
-    """
+    """A quantile with scipy's distribution-free interval from order statistics
+    (``quantile_test(...).confidence_interval()``); a bound is None where the sample is too
+    small to reach it."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q}")
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n = x.size
-    if n == 0:
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
         raise ValueError("need at least one observation")
-    tail = (1.0 - confidence) / 2.0
-    # 1-based ranks l and u with P(l <= #below <= u - 1) >= confidence.
-    lower_rank = int(stats.binom.ppf(tail, n, q))
-    upper_rank = int(stats.binom.ppf(1.0 - tail, n, q)) + 1
-    low = float(x[lower_rank - 1]) if lower_rank >= 1 else None
-    high = float(x[upper_rank - 1]) if upper_rank <= n else None
-    return Estimate(value=float(np.quantile(x, q)), low=low, high=high)
-
-
-def two_proportion_ztest(
-    successes_control: int, n_control: int, successes_candidate: int, n_candidate: int
-) -> TestResult:
-    """Fixed-horizon two-sided z-test for a difference of proportions (pooled variance)."""
-    if n_control <= 0 or n_candidate <= 0:
-        raise ValueError("both groups need at least one observation")
-    p_control = successes_control / n_control
-    p_candidate = successes_candidate / n_candidate
-    pooled = (successes_control + successes_candidate) / (n_control + n_candidate)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_control + 1 / n_candidate))
-    difference = p_candidate - p_control
-    if se == 0.0:
-        return TestResult(difference=difference, p_value=1.0)
-    z = difference / se
-    return TestResult(difference=difference, p_value=float(2 * stats.norm.sf(abs(z))))
-
-
-def welch_ttest(
-    control: Sequence[float] | FloatArray, candidate: Sequence[float] | FloatArray
-) -> TestResult:
-    """Fixed-horizon two-sided Welch t-test for a difference of means (unequal variances)."""
-    a = np.asarray(control, dtype=np.float64)
-    b = np.asarray(candidate, dtype=np.float64)
-    if a.size < 2 or b.size < 2:
-        raise ValueError("Welch's t-test needs at least two observations per group")
-    difference = float(b.mean() - a.mean())
-    var_a = float(a.var(ddof=1)) / a.size
-    var_b = float(b.var(ddof=1)) / b.size
-    if var_a + var_b == 0.0:
-        return TestResult(difference=difference, p_value=1.0 if difference == 0.0 else 0.0)
-    t = difference / math.sqrt(var_a + var_b)
-    dof = (var_a + var_b) ** 2 / (var_a**2 / (a.size - 1) + var_b**2 / (b.size - 1))
-    return TestResult(difference=difference, p_value=float(2 * stats.t.sf(abs(t), dof)))
+    estimate = float(np.quantile(x, q))
+    ci = stats.quantile_test(x, q=estimate, p=q).confidence_interval(confidence_level=confidence)
+    return Estimate(value=estimate, low=_finite(ci.low), high=_finite(ci.high))
 
 
 def mixture_log_likelihood_ratio(
@@ -181,68 +127,6 @@ def mixture_log_likelihood_ratio(
     return np.asarray(
         0.5 * np.log(v / (v + tau2)) + tau2 * d * d / (2.0 * v * (v + tau2)), dtype=np.float64
     )
-
-
-def sequential_p_values(
-    is_candidate: npt.ArrayLike,
-    values: npt.ArrayLike,
-    mixture_sd: float,
-    burn_in: int = SEQUENTIAL_BURN_IN,
-) -> FloatArray:
-    """Always-valid p-values after each observation, for a difference of means.
-
-    ``is_candidate`` and ``values`` are observations in arrival order along the last axis (extra
-    leading axes are independent experiments, which keeps simulations vectorised). The p-value
-    after observation t is min(1, min over s <= t of 1/Lambda_s): a running minimum, so it only
-    ever goes down and may be read at any time.
-    """
-    arm = np.asarray(is_candidate, dtype=bool)
-    x = np.asarray(values, dtype=np.float64)
-    if arm.shape != x.shape:
-        raise ValueError(f"arms {arm.shape} and values {x.shape} differ in shape")
-    if mixture_sd <= 0:
-        raise ValueError(f"mixture_sd must be positive, got {mixture_sd}")
-    one = np.ones_like(x)
-    n_b = np.cumsum(arm * one, axis=-1)
-    n_a = np.cumsum(~arm * one, axis=-1)
-    sum_b = np.cumsum(np.where(arm, x, 0.0), axis=-1)
-    sum_a = np.cumsum(np.where(arm, 0.0, x), axis=-1)
-    sq_b = np.cumsum(np.where(arm, x * x, 0.0), axis=-1)
-    sq_a = np.cumsum(np.where(arm, 0.0, x * x), axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_a, mean_b = sum_a / n_a, sum_b / n_b
-        var_a = np.maximum(sq_a / n_a - mean_a * mean_a, 0.0) * n_a / (n_a - 1)
-        var_b = np.maximum(sq_b / n_b - mean_b * mean_b, 0.0) * n_b / (n_b - 1)
-        # An arm that is constant so far (all right, all wrong) has no variance of its own: the
-        # variance of all observations (its value under H0) stands in for it.
-        n = n_a + n_b
-        mean = (sum_a + sum_b) / n
-        var_all = np.maximum((sq_a + sq_b) / n - mean * mean, 0.0) * n / (n - 1)
-        var_a = np.where(var_a > 0, var_a, var_all)
-        var_b = np.where(var_b > 0, var_b, var_all)
-        variance = var_a / n_a + var_b / n_b
-        usable = (n_a >= burn_in) & (n_b >= burn_in) & (variance > 0)
-        log_lr = mixture_log_likelihood_ratio(
-            np.where(usable, mean_b - mean_a, 0.0), np.where(usable, variance, 1.0), mixture_sd
-        )
-    p = np.where(usable, np.exp(-np.maximum(log_lr, 0.0)), 1.0)
-    return np.asarray(np.minimum.accumulate(p, axis=-1), dtype=np.float64)
-
-
-def sequential_test(
-    is_candidate: Sequence[bool] | npt.NDArray[np.bool_],
-    values: Sequence[float] | FloatArray,
-    mixture_sd: float,
-    burn_in: int = SEQUENTIAL_BURN_IN,
-) -> TestResult:
-    """The always-valid p-value over all observations so far (in arrival order)."""
-    arm = np.asarray(is_candidate, dtype=bool)
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return TestResult(difference=0.0, p_value=1.0)
-    p = sequential_p_values(arm, x, mixture_sd, burn_in)
-    difference = float(x[arm].mean() - x[~arm].mean()) if arm.any() and (~arm).any() else 0.0
-    return TestResult(difference=difference, p_value=float(p[-1]))
 
 
 def sample_ratio_check(
@@ -323,22 +207,6 @@ def assignment_check(
     return sample_ratio_check(observed, expected, alpha)
 
 
-def proportions_sample_size(
-    p_control: float,
-    p_candidate: float,
-    ratio: float = 1.0,
-    alpha: float = ALPHA,
-    power: float = 0.8,
-) -> float:
-    """Control-group size for a two-sided test of two proportions (Cohen's h, normal approx.).
-
-    ``ratio`` is candidate size / control size; the candidate group needs ``ratio`` times the
-    returned number.
-    """
-    effect = abs(2 * math.asin(math.sqrt(p_candidate)) - 2 * math.asin(math.sqrt(p_control)))
-    return _normal_sample_size(effect, ratio, alpha, power)
-
-
 def means_sample_size(
     difference: float,
     sd: float,
@@ -362,64 +230,17 @@ def _normal_sample_size(effect: float, ratio: float, alpha: float, power: float)
 
 
 Metric = Literal["accuracy", "mae"]
+METRICS: tuple[Metric, ...] = get_args(Metric)
+# The possible range of a difference of each metric: accuracies lie in [0, 1], absolute errors
+# in [0, 4] stars.
+DIFFERENCE_RANGE: dict[Metric, tuple[float, float]] = {
+    "accuracy": (-1.0, 1.0),
+    "mae": (-float(STARS[-1] - STARS[0]), float(STARS[-1] - STARS[0])),
+}
 # Which way is better for each metric.
 HIGHER_IS_BETTER: dict[Metric, bool] = {"accuracy": True, "mae": False}
 # Mixture standard deviations of the mSPRT: the size of effect each test is tuned to find.
 MIXTURE_SD: dict[Metric, float] = {"accuracy": 0.05, "mae": 0.1}
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One metric compared between a candidate and the control, as the verdict needs it."""
-
-    candidate: str
-    metric: Metric
-    difference: float
-    p_value: float
-    feedback_needed: int | None
-
-
-def verdict(control: str, comparisons: Sequence[Comparison], srm: SampleRatioCheck | None) -> str:
-    """A plain-words summary a product owner can act on."""
-    if srm is not None and srm.mismatch:
-        return (
-            f"sample ratio mismatch ({_format_p(srm.p_value)}): the traffic split does not "
-            "match the weights, so the comparison cannot be trusted; check the assignment first"
-        )
-    if not comparisons:
-        return f"only the control {control} has traffic: nothing to compare yet"
-    sentences: list[str] = []
-    for candidate in dict.fromkeys(c.candidate for c in comparisons):
-        mine = [c for c in comparisons if c.candidate == candidate]
-        better = [c for c in mine if c.p_value < ALPHA and _improves(c)]
-        worse = [c for c in mine if c.p_value < ALPHA and not _improves(c)]
-        if better and not worse:
-            sentences.append(f"{candidate} is better than {control} on " + _list(better))
-        elif worse and not better:
-            sentences.append(f"{candidate} is worse than {control} on " + _list(worse))
-        elif better and worse:
-            sentences.append(
-                f"{candidate} vs {control} is mixed: better on {_list(better)}, "
-                f"worse on {_list(worse)}"
-            )
-        else:
-            needed = [c.feedback_needed for c in mine if c.feedback_needed is not None]
-            more = f": need ~{min(needed)} more feedbacks" if needed else ""
-            sentences.append(f"{candidate} vs {control}: not enough data{more}")
-    return "; ".join(sentences)
-
-
-def _improves(comparison: Comparison) -> bool:
-    return (comparison.difference > 0) == HIGHER_IS_BETTER[comparison.metric]
-
-
-def _list(comparisons: Sequence[Comparison]) -> str:
-    names = {"accuracy": "accuracy", "mae": "MAE"}
-    return ", ".join(f"{names[c.metric]} ({_format_p(c.p_value)})" for c in comparisons)
-
-
-def _format_p(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def sequential_sample_size(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from api.ab import guardrails, policy, stats
+from abtesting import guardrails, policy, stats
 
 EXPERIMENTS = 500
 USERS = 300

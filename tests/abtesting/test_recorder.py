@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from api.ab.recorder import ExperimentRecorder
-from api.ab.router import ExperimentAssignment, ExperimentConfig, ExperimentRouter
-from api.ab.store import ExperimentStore, PredictionRecord
+from abtesting.recorder import ExperimentRecorder
+from abtesting.router import ExperimentAssignment, ExperimentConfig, ExperimentRouter
+from abtesting.store import ExperimentStore, PredictionRecord
 from api.seams import PredictionEvent
 from serving.torchserve import TorchServeClient
 from tests.api.conftest import INFERENCE, MANAGEMENT, FakeTorchServe

@@ -1,0 +1,391 @@
+"""One reading of an experiment, per look: the report, the dashboard and the autopilot all read it.
+
+Pure (no I/O): the caller reads the store and passes plain observations. Three steps:
+
+1. **Trust.** The sample-ratio check (``stats.assignment_check``: units per variant against the
+   weights of each revision, p < 0.001) gates everything: a split that does not follow its
+   weights means some users are missing or misrouted, and every difference may be that bias.
+   Then ``trustworthy`` is False, the verdict says the results cannot be trusted and
+   ``srm_cause`` names the likely cause the data points to (units seen in several variants, a
+   variant whose failures are not recorded, one user sending most requests).
+2. **Comparisons** of each candidate with the control on both metrics (accuracy and MAE on
+   feedback): the mSPRT with the user-clustered variance (``stats.sequential_comparison``),
+   always valid, Holm-adjusted across the candidates so that "some candidate is better" keeps
+   its false-positive rate at alpha. The primary metric's comparisons make the verdict and the
+   autopilot's decision; the other metric's are shown beside them. Each comparison also carries
+   its always-valid interval after every feedback (``history``, at most ``MAX_LOOKS`` looks)
+   and, labelled secondary, a fixed-horizon p-value with the same clustered variance.
+   One user's feedbacks are correlated (same writing style, same products): a test that took
+   them as independent called a difference in about 30 % of A/A experiments.
+3. **Guardrails** (``abtesting.guardrails``): error rate, latency p95, shadow disagreement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import norm
+
+from abtesting import stats
+from abtesting.guardrails import GuardrailLimits, GuardrailResult, assess_guardrails
+from abtesting.observations import FeedbackObs, RequestObs, ShadowObs
+
+__all__ = [
+    "Assessment",
+    "Comparison",
+    "FeedbackObs",
+    "GuardrailLimits",
+    "GuardrailResult",
+    "Look",
+    "RequestObs",
+    "ShadowObs",
+    "assess",
+    "look_positions",
+    "primary_values",
+]
+
+# A unit sending more than this share of a variant's requests is named as a likely cause.
+DOMINANT_UNIT_SHARE = 0.2
+# Units seen in more than one variant above this share point to a broken sticky assignment.
+SWITCHED_UNIT_SHARE = 0.01
+# Smallest difference worth finding, for "need ~N more feedbacks".
+MIN_EFFECT: dict[stats.Metric, float] = {"accuracy": 0.05, "mae": 0.1}
+# Per-feedback standard deviations assumed for the power calculation before data exists.
+PRIOR_SD: dict[stats.Metric, float] = {"accuracy": 0.5, "mae": 0.8}
+# At most this many looks per comparison in its history: enough for a smooth line on the
+# dashboard, small enough for the report.
+MAX_LOOKS = 200
+
+
+@dataclass(frozen=True)
+class Look:
+    """The comparison after ``feedbacks`` feedbacks of the experiment (all variants)."""
+
+    feedbacks: int
+    at: datetime  # when the last of them was stored
+    difference: float  # candidate - control
+    low: float  # always-valid (1 - alpha) interval, within the metric's possible range
+    high: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate against the control on one metric, at the last look."""
+
+    candidate: str
+    metric: stats.Metric
+    feedbacks: int  # feedbacks of the control and this candidate
+    difference: float | None  # candidate - control; None until both have feedback
+    low: float | None  # always-valid (1 - alpha) interval of the difference
+    high: float | None
+    p_value: float | None  # always valid (mSPRT, running minimum), None during the burn-in
+    p_value_holm: float | None  # Holm-adjusted across candidates
+    p_value_fixed: float | None  # one planned look (normal test, the same clustered variance)
+    better: bool
+    worse: bool
+    feedback_needed: int | None = None  # about how many more the always-valid test needs
+    feedback_needed_fixed: int | None = None  # a fixed-horizon test at 80 % power
+    history: tuple[Look, ...] = ()
+
+
+@dataclass(frozen=True)
+class Assessment:
+    trustworthy: bool
+    srm: stats.SampleRatioCheck
+    srm_cause: str | None
+    primary: list[Comparison]
+    guardrails: list[GuardrailResult]
+    verdict: str
+    control: str = field(default="")
+    secondary: list[Comparison] = field(default_factory=list)
+    """The other metric's comparisons: shown, never decided on."""
+
+
+def primary_values(
+    metric: stats.Metric, true_stars: npt.ArrayLike, predicted_stars: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Per-feedback values of a metric: 1/0 correct (accuracy) or |error| (MAE)."""
+    errors = np.abs(np.asarray(true_stars, np.float64) - np.asarray(predicted_stars, np.float64))
+    return (errors == 0).astype(np.float64) if metric == "accuracy" else errors
+
+
+def look_positions(first: int, last: int, max_points: int = MAX_LOOKS) -> list[int]:
+    """At most ``max_points`` evenly spaced positions from ``first`` to ``last``, both kept."""
+    if last < first:
+        return []
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    count = min(last - first + 1, max_points)
+    return [int(p) for p in np.unique(np.rint(np.linspace(first, last, count)))]
+
+
+@dataclass(frozen=True)
+class _Feedback:
+    """The experiment's feedback as arrays, in arrival order (built once per look)."""
+
+    variants: npt.NDArray[np.object_]
+    units: npt.NDArray[np.int64]
+    values: dict[stats.Metric, npt.NDArray[np.float64]]
+    at: list[datetime]
+
+    @classmethod
+    def of(cls, feedback: Sequence[FeedbackObs]) -> _Feedback:
+        true = np.array([f.true_stars for f in feedback], dtype=np.int64)
+        predicted = np.array([f.predicted_stars for f in feedback], dtype=np.int64)
+        return cls(
+            np.array([f.variant for f in feedback], dtype=object),
+            stats.unit_codes([f.unit for f in feedback]),
+            {m: primary_values(m, true, predicted) for m in stats.METRICS},
+            [f.at for f in feedback],
+        )
+
+
+def _feedback_needed(
+    metric: stats.Metric,
+    difference: float,
+    sds: tuple[float | None, float | None],
+    feedbacks: int,
+    share_candidate: float,
+) -> tuple[int | None, int | None]:
+    """About how many more feedbacks the always-valid test, and a fixed-horizon test at 80 %
+    power, need to find the larger of the observed difference and ``MIN_EFFECT``. The
+    per-feedback standard deviations (control, candidate) come from the clustered variance, so
+    they include the users' correlation."""
+    effect = max(abs(difference), MIN_EFFECT[metric])
+    sd_control, sd_candidate = (sd or PRIOR_SD[metric] for sd in sds)
+    total = stats.sequential_sample_size(
+        effect, sd_control, sd_candidate, share_candidate, stats.MIXTURE_SD[metric]
+    )
+    needed = None if total is None else max(total - feedbacks, 1)
+    needed_fixed = None
+    if 0 < share_candidate < 1:
+        ratio = share_candidate / (1 - share_candidate)
+        control_n = stats.means_sample_size(
+            effect, math.hypot(sd_control, sd_candidate) / 2**0.5, ratio
+        )
+        needed_fixed = max(math.ceil(control_n * (1 + ratio)) - feedbacks, 0)
+    return needed, needed_fixed
+
+
+def _compare(
+    metric: stats.Metric,
+    control: str,
+    candidate: str,
+    seen: _Feedback,
+    share_candidate: float,
+    alpha: float,
+    max_looks: int,
+) -> Comparison:
+    is_candidate = seen.variants == candidate
+    pair = is_candidate | (seen.variants == control)
+    feedbacks = int(pair.sum())
+    if not (is_candidate.any() and (seen.variants == control).any()):
+        needed = _feedback_needed(metric, 0.0, (None, None), feedbacks, share_candidate)
+        return Comparison(candidate, metric, feedbacks, *(None,) * 6, False, False, *needed)
+    mixture_sd = stats.MIXTURE_SD[metric]
+    test = stats.sequential_comparison(
+        is_candidate,
+        seen.values[metric],
+        seen.units,
+        mixture_sd,
+        binary=metric == "accuracy",
+        include=pair,
+    )
+    floor, ceiling = stats.DIFFERENCE_RANGE[metric]
+    half = stats.always_valid_half_width(test.variance, mixture_sd, alpha)
+    low = np.clip(test.difference - half, floor, ceiling)
+    high = np.clip(test.difference + half, floor, ceiling)
+    usable = np.flatnonzero(test.usable)
+    history: tuple[Look, ...] = ()
+    if usable.size:
+        looks = look_positions(int(usable[0]), len(seen.at) - 1, max_looks)
+        history = tuple(
+            Look(t + 1, seen.at[t], float(test.difference[t]), float(low[t]), float(high[t]))
+            for t in looks
+            if test.usable[t]
+        )
+    variance = float(test.variance[-1])
+    fixed = None
+    if np.isfinite(variance) and variance > 0:
+        fixed = float(2 * norm.sf(abs(float(test.difference[-1])) / variance**0.5))
+
+    def sd(moments: stats.RunningMoments) -> float | None:
+        v = float(stats.arm_variance(moments, metric == "accuracy")[-1]) * moments.count[-1]
+        return v**0.5 if np.isfinite(v) and v > 0 else None
+
+    ready = bool(test.usable[-1])
+    needed = _feedback_needed(
+        metric, float(test.difference[-1]), (sd(test.control), sd(test.candidate)), feedbacks,
+        share_candidate,
+    )  # fmt: skip
+    return Comparison(
+        candidate,
+        metric,
+        feedbacks,
+        float(test.difference[-1]),
+        float(low[-1]) if ready else None,
+        float(high[-1]) if ready else None,
+        float(test.p_value[-1]) if ready else None,
+        None,
+        fixed,
+        False,
+        False,
+        *needed,
+        history=history,
+    )
+
+
+def _with_holm(results: list[Comparison], alpha: float) -> list[Comparison]:
+    """Holm across the candidates of one metric; a candidate still in its burn-in counts as
+    p = 1, so the family (and the correction) does not shrink while it waits."""
+    adjusted = stats.holm({r.candidate: 1.0 if r.p_value is None else r.p_value for r in results})
+    out = []
+    for r in results:
+        p = adjusted[r.candidate] if r.p_value is not None else None
+        significant = p is not None and p < alpha and r.difference is not None
+        improves = (
+            r.difference is not None and (r.difference > 0) == stats.HIGHER_IS_BETTER[r.metric]
+        )
+        needed = (None, None) if significant else (r.feedback_needed, r.feedback_needed_fixed)
+        out.append(
+            replace(r, p_value_holm=p, better=significant and improves,
+                    worse=significant and not improves, feedback_needed=needed[0],
+                    feedback_needed_fixed=needed[1])
+        )  # fmt: skip
+    return out
+
+
+def srm_cause(expected: Mapping[str, float], requests: Sequence[RequestObs]) -> str:
+    """The likely cause of a sample-ratio mismatch, from what the requests can tell;
+    ``expected`` is the check's expected units per variant (0: never weighted)."""
+    causes: list[str] = []
+    variants_of: dict[str, set[str]] = {}
+    for r in requests:
+        if r.variant in expected:
+            variants_of.setdefault(r.unit, set()).add(r.variant)
+    switched = sum(len(v) > 1 for v in variants_of.values())
+    if variants_of and switched / len(variants_of) > SWITCHED_UNIT_SHARE:
+        causes.append(
+            f"{switched} of {len(variants_of)} users were served by more than one variant: "
+            "the sticky assignment changed mid-experiment (weights or experiment name edited, "
+            "sticky switched off) or user ids are not passed consistently"
+        )
+    failed = Counter(r.variant for r in requests if r.failed)
+    total = Counter(r.variant for r in requests)
+    silent = [v for v in expected if expected[v] > 0 and total[v] and not failed[v]]
+    noisy = [v for v in expected if total[v] and failed[v]]
+    if silent and noisy:
+        shares = ", ".join(f"{v} {failed[v] / total[v]:.1%}" for v in sorted(noisy))
+        causes.append(
+            f"no failed request is recorded for {', '.join(sorted(silent))} while others fail "
+            f"({shares}): a variant's failures may not be recorded, so its failing users vanish"
+        )
+    for variant in sorted(v for v in expected if total[v]):
+        units = Counter(r.unit for r in requests if r.variant == variant)
+        _, top = units.most_common(1)[0]
+        if top / total[variant] > DOMINANT_UNIT_SHARE and len(units) > 1:
+            causes.append(
+                f"one user sends {top / total[variant]:.0%} of {variant}'s requests "
+                "(a bot or a load test?)"
+            )
+    if not causes:
+        causes.append(
+            "the split does not follow the weights: check the router, that every variant's "
+            "requests (failed ones too) are recorded, and for traffic that bypasses the split"
+        )
+    return "; ".join(causes)
+
+
+def _verdict(
+    control: str,
+    srm: stats.SampleRatioCheck,
+    cause: str | None,
+    primary: Sequence[Comparison],
+    guardrails: Sequence[GuardrailResult],
+) -> str:
+    if srm.mismatch:
+        p = "p<0.001" if srm.p_value < 0.001 else f"p={srm.p_value:.3f}"
+        return (
+            f"results cannot be trusted: sample ratio mismatch ({p}), the split does not follow "
+            f"the weights. Likely cause: {cause}"
+        )
+    if not primary:
+        return f"only the control {control} has traffic: nothing to compare yet"
+    sentences = []
+    for r in primary:
+        name = "accuracy" if r.metric == "accuracy" else "MAE"
+        worse_guards = [
+            g.metric for g in guardrails if g.candidate == r.candidate and g.status == "worse"
+        ]
+        if r.better:
+            text = f"{r.candidate} is better than {control} on {name}"
+        elif r.worse:
+            text = f"{r.candidate} is worse than {control} on {name}"
+        else:
+            text = f"{r.candidate} vs {control}: not enough data on {name} yet"
+            if r.feedback_needed is not None:
+                text += f": need ~{r.feedback_needed} more feedbacks"
+        if r.p_value_holm is not None:
+            text += f" (Holm-adjusted p={r.p_value_holm:.3f}, {r.feedbacks} feedbacks)"
+        if worse_guards:
+            text += "; guardrails worse: " + ", ".join(worse_guards)
+        sentences.append(text)
+    return "; ".join(sentences)
+
+
+def assess(
+    control: str,
+    candidates: Sequence[str],
+    srm: stats.SampleRatioCheck,
+    requests: Sequence[RequestObs],
+    feedback: Sequence[FeedbackObs],
+    shadows: Sequence[ShadowObs],
+    *,
+    primary_metric: stats.Metric = "accuracy",
+    limits: GuardrailLimits = GuardrailLimits(),  # frozen: safe as a default
+    shadow_versions: Mapping[str, str] | None = None,
+    weights: Mapping[str, float] | None = None,
+    alpha: float = stats.ALPHA,
+    max_looks: int = MAX_LOOKS,
+) -> Assessment:
+    """Everything the report, the dashboard and the autopilot need, from plain observations.
+
+    ``srm`` is the experiment's sample-ratio check (``stats.assignment_check`` on the units
+    assigned per revision), the one the report shows. ``requests``, ``feedback`` and ``shadows``
+    in arrival order (the always-valid tests read them as a sequence). ``weights`` are the
+    variants' weights in force (for "need ~N more feedbacks"; equal when not given).
+    """
+    cause = srm_cause(srm.expected, requests) if srm.mismatch else None
+    seen = _Feedback.of(feedback)
+    weight = {v: 1.0 for v in (control, *candidates)} | dict(weights or {})
+    share = {
+        c: weight[c] / (weight[control] + weight[c]) if weight[control] + weight[c] > 0 else 0.0
+        for c in candidates
+    }
+    compared = {
+        metric: _with_holm(
+            [_compare(metric, control, c, seen, share[c], alpha, max_looks) for c in candidates],
+            alpha,
+        )
+        for metric in stats.METRICS
+    }
+    primary = compared[primary_metric]
+    guardrails = assess_guardrails(
+        control, candidates, requests, shadows, limits, shadow_versions or {}, alpha
+    )
+    return Assessment(
+        trustworthy=not srm.mismatch,
+        srm=srm,
+        srm_cause=cause,
+        primary=primary,
+        guardrails=guardrails,
+        verdict=_verdict(control, srm, cause, primary, guardrails),
+        control=control,
+        secondary=[c for m in stats.METRICS if m != primary_metric for c in compared[m]],
+    )
