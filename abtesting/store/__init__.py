@@ -12,8 +12,8 @@ time). The experiment's ``status`` (running, promoted, rolled back) travels insi
 revision's JSON (absent in older rows: running).
 
 One concern per module: ``tables`` (ORM tables, engine, SQLite pragmas), ``records`` (what goes
-in and comes out, and the errors), ``users``, ``lease``, ``queries`` (the reads) and ``store``
-(``ExperimentStore``: the writes and the async facade).
+in and comes out, and the errors), ``users``, ``lease``, ``queries`` (the reads), ``store``
+(``ExperimentStore``: the writes and the async facade) and ``migrations`` (the schema, Alembic).
 """
 
 from abtesting.store.records import (

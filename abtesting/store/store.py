@@ -9,9 +9,8 @@ repeat with different stars is refused (``FeedbackConflict``): each observation 
 sequential test once, in arrival order, and letting labels change after people have seen the
 report would let them steer it.
 
-Schema changes are new tables only: ``create_all`` adds a missing table to an existing SQLite
-or PostgreSQL database and leaves the others as they are, so a database written by an older
-gateway keeps working.
+Opening a store brings its database's schema to the newest migration (``migrations``); a
+database written by an older gateway, before Alembic too, keeps its rows.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from abtesting.store import users
+from abtesting.store import migrations, users
 from abtesting.store.lease import acquire_lease
 from abtesting.store.queries import Reads
 from abtesting.store.records import (
@@ -40,7 +39,6 @@ from abtesting.store.records import (
     UnknownRequest,
 )
 from abtesting.store.tables import (
-    Base,
     DecisionRow,
     ExperimentConfigRow,
     FailedPredictionRow,
@@ -77,7 +75,7 @@ class ExperimentStore(Reads):
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._salt = users.load_or_create_salt(self._sessions)
 

@@ -2,7 +2,8 @@
 
 SQLite (default) runs with a WAL journal and ``synchronous=FULL`` so an acknowledged write
 survives a crash; PostgreSQL (``postgresql+psycopg://…``) is used as it comes. Times are stored
-timezone-aware in UTC.
+timezone-aware in UTC. The schema itself is made and changed by the migrations
+(``abtesting.store.migrations``), whose head matches these tables.
 """
 
 from __future__ import annotations

@@ -375,7 +375,8 @@ def test_a_database_of_an_older_gateway_gains_the_new_tables_and_keeps_its_data(
     store.add_prediction(_prediction("old"))
     revision = store.save_experiment("exp", {"name": "exp", "variants": []})
     with store.engine.begin() as conn:
-        for table in ("failed_predictions", "autopilot_decisions", "leases"):
+        # An older gateway: before Alembic, and before these three tables.
+        for table in ("failed_predictions", "autopilot_decisions", "leases", "alembic_version"):
             conn.execute(text(f"DROP TABLE {table}"))
         # An older gateway stored configs without a status.
         conn.execute(text("UPDATE experiment_configs SET config = :c"), {"c": '{"name": "exp"}'})
