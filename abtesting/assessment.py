@@ -35,7 +35,7 @@ from scipy.stats import norm
 
 from abtesting import stats
 from abtesting.guardrails import GuardrailLimits, GuardrailResult, assess_guardrails
-from abtesting.observations import FeedbackObs, RequestObs, ShadowObs
+from abtesting.observations import FeedbackObs, PairedObs, RequestObs, ShadowObs
 
 __all__ = [
     "Assessment",
@@ -44,6 +44,7 @@ __all__ = [
     "GuardrailLimits",
     "GuardrailResult",
     "Look",
+    "PairedObs",
     "RequestObs",
     "ShadowObs",
     "assess",
@@ -93,6 +94,10 @@ class Comparison:
     feedback_needed: int | None = None  # about how many more the always-valid test needs
     feedback_needed_fixed: int | None = None  # a fixed-horizon test at 80 % power
     history: tuple[Look, ...] = ()
+    shadow_version: str | None = None
+    """Paired: this version's shadow answers against the control's answers to the same
+    requests, graded by the same feedback (``candidate`` names the candidate serving that
+    version, else the version). None: the split comparison of two groups of users."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,25 @@ class Assessment:
     control: str = field(default="")
     secondary: list[Comparison] = field(default_factory=list)
     """The other metric's comparisons: shown, never decided on."""
+    paired: list[Comparison] = field(default_factory=list)
+    """Paired comparisons from shadow traffic, both metrics (``Comparison.shadow_version``);
+    those of the primary metric on a candidate's version count for it."""
+
+    def evidence(self, candidate: str) -> list[Comparison]:
+        """What the decision on ``candidate`` reads: its split comparison on the primary metric
+        and, where its version was shadowed and paired, its paired one (one Holm family)."""
+        metric = self.primary[0].metric if self.primary else None
+        return [
+            c
+            for c in (*self.primary, *self.paired)
+            if c.candidate == candidate and c.metric == metric
+        ]
+
+    def better(self, candidate: str) -> bool:
+        return any(c.better for c in self.evidence(candidate))
+
+    def worse(self, candidate: str) -> bool:
+        return any(c.worse for c in self.evidence(candidate))
 
 
 def primary_values(
@@ -242,13 +266,56 @@ def _compare(
     )
 
 
+def _paired(
+    metric: stats.Metric,
+    control: str,
+    version: str,
+    name: str,
+    paired: Sequence[PairedObs],
+    alpha: float,
+) -> Comparison:
+    """``version``'s shadow answers against the control's on the same requests."""
+    rows = [p for p in paired if p.shadow_version == version and p.live_variant == control]
+    truth = np.array([p.true_stars for p in rows], dtype=np.int64)
+    difference = primary_values(metric, truth, [p.shadow_stars for p in rows]) - primary_values(
+        metric, truth, [p.live_stars for p in rows]
+    )
+    if not rows:
+        return Comparison(name, metric, 0, *(None,) * 6, False, False, shadow_version=version)
+    mixture_sd = stats.MIXTURE_SD[metric]
+    test = stats.paired_comparison(
+        difference,
+        stats.unit_codes([p.unit for p in rows]),
+        mixture_sd,
+        binary=metric == "accuracy",
+    )
+    mean, variance = float(test.moments.mean[-1]), float(test.variance[-1])
+    ready = bool(test.usable[-1])
+    low = high = None
+    if ready:
+        floor, ceiling = stats.DIFFERENCE_RANGE[metric]
+        half = float(stats.always_valid_half_width(variance, mixture_sd, alpha))
+        low, high = max(mean - half, floor), min(mean + half, ceiling)
+    fixed = None
+    if np.isfinite(variance) and variance > 0:
+        fixed = float(2 * norm.sf(abs(mean) / variance**0.5))
+    p_value = float(test.p_value[-1]) if ready else None
+    return Comparison(
+        name, metric, len(rows), mean, low, high, p_value, None, fixed, False, False,
+        shadow_version=version,
+    )  # fmt: skip
+
+
 def _with_holm(results: list[Comparison], alpha: float) -> list[Comparison]:
-    """Holm across the candidates of one metric; a candidate still in its burn-in counts as
-    p = 1, so the family (and the correction) does not shrink while it waits."""
-    adjusted = stats.holm({r.candidate: 1.0 if r.p_value is None else r.p_value for r in results})
+    """Holm across the comparisons of one metric (every candidate's split one and the paired
+    ones); one still in its burn-in counts as p = 1, so the family (and the correction) does
+    not shrink while it waits."""
+    adjusted = stats.holm(
+        {str(i): 1.0 if r.p_value is None else r.p_value for i, r in enumerate(results)}
+    )
     out = []
-    for r in results:
-        p = adjusted[r.candidate] if r.p_value is not None else None
+    for i, r in enumerate(results):
+        p = adjusted[str(i)] if r.p_value is not None else None
         significant = p is not None and p < alpha and r.difference is not None
         improves = (
             r.difference is not None and (r.difference > 0) == stats.HIGHER_IS_BETTER[r.metric]
@@ -303,11 +370,17 @@ def srm_cause(expected: Mapping[str, float], requests: Sequence[RequestObs]) -> 
     return "; ".join(causes)
 
 
+def _numbers(c: Comparison) -> str:
+    kind = "" if c.shadow_version is None else f"paired on {c.shadow_version}'s shadow answers, "
+    return f"{kind}Holm-adjusted p={c.p_value_holm:.3f}, {c.feedbacks} feedbacks"
+
+
 def _verdict(
     control: str,
     srm: stats.SampleRatioCheck,
     cause: str | None,
     primary: Sequence[Comparison],
+    paired: Sequence[Comparison],
     guardrails: Sequence[GuardrailResult],
 ) -> str:
     if srm.mismatch:
@@ -319,21 +392,29 @@ def _verdict(
     if not primary:
         return f"only the control {control} has traffic: nothing to compare yet"
     sentences = []
-    for r in primary:
+    candidates = [r.candidate for r in primary]
+    shadows_only = [
+        r for r in paired if r.candidate not in candidates and r.metric == primary[0].metric
+    ]
+    for r in [*primary, *shadows_only]:
+        evidence = [r, *(p for p in paired if p.candidate == r.candidate and p.metric == r.metric)]
+        evidence = list(dict.fromkeys(evidence))
         name = "accuracy" if r.metric == "accuracy" else "MAE"
+        subject = r.candidate if r.shadow_version is None else f"shadow version {r.candidate}"
         worse_guards = [
             g.metric for g in guardrails if g.candidate == r.candidate and g.status == "worse"
         ]
-        if r.better:
-            text = f"{r.candidate} is better than {control} on {name}"
-        elif r.worse:
-            text = f"{r.candidate} is worse than {control} on {name}"
+        if any(c.better for c in evidence):
+            text = f"{subject} is better than {control} on {name}"
+        elif any(c.worse for c in evidence):
+            text = f"{subject} is worse than {control} on {name}"
         else:
-            text = f"{r.candidate} vs {control}: not enough data on {name} yet"
+            text = f"{subject} vs {control}: not enough data on {name} yet"
             if r.feedback_needed is not None:
                 text += f": need ~{r.feedback_needed} more feedbacks"
-        if r.p_value_holm is not None:
-            text += f" (Holm-adjusted p={r.p_value_holm:.3f}, {r.feedbacks} feedbacks)"
+        numbers = [_numbers(c) for c in evidence if c.p_value_holm is not None]
+        if numbers:
+            text += f" ({'; '.join(numbers)})"
         if worse_guards:
             text += "; guardrails worse: " + ", ".join(worse_guards)
         sentences.append(text)
@@ -348,6 +429,7 @@ def assess(
     feedback: Sequence[FeedbackObs],
     shadows: Sequence[ShadowObs],
     *,
+    paired: Sequence[PairedObs] = (),
     primary_metric: stats.Metric = "accuracy",
     limits: GuardrailLimits = GuardrailLimits(),  # frozen: safe as a default
     shadow_versions: Mapping[str, str] | None = None,
@@ -361,6 +443,8 @@ def assess(
     assigned per revision), the one the report shows. ``requests``, ``feedback`` and ``shadows``
     in arrival order (the always-valid tests read them as a sequence). ``weights`` are the
     variants' weights in force (for "need ~N more feedbacks"; equal when not given).
+    ``paired``: feedback on requests a shadow version answered too (empty: paired evaluation
+    off); a shadow version that a candidate serves (``shadow_versions``) counts for it.
     """
     cause = srm_cause(srm.expected, requests) if srm.mismatch else None
     seen = _Feedback.of(feedback)
@@ -369,14 +453,19 @@ def assess(
         c: weight[c] / (weight[control] + weight[c]) if weight[control] + weight[c] > 0 else 0.0
         for c in candidates
     }
+    serving = {v: name for name, v in (shadow_versions or {}).items() if name in candidates}
+    shadowed = sorted({p.shadow_version for p in paired})
     compared = {
         metric: _with_holm(
-            [_compare(metric, control, c, seen, share[c], alpha, max_looks) for c in candidates],
+            [_compare(metric, control, c, seen, share[c], alpha, max_looks) for c in candidates]
+            + [_paired(metric, control, v, serving.get(v, v), paired, alpha) for v in shadowed],
             alpha,
         )
         for metric in stats.METRICS
     }
-    primary = compared[primary_metric]
+    split = {m: [c for c in compared[m] if c.shadow_version is None] for m in stats.METRICS}
+    primary = split[primary_metric]
+    paired_results = [c for m in stats.METRICS for c in compared[m] if c.shadow_version]
     guardrails = assess_guardrails(
         control, candidates, requests, shadows, limits, shadow_versions or {}, alpha
     )
@@ -386,7 +475,8 @@ def assess(
         srm_cause=cause,
         primary=primary,
         guardrails=guardrails,
-        verdict=_verdict(control, srm, cause, primary, guardrails),
+        verdict=_verdict(control, srm, cause, primary, paired_results, guardrails),
         control=control,
-        secondary=[c for m in stats.METRICS if m != primary_metric for c in compared[m]],
+        secondary=[c for m in stats.METRICS if m != primary_metric for c in split[m]],
+        paired=paired_results,
     )

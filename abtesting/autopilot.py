@@ -32,7 +32,14 @@ from typing import Any
 
 from abtesting import metrics as m
 from abtesting import stats
-from abtesting.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from abtesting.assessment import (
+    Assessment,
+    FeedbackObs,
+    PairedObs,
+    RequestObs,
+    ShadowObs,
+    assess,
+)
 from abtesting.policy import Decision, decide
 from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig, ExperimentRouter
 from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
@@ -60,6 +67,9 @@ class Observations:
     requests: list[RequestObs]
     feedback: list[FeedbackObs]
     shadows: list[ShadowObs]
+    paired: list[PairedObs]
+    """Feedback on requests a shadow version answered too; empty when the experiment has no
+    shadow or turns paired evaluation off."""
 
 
 def traffic_shares(config: ExperimentConfig) -> dict[str, float]:
@@ -80,7 +90,9 @@ def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
     requests = store.request_observations(name)
     feedback = store.feedback_observations(name)
     shadows = store.shadow_observations(name)
-    return Observations(srm, traffic_shares(config), requests, feedback, shadows)
+    pairs = config.shadow is not None and config.shadow.paired
+    paired = store.paired_observations(name) if pairs else []
+    return Observations(srm, traffic_shares(config), requests, feedback, shadows, paired)
 
 
 def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessment:
@@ -93,6 +105,7 @@ def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessmen
         seen.requests,
         seen.feedback,
         seen.shadows,
+        paired=seen.paired,
         primary_metric=settings.primary_metric,
         limits=settings.limits,
         shadow_versions={v.name: v.version for v in config.variants},

@@ -38,3 +38,16 @@ class FeedbackObs:
     true_stars: int
     predicted_stars: int
     at: datetime
+
+
+@dataclass(frozen=True)
+class PairedObs:
+    """A true rating for a request that a shadow version scored too: both answers graded by the
+    same truth on the same review (``abtesting.assessment``'s paired comparison)."""
+
+    shadow_version: str
+    live_variant: str
+    unit: str
+    true_stars: int
+    live_stars: int
+    shadow_stars: int

@@ -9,6 +9,9 @@
   ``min_feedback`` feedbacks, the primary metric is significantly better (always-valid p-value,
   Holm-adjusted across candidates) and no guardrail of it is worse. One promotion ends the
   experiment: with several candidates the one with the smallest adjusted p-value wins.
+  "The primary metric" is the candidate's evidence (``Assessment.evidence``): its split
+  comparison and, where its version is shadowed with paired evaluation on, the paired one,
+  Holm-adjusted together; either may decide, as may its feedback count.
 * **Ramp** the candidate's share of traffic one step up the ramp when the split is trustworthy,
   no guardrail is worse, the primary metric is not worse, and enough feedback came in: step j of
   the ramp (0-based) waits for max(1, j) * ``min_feedback`` feedbacks in all, so each step is
@@ -110,6 +113,15 @@ def _numbers(
                 "p_value_holm": primary.p_value_holm,
             }
         )
+    for c in assessment.evidence(candidate):
+        if c.shadow_version is not None:
+            numbers.update(
+                {
+                    "paired_feedbacks": c.feedbacks,
+                    "paired_difference": c.difference,
+                    "paired_p_value_holm": c.p_value_holm,
+                }
+            )
     for g in assessment.guardrails:
         if g.candidate == candidate:
             numbers[f"{g.metric}_difference"] = g.difference
@@ -141,6 +153,7 @@ def decide(
     chosen: dict[int, list[Decision]] = {RAMP: [], ROLLBACK: [], PROMOTE: []}
     for candidate in candidates:
         result = primary.get(candidate)
+        evidence = assessment.evidence(candidate)
         worse_guards = [
             g for g in assessment.guardrails if g.candidate == candidate and g.status == "worse"
         ]
@@ -149,9 +162,9 @@ def decide(
             action_codes(
                 trustworthy=assessment.trustworthy,
                 guardrail_worse=bool(worse_guards),
-                primary_better=result is not None and result.better,
-                primary_worse=result is not None and result.worse,
-                enough_feedback=result is not None and result.feedbacks >= settings.min_feedback,
+                primary_better=assessment.better(candidate),
+                primary_worse=assessment.worse(candidate),
+                enough_feedback=any(c.feedbacks >= settings.min_feedback for c in evidence),
                 enough_feedback_for_step=step is not None
                 and feedbacks >= feedback_for_step(step, settings.min_feedback),
                 can_ramp=step is not None,
@@ -181,7 +194,10 @@ def decide(
             Decision(ACTION_NAMES[code], candidate, share[candidate], after, reason, numbers)
         )
     if chosen[PROMOTE]:
-        best = min(chosen[PROMOTE], key=lambda d: _holm_of(primary.get(d.candidate)))
+        best = min(
+            chosen[PROMOTE],
+            key=lambda d: min(_holm_of(c) for c in assessment.evidence(d.candidate)),
+        )
         return [*chosen[ROLLBACK], best]
     ramps = chosen[RAMP]
     # Candidates' shares after the ramp must leave the control some traffic.
@@ -194,10 +210,8 @@ def decide(
     return [*chosen[ROLLBACK], *ramps]
 
 
-def _holm_of(result: Comparison | None) -> float:
-    if result is None or result.p_value_holm is None:
-        return 1.0
-    return result.p_value_holm
+def _holm_of(result: Comparison) -> float:
+    return 1.0 if result.p_value_holm is None else result.p_value_holm
 
 
 def _fmt(value: float | None) -> str:

@@ -79,6 +79,12 @@ class ComparisonReport(BaseModel):
         "for one look at a planned sample size"
     )
     fixed_test: str
+    shadow_version: str | None = Field(
+        default=None,
+        description="paired: this version's shadow answers against the control's answers to "
+        "the same requests, graded by the same feedback (the candidate field names the "
+        "candidate serving it, else the version); null: the split comparison",
+    )
     significant: bool = Field(description="p_value_holm < alpha")
     feedback_needed: int | None = Field(
         description="about how many more feedbacks the sequential test needs, if not significant"
@@ -224,6 +230,7 @@ def _comparison_report(control: str, c: Comparison) -> ComparisonReport:
         p_value_holm=c.p_value_holm,
         p_value_fixed=c.p_value_fixed,
         fixed_test=FIXED_TEST,
+        shadow_version=c.shadow_version,
         significant=c.better or c.worse,
         feedback_needed=c.feedback_needed,
         feedback_needed_fixed=c.feedback_needed_fixed,
@@ -283,9 +290,11 @@ def build_report(
     control = config.control
     compared = {(c.candidate, c.metric): c for c in assessment.primary + assessment.secondary}
     comparisons = [
-        _comparison_report(control.name, compared[v.name, metric])
-        for v in config.variants[1:]
-        for metric in stats.METRICS
+        _comparison_report(control.name, c)
+        for c in [
+            *(compared[v.name, metric] for v in config.variants[1:] for metric in stats.METRICS),
+            *assessment.paired,
+        ]
     ]
     primary_metric = config.autopilot.primary_metric
     return ExperimentReport(

@@ -52,6 +52,14 @@ class ShadowConfig(BaseModel):
 
     version: str = Field(pattern=VERSION_PATTERN, description="the version that gets copies")
     sample: float = Field(ge=0, le=1, strict=True, description="share of requests copied to it")
+    paired: bool = Field(
+        default=True,
+        strict=True,
+        description="grade the shadow's answers with the feedback users give on the live "
+        "answers to the same requests (a paired comparison against the control). Assumes the "
+        "true stars do not depend on the answer shown: turn it off where users rate after "
+        "seeing the predicted stars",
+    )
 
 
 _DEFAULT_AUTOPILOT = AutopilotSettings()

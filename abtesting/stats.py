@@ -499,6 +499,50 @@ def sequential_comparison(
     return SequentialComparison(control, candidate, difference, variance, p_value, usable)
 
 
+@dataclass(frozen=True)
+class PairedSequence:
+    """The mean paired difference after every look (arrays over the last axis), clustered by
+    unit; ``p_value`` is always valid against "the mean difference is 0"."""
+
+    moments: RunningMoments
+    variance: FloatArray
+    p_value: FloatArray
+    usable: npt.NDArray[np.bool_]
+
+
+def paired_comparison(
+    differences: npt.ArrayLike,
+    units: npt.ArrayLike,
+    mixture_sd: float,
+    *,
+    binary: bool = False,
+    include: npt.ArrayLike | None = None,
+    burn_in: int = SEQUENTIAL_BURN_IN,
+) -> PairedSequence:
+    """The mSPRT on paired differences: two versions graded by the same truth on the same
+    review, so what the review itself makes hard cancels and only where they disagree counts.
+
+    One sample (the mean difference) with the cluster-robust variance of its mean, the user
+    being the unit. ``binary`` marks differences of 0/1 metrics: a run of equal differences
+    (every disagreement won by one side) has no spread yet, so their variance is kept at least
+    that of the same differences with one more, neutral pair (difference 0, squared 1/2).
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    mask = np.ones(d.shape, dtype=bool) if include is None else np.asarray(include, dtype=bool)
+    moments = running_cluster_moments(d, units, mask)
+    variance = moments.variance_of_mean
+    if binary:
+        n = moments.count
+        squares = np.cumsum(np.where(mask, d * d, 0.0), axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            smoothed_mean = moments.mean * n / (n + 1)
+            floor = ((squares + 0.5) / (n + 1) - smoothed_mean**2) / n
+        variance = np.where(n > 0, np.maximum(variance, floor), np.inf)
+    usable = (moments.clusters >= burn_in) & np.isfinite(variance)
+    p_value = always_valid_p_values(moments.mean, variance, mixture_sd, usable)
+    return PairedSequence(moments, np.asarray(variance, np.float64), p_value, usable)
+
+
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:
     """Holm-adjusted p-values (step-down, family-wise error at alpha), by name.
 

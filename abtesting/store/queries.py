@@ -14,7 +14,7 @@ from sqlalchemy import Float, func, null, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Subquery
 
-from abtesting.observations import FeedbackObs, RequestObs, ShadowObs
+from abtesting.observations import FeedbackObs, PairedObs, RequestObs, ShadowObs
 from abtesting.store.records import (
     EXPERIMENT_STATUSES,
     STATUS_KEY,
@@ -214,6 +214,35 @@ class Reads:
         return [
             ShadowObs(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
             for _, live, h, rid, version, shadow, _ in self._shadow_rows(experiment)
+        ]
+
+    def paired_observations(self, experiment: str) -> list[PairedObs]:
+        """Each feedback on a request a shadow version answered too, with both answers for the
+        rated item, in the feedback's arrival order."""
+        with transaction(self._sessions) as session:
+            rows = session.execute(
+                select(
+                    ShadowPredictionRow.version,
+                    PredictionRow.variant,
+                    PredictionRow.user_hash,
+                    PredictionRow.request_id,
+                    FeedbackRow.item,
+                    FeedbackRow.stars,
+                    PredictionRow.stars,
+                    ShadowPredictionRow.stars,
+                )
+                .join(PredictionRow, PredictionRow.request_id == FeedbackRow.request_id)
+                .join(
+                    ShadowPredictionRow,
+                    ShadowPredictionRow.request_id == FeedbackRow.request_id,
+                )
+                .where(PredictionRow.experiment == experiment)
+                .order_by(FeedbackRow.id, ShadowPredictionRow.id)
+            ).all()
+        return [
+            PairedObs(version, variant, _unit(h, rid), stars, live[item], shadow[item])
+            for version, variant, h, rid, item, stars, live, shadow in rows
+            if shadow is not None and item < len(shadow)  # a failed shadow copy has no answer
         ]
 
     def failures(self, experiment: str) -> list[FailureRecord]:

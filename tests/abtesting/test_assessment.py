@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from abtesting.assessment import Assessment, FeedbackObs, RequestObs, ShadowObs, assess
+from abtesting.assessment import (
+    Assessment,
+    FeedbackObs,
+    PairedObs,
+    RequestObs,
+    ShadowObs,
+    assess,
+)
 from abtesting.stats import Metric, assignment_check
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -90,3 +97,58 @@ def test_no_feedback_for_a_candidate_is_not_enough_data() -> None:
     a = _assess({"A": 1, "B": 1}, requests, [f for f in feedback if f.variant == "A"], [])
     assert a.primary[0].p_value is None and not a.primary[0].better
     assert "not enough data" in a.verdict
+
+
+def _paired(
+    version: str, won: float, lost: float = 0.0, n: int = 800, seed: int = 3
+) -> list[PairedObs]:
+    """Feedback on the control's answers (right 60 % of the time) that ``version`` shadowed:
+    where the control is wrong the shadow is right with probability ``won``, where it is right
+    the shadow is wrong with probability ``lost``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        live_right = rng.random() < 0.6
+        shadow_ok = rng.random() >= lost if live_right else rng.random() < won
+        out.append(PairedObs(version, "A", f"u{i % 200}", 4, 4 if live_right else 3,
+                             4 if shadow_ok else 2))  # fmt: skip
+    return out
+
+
+def test_paired_shadow_feedback_decides_for_the_candidate_serving_that_version() -> None:
+    """B has too little split feedback to tell, but its version's shadow answers, graded by
+    the feedback on A's answers to the same requests, are clearly better: B is better, and the
+    verdict says on what."""
+    requests, feedback = _traffic({"A": 0.6, "B": 0.6}, units=60, per_unit=1)
+    srm = assignment_check({1: {"A": 30, "B": 30}}, {1: {"A": 1, "B": 1}})
+    a = assess(
+        "A", ["B"], srm, requests, feedback, [], paired=_paired("2.0", 0.5),
+        shadow_versions={"A": "1.0", "B": "2.0"},
+    )  # fmt: skip
+    (split,) = a.primary
+    (paired,) = [c for c in a.paired if c.metric == "accuracy"]
+    assert not split.better and paired.better
+    assert (paired.candidate, paired.shadow_version, paired.feedbacks) == ("B", "2.0", 800)
+    assert paired.difference is not None and 0.15 < paired.difference < 0.25
+    assert a.better("B") and not a.worse("B")
+    assert "B is better than A on accuracy" in a.verdict
+    assert "paired on 2.0's shadow answers" in a.verdict
+    # One Holm family: the split and the paired test of the primary metric together.
+    assert split.p_value is not None and paired.p_value is not None
+    assert paired.p_value_holm == min(1.0, 2 * paired.p_value) or paired.p_value_holm == max(
+        paired.p_value, split.p_value
+    )
+
+
+def test_a_shadow_version_no_candidate_serves_is_reported_but_decides_nothing() -> None:
+    requests, feedback = _traffic({"A": 0.6, "B": 0.6})
+    a = _assess({"A": 1, "B": 1}, requests, feedback, [])
+    plain = a.verdict
+    srm = a.srm
+    shadowed = assess("A", ["B"], srm, requests, feedback, [], paired=_paired("3.0", 0.0, 0.3))
+    worse = [c for c in shadowed.paired if c.metric == "accuracy"]
+    assert [(c.candidate, c.shadow_version) for c in worse] == [("3.0", "3.0")]
+    assert worse[0].worse  # wrong where the control is wrong, and on 30 % of the rest
+    assert not shadowed.worse("B") and not shadowed.better("B")
+    assert "shadow version 3.0 is worse than A on accuracy" in shadowed.verdict
+    assert shadowed.verdict.startswith(plain.split(";")[0])

@@ -63,6 +63,25 @@ def test_primary_better_promotes_only_when_trusted_with_enough_feedback() -> Non
     assert [d.action for d in decide(few, ON, {"A": 0.9, "B": 0.1}, 50)] == []
 
 
+def test_paired_shadow_evidence_promotes_a_candidate_with_little_split_feedback() -> None:
+    few = _assessment()
+    few = replace(few, primary=[replace(few.primary[0], feedbacks=50)])
+    paired = Comparison(
+        "B", "accuracy", 900, 0.08, 0.03, 0.13, 0.001, 0.002, 0.0001, True, False,
+        shadow_version="2.0",
+    )  # fmt: skip
+    [d] = decide(replace(few, paired=[paired]), ON, {"A": 0.95, "B": 0.05}, 950)
+    assert (d.action, d.weight_after) == ("promote", 1.0)
+    assert (d.numbers["paired_feedbacks"], d.numbers["paired_p_value_holm"]) == (900, 0.002)
+    # The same evidence on the other metric, or from a version no candidate serves, does not
+    # promote (the candidate only ramps on).
+    other = replace(paired, metric="mae")
+    stranger = replace(paired, candidate="3.0", shadow_version="3.0")
+    for extra in (other, stranger):
+        [d] = decide(replace(few, paired=[extra]), ON, {"A": 0.95, "B": 0.05}, 950)
+        assert d.action == "ramp"
+
+
 def test_no_ramp_or_promotion_while_the_split_is_untrustworthy() -> None:
     assert decide(_assessment(srm=False), ON, {"A": 0.9, "B": 0.1}, 5000) == []
 

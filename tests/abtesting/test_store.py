@@ -242,6 +242,30 @@ def test_shadow_answers_are_paired_with_live_answers(database_url: str) -> None:
     store.close()
 
 
+def test_feedback_grades_the_shadow_answer_of_the_same_item_in_arrival_order(
+    database_url: str,
+) -> None:
+    store = ExperimentStore(database_url)
+    store.add_prediction(_prediction("batch", stars=(4, 2)))
+    store.add_prediction(_prediction("single", stars=(5,)))
+    store.add_prediction(_prediction("unshadowed", stars=(3,)))
+    store.add_shadow("batch", "3.0", (4, 1), 0.02)
+    store.add_shadow("single", "3.0", None, 0.5, error="upstream_timeout")  # no answer to grade
+    store.add_feedback("batch", 1, item=1)
+    store.add_feedback("single", 5)
+    store.add_feedback("unshadowed", 3)
+    store.add_feedback("batch", 4, item=0)
+
+    paired = store.paired_observations("exp")
+
+    assert [(p.shadow_version, p.live_variant, p.unit) for p in paired] == [
+        ("3.0", "A", "batch")
+    ] * 2
+    # Arrival order of the feedback, each item with its own live and shadow answer.
+    assert [(p.true_stars, p.live_stars, p.shadow_stars) for p in paired] == [(1, 2, 1), (4, 4, 4)]
+    store.close()
+
+
 def test_async_calls_run_off_the_event_loop(database_url: str) -> None:
     store = ExperimentStore(database_url)
 
