@@ -59,6 +59,10 @@ class ComparisonReport(BaseModel):
     candidate: str
     control: str
     metric: Literal["accuracy", "mae"]
+    feedbacks: int = Field(
+        description="feedbacks it reads: of the control and the candidate; paired: feedbacks "
+        "on the control's answers that the shadow version answered too"
+    )
     difference: float | None = Field(
         description="candidate minus control; null until both have feedback"
     )
@@ -223,6 +227,7 @@ def _comparison_report(control: str, c: Comparison) -> ComparisonReport:
         candidate=c.candidate,
         control=control,
         metric=c.metric,
+        feedbacks=c.feedbacks,
         difference=c.difference,
         low=c.low,
         high=c.high,

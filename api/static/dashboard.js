@@ -331,7 +331,10 @@ function render(report) {
   document.getElementById("stars").replaceChildren(starsChart(variants));
 
   fillTable(document.getElementById("comparisons"), report.comparisons.map((c) => [
-    [`${c.candidate} vs ${c.control}`], [c.metric === "mae" ? "MAE" : "accuracy"],
+    [c.shadow_version === null || c.shadow_version === undefined
+      ? `${c.candidate} vs ${c.control}`
+      : `${c.candidate} vs ${c.control}, paired on ${c.shadow_version}'s shadow answers`],
+    [c.metric === "mae" ? "MAE" : "accuracy"],
     [withInterval({ value: c.difference, low: c.low, high: c.high }, 3), true],
     [fmtP(c.p_value), true], [fmtP(c.p_value_holm), true],
     [`${fmtP(c.p_value_fixed)} (${c.fixed_test})`, true], [c.significant ? "yes" : "no"],

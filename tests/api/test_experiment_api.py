@@ -522,6 +522,35 @@ def test_shadow_copies_are_recorded_and_never_returned(
     assert sum(1 for version, _ in torchserve.predictions if version == "3.0") == 10
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_feedback_grades_the_shadow_answers_too_unless_paired_evaluation_is_off(
+    gateway: TestClient, torchserve: FakeTorchServe, paired: bool
+) -> None:
+    torchserve.ready["3.0"] = True
+    split = _shadow_split("3.0")
+    split["shadow"]["paired"] = paired
+    assert gateway.put("/v1/experiment", json=split, headers=AUTH).status_code == 200
+    answers = [_predict(gateway, f"text {i}", f"user-{i}") for i in range(30)]
+    _wait_for_shadow(gateway, copies=30)
+    for a in answers:
+        truth = a["predictions"][0]["stars"]
+        gateway.post("/v1/feedback", json={"request_id": a["request_id"], "stars": truth})
+
+    report = gateway.get("/v1/experiment/report").json()
+
+    rows = [c for c in report["comparisons"] if c["shadow_version"] == "3.0"]
+    if not paired:
+        assert rows == []
+        return
+    on_control = sum(a["variant"] == "A" for a in answers)
+    assert [(c["metric"], c["candidate"], c["feedbacks"]) for c in rows] == [
+        ("accuracy", "3.0", on_control),
+        ("mae", "3.0", on_control),
+    ]
+    assert all(c["difference"] == 0.0 for c in rows)  # the fake answers alike: no difference
+    assert "shadow version 3.0 vs A: not enough data on accuracy yet" in report["verdict"]
+
+
 def test_a_failing_shadow_fails_no_request(gateway: TestClient, torchserve: FakeTorchServe) -> None:
     torchserve.ready["3.0"] = True
     gateway.put("/v1/experiment", json=_shadow_split("3.0"), headers=AUTH)
