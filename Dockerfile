@@ -2,14 +2,17 @@
 #   serve    TorchServe with the starrating handler and the .mar files of model_store/
 #            (compose, Kubernetes, and SageMaker hosting through `docker run IMAGE serve`)
 #   gateway  the FastAPI gateway under uvicorn (no torch, transformers, MLflow or TorchServe)
-#   train    a SageMaker training image, entry training/train.py (PyPI's CUDA build of torch
-#            unless TRAIN_TORCH_INDEX_URL names another index)
+#   train    a SageMaker training image, entry training/train.py (the torch build of pip's own
+#            index, on PyPI the CUDA one, unless TRAIN_TORCH_INDEX_URL names another index)
 # Each role installs its own pinned set, deploy/docker/requirements-<role>.lock (regenerate with
 # deploy/docker/lock.sh), before any code is copied: code changes rebuild only the last layers.
 #
 # Build arguments: PYTHON_IMAGE (a Python 3.11 image with `python` and `pip` on PATH; where no
 # registry can be pulled, `make base-images` builds one from Debian's packages), TORCH_VERSION,
-# TORCH_INDEX_URL (serve), TRAIN_TORCH_INDEX_URL (train). A TLS-intercepting proxy's CA bundle
+# TORCH_INDEX_URL (serve: give it PyTorch's CPU wheel index, or pip's own index decides, which
+# on PyPI is the much larger CUDA build), TRAIN_TORCH_INDEX_URL (train). That index is added to
+# pip's own (its local +cpu version wins over the plain one); everything else comes through
+# pip's own configuration: no index is named here. A TLS-intercepting proxy's CA bundle
 # can be given to pip as the BuildKit secret `pip-ca` (`--secret id=pip-ca,src=FILE`); it never
 # ends up in a layer.
 
@@ -50,23 +53,23 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
     && rm -rf /var/lib/apt/lists/*
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL=
 COPY deploy/docker/requirements-serve.lock /tmp/requirements.lock
 RUN --mount=type=secret,id=pip-ca \
     if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
+    && pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} \
        -c /tmp/requirements.lock "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.lock
 
-# Training: PyPI's default (CUDA) build of torch for GPU instances; a CPU build where
-# TRAIN_TORCH_INDEX_URL names the CPU index (tests, CPU instances).
+# Training: the default build of torch of pip's own index (on PyPI the CUDA one) for GPU
+# instances; a CPU build where TRAIN_TORCH_INDEX_URL names a CPU index (tests, CPU instances).
 FROM python-base AS deps-train
 ARG TORCH_VERSION=2.13.0
-ARG TRAIN_TORCH_INDEX_URL=https://pypi.org/simple
+ARG TRAIN_TORCH_INDEX_URL=
 COPY deploy/docker/requirements-train.lock /tmp/requirements.lock
 RUN --mount=type=secret,id=pip-ca \
     if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
-    && pip install --index-url "${TRAIN_TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
+    && pip install ${TRAIN_TORCH_INDEX_URL:+--extra-index-url "${TRAIN_TORCH_INDEX_URL}"} \
        -c /tmp/requirements.lock "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.lock
 

@@ -35,8 +35,9 @@ unit: venv
 # This machine pulls no image, so the base is built from Debian's packages (`make base-images`);
 # with a registry: `make images PYTHON_IMAGE=python:3.11-slim-bookworm`. What this machine needs
 # beyond the Dockerfile's defaults is passed in here: pip's CA bundle (a BuildKit secret) and the
-# local CPU torch wheel (serve, and a CPU train image; TRAIN_TORCH_INDEX_URL=https://pypi.org/simple
-# builds train with PyPI's CUDA torch). Timings and sizes: deploy/docker/build-images.sh prints them.
+# local CPU torch wheel (serve, and a CPU train image; with TORCH_WHEEL= torch comes from pip's own
+# index, on PyPI the CUDA build, unless TORCH_INDEX_URL / TRAIN_TORCH_INDEX_URL name another).
+# Timings and sizes: deploy/docker/build-images.sh prints them.
 IMAGE_PREFIX  ?= starrating
 IMAGE_TAG     ?= latest
 DOCKER        ?= $(if $(wildcard /usr/bin/docker),/usr/bin/docker,docker)

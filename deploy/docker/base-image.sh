@@ -23,7 +23,11 @@ mirror="${DEBIAN_MIRROR:-}"
 if [ -z "$mirror" ]; then
   mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
 fi
-mirror="${mirror:-http://deb.debian.org/debian}"
+if [ -z "$mirror" ]; then
+  echo "base-image: apt has no Debian source configured here (/etc/apt/sources.list.d/debian.sources);" >&2
+  echo "  set DEBIAN_MIRROR to the Debian mirror to build from, e.g. DEBIAN_MIRROR=http://MIRROR/debian" >&2
+  exit 2
+fi
 security="${DEBIAN_SECURITY_MIRROR:-${mirror%/debian}/debian-security}"
 
 rootfs="$(mktemp -d /tmp/starrating-rootfs.XXXXXX)"
