@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first and pinned: a CPU wheel found on this machine's disk (see README, "Install").
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv demo test lint unit loadtest soak bench images clean
+.PHONY: venv demo test lint unit loadtest soak bench images clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ venv: $(STAMP)
 
 demo: venv
 	$(BIN)/starrating demo
+
+# The README's pictures of the dashboard and the explanation page, from the stack `make demo`
+# leaves running (trained models): docs/dashboard-autopilot.png, docs/explain.png.
+screenshots: venv
+	$(BIN)/python -m loadtests.screenshots --out docs
 
 lint: venv
 	$(BIN)/ruff check .

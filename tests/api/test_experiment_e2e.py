@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from abtesting.store import DecisionRecord, ExperimentStore
+from loadtests.screenshots import CHROMIUM_FLAGS
 from serving.supervisor import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
@@ -35,15 +36,6 @@ SPLIT = {
     "shadow": {"version": "1.0", "sample": 0.2},
 }
 USERS = 300
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.screenshots import CHROMIUM_FLAGS
 from tests.api.live import LiveGateway, running_gateway
-from tests.api.test_experiment_e2e import CHROMIUM_FLAGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -109,3 +109,15 @@ def test_explain_page_in_chromium_shades_words_and_keeps_markup_inert(stack: Liv
     assert first["bars"] == 5
     assert hostile_shown == HOSTILE
     assert (pwned, injected) == (None, 0)
+
+
+def test_the_readme_screenshots_are_taken_from_a_running_stack(
+    stack: LiveGateway, tmp_path: Path
+) -> None:
+    from loadtests.screenshots import take
+
+    written = take(stack.url, tmp_path)
+
+    assert [p.name for p in written] == ["dashboard-autopilot.png", "explain.png"]
+    for path in written:
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
