@@ -16,9 +16,9 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from abtesting.assessment import GuardrailLimits
 from abtesting.policy import AutopilotSettings
@@ -65,6 +65,10 @@ class ShadowConfig(BaseModel):
 _DEFAULT_AUTOPILOT = AutopilotSettings()
 
 
+def _whole_float_as_int(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class GuardrailsConfig(BaseModel):
     """The largest tolerated increase of each guardrail metric over the control."""
 
@@ -105,13 +109,15 @@ class AutopilotConfig(BaseModel):
 
     mode: Literal["off", "dry-run", "on"] = "off"
     primary_metric: Literal["accuracy", "mae"] = _DEFAULT_AUTOPILOT.primary_metric
-    ramp: list[float] = Field(
+    # strict, bounded items: [0] or [true] is refused by the schema, so by the model too
+    ramp: list[Annotated[float, Field(gt=0, le=1, strict=True)]] = Field(
         default=list(_DEFAULT_AUTOPILOT.ramp),
         min_length=1,
         max_length=20,
         description="the candidate's traffic share at each step, increasing, each in (0, 1]",
     )
-    min_feedback: int = Field(
+    # strict, yet 240.0 is an integer to JSON Schema: a whole float counts, "240" or true not
+    min_feedback: Annotated[int, BeforeValidator(_whole_float_as_int)] = Field(
         default=_DEFAULT_AUTOPILOT.min_feedback,
         ge=1,
         le=10_000_000,
@@ -122,8 +128,6 @@ class AutopilotConfig(BaseModel):
 
     @model_validator(mode="after")
     def _increasing_ramp(self) -> Self:
-        if any(not 0 < w <= 1 for w in self.ramp):
-            raise ValueError(f"ramp weights must each be in (0, 1], got {self.ramp}")
         if any(b <= a for a, b in zip(self.ramp, self.ramp[1:], strict=False)):
             raise ValueError(f"ramp weights must increase, got {self.ramp}")
         return self
@@ -177,7 +181,10 @@ class ExperimentConfig(BaseModel):
             }
         },
     )
-    sticky: bool = Field(default=True, description="a user id always gets the same variant")
+    # strict: JSON true or false, never 0 or "true", as the schema says
+    sticky: bool = Field(
+        default=True, strict=True, description="a user id always gets the same variant"
+    )
     shadow: ShadowConfig | None = None
     autopilot: AutopilotConfig = Field(default_factory=AutopilotConfig)
 

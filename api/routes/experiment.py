@@ -1,8 +1,10 @@
 """``/v1/experiment``: read and change the A/B split, and its report.
 
 ``PUT`` needs the admin token (``AdminDep``: 401 without it, 403 when wrong or when no token is
-configured). A new config is checked against TorchServe (every version registered and ready)
-before it is stored and routed by; it starts a new experiment revision with status ``running``.
+configured; 422 for a malformed body). A new config is checked against TorchServe (every
+version registered and ready) before it is stored and routed by, 409 otherwise: the body is
+well formed, the server's state conflicts with it. It starts a new experiment revision with
+status ``running``.
 ``GET`` shows the split with its ``autopilot`` settings, ``status`` and the autopilot's
 ``decisions``.
 """
@@ -20,7 +22,7 @@ from abtesting.router import ExperimentConfig, ExperimentNotReady
 from abtesting.service import ABTesting
 from abtesting.store import ExperimentStatus
 from api.deps import AdminDep
-from api.errors import ApiError, InvalidInput, NotReady
+from api.errors import ApiError, NotReady
 from api.schemas import error_responses
 
 router = APIRouter(prefix="/v1", tags=["experiment"])
@@ -29,6 +31,18 @@ router = APIRouter(prefix="/v1", tags=["experiment"])
 class NoExperiment(ApiError):
     status = 404
     code = "no_experiment"
+
+
+class VersionsNotReady(ApiError):
+    """A well-formed experiment naming versions TorchServe does not have, or has no ready
+    worker for: a conflict with the server's state, not a malformed body."""
+
+    status = 409
+    code = "versions_not_ready"
+
+
+PUT_ERRORS = error_responses(401, 403, 409, 422, 502, 503, 504)
+PUT_ERRORS[409]["description"] = "a version it names is not registered in TorchServe, or not ready"
 
 
 class ExperimentResponse(ExperimentConfig):
@@ -80,7 +94,7 @@ async def get_experiment(ab: ABDep) -> ExperimentResponse:
 @router.put(
     "/experiment",
     response_model=ExperimentResponse,
-    responses=error_responses(401, 403, 422, 502, 503, 504),
+    responses=PUT_ERRORS,
     dependencies=[AdminDep],
     summary="Change the A/B split (admin)",
 )
@@ -88,7 +102,7 @@ async def put_experiment(config: ExperimentConfig, ab: ABDep) -> ExperimentRespo
     try:
         revision = await ab.set_experiment(config)
     except ExperimentNotReady as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise VersionsNotReady(str(exc)) from exc
     return await _response(ab, config, revision)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import random
@@ -182,12 +183,31 @@ def test_changing_weights_moves_only_the_users_it_must() -> None:
         ({"variants": [{"name": "A", "version": "../x", "weight": 1}]}, "pattern"),
         ({"shadow": {"version": "2.0", "sample": 1.5}}, "less than or equal"),
         ({"extra": 1}, "Extra inputs"),
+        # strict as the schema: no 0/1 or "true" for a boolean, no true or "0.5" for a number
+        ({"sticky": 0}, r"sticky\n  Input should be a valid boolean"),
+        ({"sticky": "true"}, r"sticky\n  Input should be a valid boolean"),
+        (
+            {"shadow": {"version": "2.0", "sample": 0.1, "paired": 0}},
+            r"shadow.paired\n  Input should be a valid boolean",
+        ),
+        ({"autopilot": {"ramp": [True]}}, r"autopilot.ramp.0\n  Input should be a valid number"),
+        ({"autopilot": {"ramp": ["0.5"]}}, r"autopilot.ramp.0\n  Input should be a valid number"),
+        ({"autopilot": {"ramp": [0.0]}}, r"autopilot.ramp.0\n  Input should be greater than 0"),
+        ({"autopilot": {"min_feedback": "50"}}, r"min_feedback\n  Input should be a valid int"),
+        ({"autopilot": {"min_feedback": 2.5}}, r"min_feedback\n  Input should be a valid int"),
     ],
 )
 def test_invalid_configs_are_refused(change: dict[str, object], message: str) -> None:
     base = _config().model_dump()
     with pytest.raises(ValidationError, match=message):
         ExperimentConfig.model_validate({**base, **change})
+
+
+def test_a_whole_float_is_an_integer_as_in_json_schema() -> None:
+    body = {**_config().model_dump(), "autopilot": {"min_feedback": 240.0}}
+    config = ExperimentConfig.model_validate_json(json.dumps(body))
+    assert config.autopilot.min_feedback == 240
+    assert isinstance(config.autopilot.min_feedback, int)
 
 
 def _client(fake: FakeTorchServe) -> TorchServeClient:

@@ -134,17 +134,35 @@ def test_put_then_get_returns_the_split_with_a_revision(gateway: TestClient) -> 
     assert gateway.get("/v1/experiment").json()["variants"][0]["weight"] == 0.9
 
 
-def test_put_refuses_versions_torchserve_cannot_serve(
+def test_put_refuses_versions_torchserve_cannot_serve_with_a_409(
     gateway: TestClient, torchserve: FakeTorchServe
 ) -> None:
+    # A well-formed body that conflicts with TorchServe's state: 409, not 422 (malformed body).
     unknown = {**SPLIT, "variants": [{"name": "C", "version": "3.0", "weight": 1}]}
     response = gateway.put("/v1/experiment", json=unknown, headers=AUTH)
-    assert response.status_code == 422
-    assert "['3.0'] are not registered" in response.json()["error"]["message"]
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": {
+            "code": "versions_not_ready",
+            "message": "model versions ['3.0'] are not registered in TorchServe "
+            "(registered: ['1.0', '2.0'])",
+        }
+    }
     torchserve.ready["2.0"] = False
     response = gateway.put("/v1/experiment", json=SPLIT, headers=AUTH)
-    assert response.status_code == 422
-    assert "no ready worker" in response.json()["error"]["message"]
+    assert response.status_code == 409
+    assert response.json()["error"]["message"] == "model versions ['2.0'] have no ready worker"
+    assert gateway.get("/v1/experiment").json()["revision"] == 1
+
+
+@pytest.mark.parametrize("sticky", [0, 1, "true", "false", None])
+def test_put_refuses_a_sticky_that_is_not_a_json_boolean(gateway: TestClient, sticky: Any) -> None:
+    response = gateway.put("/v1/experiment", json={**SPLIT, "sticky": sticky}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {
+        "code": "invalid_request",
+        "message": "body.sticky: Input should be a valid boolean",
+    }
     assert gateway.get("/v1/experiment").json()["revision"] == 1
 
 
@@ -153,9 +171,12 @@ def test_put_refuses_versions_torchserve_cannot_serve(
     [
         ({"mode": "auto"}, "Input should be 'off', 'dry-run' or 'on'"),
         ({"mode": "on", "ramp": [0.1, 0.05]}, "ramp weights must increase"),
-        ({"mode": "on", "ramp": [0.5, 1.5]}, "ramp weights must each be in (0, 1]"),
+        ({"mode": "on", "ramp": [0.5, 1.5]}, "ramp.1: Input should be less than or equal to 1"),
+        ({"mode": "on", "ramp": [0, 0.5]}, "ramp.0: Input should be greater than 0"),
+        ({"mode": "on", "ramp": [True]}, "ramp.0: Input should be a valid number"),
         ({"mode": "on", "ramp": []}, "at least 1 item"),
         ({"mode": "on", "min_feedback": "50"}, "Input should be a valid integer"),
+        ({"mode": "on", "min_feedback": True}, "Input should be a valid integer"),
         ({"mode": "on", "min_feedback": 0}, "greater than or equal to 1"),
         ({"mode": "on", "primary_metric": "f1"}, "'accuracy' or 'mae'"),
         ({"mode": "on", "guardrails": {"error_rate": -0.1}}, "greater than 0"),
@@ -224,6 +245,11 @@ def test_the_experiment_schema_refuses_what_put_refuses(gateway: TestClient) -> 
         "weight true": {**SPLIT, "variants": [{**variant, "weight": True}]},
         "weight a string": {**SPLIT, "variants": [{**variant, "weight": "1"}]},
         "sample false": {**SPLIT, "shadow": {"version": "1.0", "sample": False}},
+        "sticky 0": {**SPLIT, "sticky": 0},
+        "sticky a string": {**SPLIT, "sticky": "true"},
+        "paired 1": {**SPLIT, "shadow": {"version": "1.0", "sample": 0.5, "paired": 1}},
+        "ramp holds true": {**SPLIT, "autopilot": {"ramp": [True]}},
+        "ramp holds 0": {**SPLIT, "autopilot": {"ramp": [0]}},
         "reserved name": {**SPLIT, "variants": [{**variant, "name": "override"}]},
     }
 
@@ -234,6 +260,12 @@ def test_the_experiment_schema_refuses_what_put_refuses(gateway: TestClient) -> 
     assert validator.is_valid(
         {**SPLIT, "variants": [variant, {**variant, "name": "B", "weight": 0}]}
     )
+    # 240.0 is an integer to JSON Schema: accepted by both
+    whole = {**SPLIT, "autopilot": {"min_feedback": 240.0}}
+    assert validator.is_valid(whole)
+    put = gateway.put("/v1/experiment", json=whole, headers=AUTH)
+    assert put.status_code == 200, put.text
+    assert put.json()["autopilot"]["min_feedback"] == 240
 
 
 def test_split_and_weights_survive_a_gateway_restart(

@@ -11,8 +11,6 @@ added or fixed finds no mismatch between the OpenAPI document and what the gatew
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,7 +19,7 @@ import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from tests.api.live import LiveGateway, running_gateway
+from tests.api.live import LiveGateway, run_schemathesis, running_gateway, schemathesis_failure
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -145,35 +143,14 @@ def test_kserve_rest_client_v2_round_trip(stack: LiveGateway) -> None:
 
 
 def test_schemathesis_every_check_on_the_protocol_and_rating_routes(stack: LiveGateway) -> None:
-    # PUT /v1/experiment is left out: it refuses (422) versions TorchServe does not have right
-    # now, which no static schema can say.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemathesis.cli",
-            "run",
-            f"{stack.url}/openapi.json",
-            "--checks",
-            "all",
-            "--include-path-regex",
-            "^/(v2|v1/predictions|v1/explanations|v1/feedback|explain)",
-            "--max-time",
-            "30",
-            "--seed",
-            "7",
-            "--workers",
-            "1",
-            "--request-timeout",
-            "30",
-            "--output-sanitize",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    # The experiment routes have their own run, with the admin token: test_experiment_contract.
+    result = run_schemathesis(
+        stack.url,
+        checks="all",
+        seed=7,
+        max_time_s=30,
+        include_path_regex="^/(v2|v1/predictions|v1/explanations|v1/feedback|explain)",
     )
 
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, schemathesis_failure(result)
     assert "Tested: 13" in result.stdout

@@ -1,7 +1,8 @@
 """The OpenAPI document says what the gateway accepts: the forms clients generated from it send.
 
-Schemathesis with every check runs against a live stack in tests/reliability; these are the
-mismatches it found, pinned on the fake TorchServe.
+Schemathesis with every check runs against a live stack in tests/reliability and
+tests/api/test_experiment_contract.py; these are the mismatches it found, pinned on the fake
+TorchServe (the experiment body's own are pinned in tests/api/test_experiment_api.py).
 """
 
 from __future__ import annotations
@@ -70,3 +71,15 @@ def test_v2_routes_announce_their_error_form_and_no_422(gateway: TestClient) -> 
     assert infer["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/OipError"
     )
+
+
+def test_put_experiment_documents_409_for_a_version_conflict_and_422_for_a_bad_body(
+    gateway: TestClient,
+) -> None:
+    responses = gateway.get("/openapi.json").json()["paths"]["/v1/experiment"]["put"]["responses"]
+
+    assert "not registered in TorchServe" in responses["409"]["description"]
+    assert responses["422"]["description"] == "invalid request body"
+    for status in ("409", "422"):
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ErrorResponse")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from xml.etree import ElementTree
 
 import pytest
 
+from tests.api.live import run_schemathesis, schemathesis_failure
 from tests.reliability.conftest import ARTIFACTS, GatewayStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -320,39 +319,17 @@ def test_schemathesis_finds_no_server_error_on_any_route(stack: GatewayStack) ->
     report = ARTIFACTS / "schemathesis"
     report.mkdir(parents=True, exist_ok=True)
     junit = report / "reliability-junit.xml"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "schemathesis.cli",
-            "run",
-            f"{stack.url}/openapi.json",
-            "--max-time",
-            "20",
-            "--seed",
-            "1",
-            "--workers",
-            "1",
-            "--checks",
-            "not_a_server_error",
-            "--header",
-            f"Authorization: Bearer {stack.admin_token}",
-            "--request-timeout",
-            "30",
-            "--report",
-            "junit",
-            "--report-junit-path",
-            str(junit),
-            "--output-sanitize",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    result = run_schemathesis(
+        stack.url,
+        *("--report", "junit", "--report-junit-path", str(junit)),
+        checks="not_a_server_error",
+        seed=1,
+        max_time_s=20,
+        headers=stack.admin_headers(),
+        timeout_s=240,
     )
 
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, schemathesis_failure(result)
     suite = ElementTree.parse(junit).getroot()
     # The stateful phase (links between operations, since the /v2 routes) reports as one more case.
     fuzzed = {case.get("name") for case in suite.iter("testcase")} - {"Stateful tests"}
