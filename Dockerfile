@@ -79,6 +79,7 @@ RUN --mount=type=secret,id=pip-ca \
 FROM scratch AS source
 COPY pyproject.toml README.md /src/
 COPY starrating /src/starrating
+COPY cli /src/cli
 COPY training /src/training
 COPY handlers /src/handlers
 COPY api /src/api

@@ -13,7 +13,7 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from starrating.cli import app
+from cli import app
 
 ROLE = "arn:aws:iam::123456789012:role/StarratingSageMaker"
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"

@@ -139,7 +139,16 @@ def test_dependencies_are_installed_before_any_code_is_copied() -> None:
         assert install.endswith("pip install --no-deps .")
         assert app.all("COPY") == ["--from=source /src/ ./"]
     source = " ".join(STAGES["source"].all("COPY"))
-    packages = ("starrating", "training", "handlers", "api", "abtesting", "serving", "loadtests")
+    packages = (
+        "starrating",
+        "cli",
+        "training",
+        "handlers",
+        "api",
+        "abtesting",
+        "serving",
+        "loadtests",
+    )
     for package in packages:
         assert f"{package} /src/{package}" in source
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from loadtests.bench_serving import (
     BenchError,
     ServingBenchReport,
@@ -20,7 +21,6 @@ from loadtests.bench_serving import (
     newest_mar,
 )
 from loadtests.limit import thread_counts
-from starrating.cli import app
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from loadtests.bench_training import EnoughSteps, StepClock, TrainingBenchReport, larger_copy
 from loadtests.reviews import load_reviews
-from starrating.cli import app
 
 runner = CliRunner()
 

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from loadtests.bench_serving import ServingBenchReport, SetupResult, peer_threads
 from loadtests.peers import PEERS, running_peer
 from loadtests.peers.rating import PeerModel, PeerRequestError, PeerSettings, request_texts
 from loadtests.stack import StackTuning
-from starrating.cli import app
 from starrating.sizing import THREADS_ENV, serving_layout
 
 TEXTS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from starrating.cli import app
+from cli import app
 from training.archive import archive_run
 
 # Run in an interpreter that sees only the unpacked archive and the third-party packages (no
@@ -158,7 +158,7 @@ def test_archive_command_writes_a_mar_and_refuses_to_overwrite(run: Path, tmp_pa
         "handlers/batch.py",
         "run/metrics.json",
     } <= names
-    assert not any(n.startswith("starrating/cli/") or "__pycache__" in n for n in names)
+    assert not any(n.startswith("cli/") or "__pycache__" in n for n in names)
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from starrating.artifacts import load_artifacts
-from starrating.cli import app
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from starrating.cli import app
+from cli import app
 from training.data import embedded as embedded_module
 from training.data.embedded import mean_rating_to_stars
 from training.data.prepare import SPLITS, parse_stars

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from starrating.cli import app
+from cli import app
 from starrating.settings import CoreSettings
 from training.config import TrainConfig
 from training.data import embedded

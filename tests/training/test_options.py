@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
-from starrating.cli import app
+from cli import app
 from training.config import TrainConfig, build_parser, option_name, parse_args
 
 runner = CliRunner()
@@ -71,8 +71,8 @@ def _config_from_starrating_train(args: list[str]) -> TrainConfig:
         return 0
 
     with (
-        mock.patch("starrating.cli.training._launch", launch),
-        mock.patch("starrating.cli.training.print_run_summary"),
+        mock.patch("cli.training._launch", launch),
+        mock.patch("cli.training.print_run_summary"),
     ):
         result = runner.invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail, needs_extra
+from cli.app import app, console, fail, needs_extra
 from training.config import ConfigError, ConfigOption, TrainConfig, config_options
 
 

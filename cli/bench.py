@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail, needs_extra
+from cli.app import app, console, fail, needs_extra
 
 if TYPE_CHECKING:
     from loadtests.bench_serving import ServingBenchReport

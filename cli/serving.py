@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from starrating.cli.app import app, console, fail, needs_extra
+from cli.app import app, console, fail, needs_extra
 from starrating.service import METRICS_PORT
 from starrating.settings import CoreSettings
 

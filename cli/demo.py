@@ -20,8 +20,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail, needs_extra
-from starrating.cli.data import prepare_command
+from cli.app import app, console, fail, needs_extra
+from cli.data import prepare_command
 from starrating.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class DemoVersion:
 
 
 def _train(data_dir: Path, run_dir: Path, model: str, epochs: int, retrain: bool) -> None:
-    from starrating.cli.training import print_run_summary
+    from cli.training import print_run_summary
     from training.config import TrainConfig
     from training.run import run_training
 

@@ -3,7 +3,7 @@ libraries (torch, the gateway, TorchServe tooling) are imported inside the comma
 
 from __future__ import annotations
 
-from starrating.cli import (  # noqa: F401  (registers commands)
+from cli import (  # noqa: F401  (registers commands)
     bench,
     data,
     demo,
@@ -11,7 +11,7 @@ from starrating.cli import (  # noqa: F401  (registers commands)
     serving,
     training,
 )
-from starrating.cli.app import app
+from cli.app import app
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from starrating.cli.app import app, console, fail, needs_extra
+from cli.app import app, console, fail, needs_extra
 from starrating.settings import CoreSettings
 
 sagemaker_app = typer.Typer(

@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from starrating.cli.app import app, console, fail, needs_extra
+from cli.app import app, console, fail, needs_extra
 from starrating.labels import STARS
 from starrating.settings import CoreSettings
 

@@ -26,7 +26,7 @@ console = Console(stderr=False)
 Command = TypeVar("Command", bound=Callable[..., Any])
 # The project's own packages: a missing one of these is a broken install, not a missing extra.
 _PROJECT_PACKAGES = frozenset(
-    {"starrating", "training", "handlers", "api", "abtesting", "serving", "loadtests"}
+    {"starrating", "cli", "training", "handlers", "api", "abtesting", "serving", "loadtests"}
 )
 err_console = Console(stderr=True)
 

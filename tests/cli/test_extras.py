@@ -12,7 +12,7 @@ import pytest
 RUN_WITHOUT = """
 import sys
 sys.modules[sys.argv[1]] = None
-from starrating.cli import app
+from cli import app
 app(sys.argv[2:], prog_name="starrating")
 """
 
