@@ -18,21 +18,13 @@ from xml.etree import ElementTree
 
 import pytest
 
+from loadtests.screenshots import CHROMIUM_FLAGS
 from tests.api.live import run_schemathesis, schemathesis_failure
 from tests.reliability.conftest import ARTIFACTS, GatewayStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PREDICT = "/v1/predictions"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MB = 1024 * 1024
 
 
