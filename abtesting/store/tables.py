@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Integer,
     String,
     UniqueConstraint,
@@ -47,6 +49,10 @@ class PredictionRow(Base):
     probabilities: Mapped[list[dict[str, float]]] = mapped_column(JSON)
     latency_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The order rows were stored in, for reading only what is new (``store.increments``): an
+    # identity column on PostgreSQL; on SQLite, whose only autoincrement is the primary key, a
+    # trigger copies the rowid (migration 0002). Never written by the store itself.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), index=True, unique=True)
 
 
 class FeedbackRow(Base):

@@ -19,8 +19,13 @@ from sqlalchemy.engine import Engine
 
 from abtesting.store import ExperimentStore, make_engine
 from abtesting.store.migrations import config
-from abtesting.store.tables import Base
-from tests.abtesting.test_store import REPO, database_url, postgres_url  # noqa: F401 - fixtures
+from abtesting.store.tables import Base, PredictionRow
+from tests.abtesting.test_store import (  # noqa: F401 - fixtures
+    REPO,
+    _prediction,
+    database_url,
+    postgres_url,
+)
 
 PRE_ALEMBIC_SCHEMA = Path(__file__).parent / "pre_alembic_schema"
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -134,19 +139,28 @@ def _write_pre_alembic_database(url: str) -> None:
     engine.dispose()
 
 
-def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table but Alembic's own, in primary-key order."""
+def _contents(engine: Engine, added: Any = ()) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table but Alembic's own, in primary-key order, without the columns
+    ``added`` names as (table, column) pairs (those a later revision adds)."""
     tables = MetaData()
     tables.reflect(engine)
     with engine.connect() as connection:
         return {
             table.name: [
                 tuple(row)
-                for row in connection.execute(select(table).order_by(*table.primary_key.columns))
+                for row in connection.execute(
+                    select(
+                        *(c for c in table.columns if (table.name, c.name) not in added)
+                    ).order_by(*table.primary_key.columns)
+                )
             ]
             for table in tables.sorted_tables
             if table.name != "alembic_version"
         }
+
+
+# The columns the revisions after 0001 add (rows stored before have them filled in).
+ADDED_AFTER_0001 = {("predictions", "seq")}
 
 
 def _revision(engine: Engine) -> str | None:
@@ -166,7 +180,7 @@ def _differences(engine: Engine) -> list[Any]:
 
 def test_a_fresh_database_is_at_head(database_url: str) -> None:  # noqa: F811
     store = ExperimentStore(database_url)
-    assert _head() == "0001"
+    assert _head() == "0002"
     assert _revision(store.engine) == _head()
     store.close()
 
@@ -191,7 +205,7 @@ def test_a_database_written_before_alembic_keeps_every_row_and_its_salt(
 
     store = ExperimentStore(database_url)
     assert _revision(store.engine) == _head()
-    assert _contents(store.engine) == written
+    assert _contents(store.engine, ADDED_AFTER_0001) == written
     assert _differences(store.engine) == []
     alice = hmac.new(bytes.fromhex(SALT), b"alice", hashlib.sha256).hexdigest()
     assert store.hash_user("alice") == alice
@@ -207,6 +221,62 @@ def test_a_database_written_before_alembic_keeps_every_row_and_its_salt(
         ("r2", 0),
         ("r1", 1),
     ]
+    store.close()
+
+
+def _at_0001_with_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """A database at revision 0001 (as the gateway left it before 0002) holding
+    ``PRE_ALEMBIC_ROWS``; what it holds."""
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(config(connection), "0001")
+        tables = MetaData()
+        tables.reflect(connection)
+        for name, rows in PRE_ALEMBIC_ROWS.items():
+            connection.execute(tables.tables[name].insert(), rows)
+    assert _revision(engine) == "0001"
+    written = _contents(engine)
+    engine.dispose()
+    return written
+
+
+def test_upgrade_from_0001_numbers_the_predictions_and_keeps_every_row(
+    database_url: str,  # noqa: F811
+) -> None:
+    written = _at_0001_with_rows(database_url)
+
+    store = ExperimentStore(database_url)
+    assert _revision(store.engine) == _head()
+    assert _contents(store.engine, ADDED_AFTER_0001) == written
+    assert _differences(store.engine) == []
+    with store.engine.connect() as connection:
+        numbered = connection.execute(select(PredictionRow.seq)).scalars().all()
+    assert len(set(numbered)) == len(PRE_ALEMBIC_ROWS["predictions"]) and None not in numbered
+    # New predictions are numbered after them, in the order they are stored.
+    store.add_predictions([_prediction("r3"), _prediction("r4")])
+    store.add_prediction(_prediction("r5"))
+    with store.engine.connect() as connection:
+        order = (
+            connection.execute(select(PredictionRow.request_id).order_by(PredictionRow.seq))
+            .scalars()
+            .all()
+        )
+    assert order[-3:] == ["r3", "r4", "r5"]
+    store.close()
+
+
+def test_downgrade_to_0001_drops_the_sequence_and_upgrade_numbers_again(
+    database_url: str,  # noqa: F811
+) -> None:
+    written = _at_0001_with_rows(database_url)
+    store = ExperimentStore(database_url)
+    with store.engine.begin() as connection:
+        command.downgrade(config(connection), "0001")
+    assert _contents(store.engine) == written
+    store.close()
+    store = ExperimentStore(database_url)
+    assert _contents(store.engine, ADDED_AFTER_0001) == written
+    assert _differences(store.engine) == []
     store.close()
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, text
 
 from abtesting.store import (
@@ -28,62 +26,20 @@ from abtesting.store import (
     FeedbackConflict,
     PredictionRecord,
     UnknownRequest,
+    migrations,
 )
+from loadtests import throwaway_postgres
 
 REPO = Path(__file__).resolve().parents[3]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL 15 server on a free port (initdb refuses root: run as postgres)."""
-    if not (PG_BIN / "initdb").exists():
+    """A throwaway PostgreSQL 15 server on a free port (``loadtests.throwaway_postgres``)."""
+    if not throwaway_postgres.available():
         pytest.fail("PostgreSQL 15 is not installed: apt-get install -y postgresql (.ci/run does)")
-    root = Path(tempfile.mkdtemp(prefix="starrating-pg-"))
-    data, sockets = root / "data", root / "sock"
-    sockets.mkdir()
-    root.chmod(0o755)
-    shutil.chown(root, "postgres")
-    (root / "postgres.log").touch()
-    shutil.chown(root / "postgres.log", "postgres")
-    shutil.chown(sockets, "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-    # -l: the server must not inherit our pipes, or waiting for pg_ctl's output never ends.
-    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [*pg_ctl, "-l", str(root / "postgres.log"), "-o", options, "-w", "start"],
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*pg_ctl, "-m", "immediate", "stop"],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway_postgres.throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -399,7 +355,9 @@ def test_a_database_of_an_older_gateway_gains_the_new_tables_and_keeps_its_data(
     store.add_prediction(_prediction("old"))
     revision = store.save_experiment("exp", {"name": "exp", "variants": []})
     with store.engine.begin() as conn:
-        # An older gateway: before Alembic, and before these three tables.
+        # An older gateway: before Alembic (so before revision 0002's column too), and before
+        # these three tables.
+        command.downgrade(migrations.config(conn), "0001")
         for table in ("failed_predictions", "autopilot_decisions", "leases", "alembic_version"):
             conn.execute(text(f"DROP TABLE {table}"))
         # An older gateway stored configs without a status.
