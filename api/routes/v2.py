@@ -10,6 +10,8 @@ non-2xx as "not ready").
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -96,7 +98,51 @@ inference = APIRouter(
 )
 
 ModelName = Annotated[str, Path(description='the model\'s name, "stars"')]
-Version = Annotated[str, Path(pattern=VERSION_PATTERN, description="a model version")]
+# {version} in the path, model_version in the endpoints (as KServe names it).
+ModelVersion = Annotated[
+    str,
+    Path(alias="version", pattern=VERSION_PATTERN, description="a model version"),
+]
+
+
+def _endpoint_for(endpoint: Callable[..., Any], *, versioned: bool) -> Callable[..., Any]:
+    """``endpoint`` as FastAPI should read it on one of its two paths.
+
+    Unversioned, it is read without ``model_version`` and called with the default, None (read
+    as is, the parameter would become a query parameter); versioned, ``model_version`` is the
+    required path parameter ``{version}``.
+    """
+    signature = inspect.signature(endpoint, eval_str=True)
+    parameters = [p for p in signature.parameters.values() if p.name != "model_version"]
+    if versioned:
+        kind = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter("model_version", kind, annotation=ModelVersion))
+    read_as = functools.update_wrapper(functools.partial(endpoint), endpoint)  # its name, its doc
+    read_as.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return read_as
+
+
+def _add_routes(
+    router: APIRouter,
+    suffix: str,
+    endpoint: Callable[..., Any],
+    *,
+    names: tuple[str, str],
+    summaries: tuple[str, str],
+    **route: Any,
+) -> None:
+    """Registers ``endpoint`` at ``/models/{model_name}{suffix}`` and at its versioned twin.
+
+    As KServe's ``register_v2_endpoints``: one endpoint with an optional ``model_version``, added
+    for both paths. Unlike KServe, the twin stays in the OpenAPI document, and each route keeps
+    its own name (the operation id) and summary.
+    """
+    unversioned = _endpoint_for(endpoint, versioned=False)
+    versioned = _endpoint_for(endpoint, versioned=True)
+    path = f"/models/{{model_name}}{suffix}"
+    router.add_api_route(path, unversioned, name=names[0], summary=summaries[0], **route)
+    path = f"/models/{{model_name}}/versions/{{version}}{suffix}"
+    router.add_api_route(path, versioned, name=names[1], summary=summaries[1], **route)
 
 
 def _check_model(model_name: str, settings_model: str) -> None:
@@ -129,86 +175,68 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=[])
 
 
-async def _metadata(
-    model_name: str, version: str | None, settings: SettingsDep, client: ClientDep
+async def get_model_metadata(
+    model_name: ModelName,
+    settings: SettingsDep,
+    client: ClientDep,
+    *,
+    model_version: str | None = None,
 ) -> ModelMetadata:
     _check_model(model_name, settings.model_name)
     versions = [v.version for v in await client.list_versions()]
     if not versions:
         raise NotReady(f"model {model_name!r} has no registered version")
-    if version is not None and version not in versions:
-        raise ModelNotFound(f"model {model_name!r} has no version {version!r}")
+    if model_version is not None and model_version not in versions:
+        raise ModelNotFound(f"model {model_name!r} has no version {model_version!r}")
     return model_metadata(model_name, versions)
 
 
-@router.get(
-    "/models/{model_name}",
+_add_routes(
+    router,
+    "",
+    get_model_metadata,
+    names=("get_model_metadata", "get_version_metadata"),
+    summaries=("OIP model metadata", "OIP model metadata of one version"),
+    methods=["GET"],
     response_model=ModelMetadata,
     responses=_responses(404, 502, 503, 504),
-    summary="OIP model metadata",
 )
-async def get_model_metadata(
-    model_name: ModelName, settings: SettingsDep, client: ClientDep
-) -> ModelMetadata:
-    return await _metadata(model_name, None, settings, client)
 
 
-@router.get(
-    "/models/{model_name}/versions/{version}",
-    response_model=ModelMetadata,
-    responses=_responses(404, 502, 503, 504),
-    summary="OIP model metadata of one version",
-)
-async def get_version_metadata(
-    model_name: ModelName, version: Version, settings: SettingsDep, client: ClientDep
-) -> ModelMetadata:
-    return await _metadata(model_name, version, settings, client)
-
-
-async def _ready(
-    model_name: str, version: str | None, settings: SettingsDep, client: ClientDep
+async def model_ready(
+    model_name: ModelName,
+    settings: SettingsDep,
+    client: ClientDep,
+    *,
+    model_version: str | None = None,
 ) -> ModelReadyResponse:
     _check_model(model_name, settings.model_name)
     # describe, not model_ready: an unknown version is a 404, not "not ready".
-    described = await client.describe(version)
+    described = await client.describe(model_version)
     if not described.ready:
         raise NotReady(f"model {model_name!r} version {described.version} has no ready worker")
     return ModelReadyResponse(name=model_name, ready=True)
 
 
-@router.get(
-    "/models/{model_name}/ready",
+_add_routes(
+    router,
+    "/ready",
+    model_ready,
+    names=("model_ready", "version_ready"),
+    summaries=("OIP model ready (the default version)", "OIP model ready (one version)"),
+    methods=["GET"],
     response_model=ModelReadyResponse,
     responses=_responses(404, 502, 503, 504),
-    summary="OIP model ready (the default version)",
 )
-async def model_ready(
-    model_name: ModelName, settings: SettingsDep, client: ClientDep
-) -> ModelReadyResponse:
-    return await _ready(model_name, None, settings, client)
 
 
-@router.get(
-    "/models/{model_name}/versions/{version}/ready",
-    response_model=ModelReadyResponse,
-    responses=_responses(404, 502, 503, 504),
-    summary="OIP model ready (one version)",
-)
-async def version_ready(
-    model_name: ModelName, version: Version, settings: SettingsDep, client: ClientDep
-) -> ModelReadyResponse:
-    return await _ready(model_name, version, settings, client)
-
-
-INFER_ERRORS = _responses(400, 404, 413, 502, 503, 504)
-
-
-async def _infer(
-    model_name: str,
-    version: str | None,
+async def infer(
+    model_name: ModelName,
     body: InferenceRequest,
     rating: RatingDep,
-    x_user_id: str | None,
+    x_user_id: UserIdHeader = None,
+    *,
+    model_version: str | None = None,
 ) -> InferenceResponse:
     _check_model(model_name, rating.settings.model_name)
     texts = request_texts(body)
@@ -216,36 +244,17 @@ async def _infer(
     user_id = request_user_id(body, x_user_id)
     if body.id is not None:
         rating.request.state.request_id = body.id
-    rated = await rating.rate(texts, user_id=user_id, forced_version=version)
+    rated = await rating.rate(texts, user_id=user_id, forced_version=model_version)
     return infer_response(model_name, rated, outputs)
 
 
-@inference.post(
-    "/models/{model_name}/infer",
+_add_routes(
+    inference,
+    "/infer",
+    infer,
+    names=("infer", "infer_version"),
+    summaries=("OIP inference, routed by the A/B experiment", "OIP inference on one version"),
+    methods=["POST"],
     response_model=InferenceResponse,
-    responses=INFER_ERRORS,
-    summary="OIP inference, routed by the A/B experiment",
+    responses=_responses(400, 404, 413, 502, 503, 504),
 )
-async def infer(
-    model_name: ModelName,
-    body: InferenceRequest,
-    rating: RatingDep,
-    x_user_id: UserIdHeader = None,
-) -> InferenceResponse:
-    return await _infer(model_name, None, body, rating, x_user_id)
-
-
-@inference.post(
-    "/models/{model_name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    responses=INFER_ERRORS,
-    summary="OIP inference on one version",
-)
-async def infer_version(
-    model_name: ModelName,
-    version: Version,
-    body: InferenceRequest,
-    rating: RatingDep,
-    x_user_id: UserIdHeader = None,
-) -> InferenceResponse:
-    return await _infer(model_name, version, body, rating, x_user_id)
