@@ -12,9 +12,9 @@ from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from serving.sizing import MIN_WORKERS_PER_VERSION
 from starrating.service import GATEWAY_PORT, LOOPBACK
 from starrating.settings import TorchServeSettings
-from starrating.sizing import MIN_WORKERS_PER_VERSION
 
 logger = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ from handlers.numerics import (
     choose_precision,
 )
 from starrating.artifacts import Artifacts, load_artifacts
+from starrating.cpus import available_cpus
 from starrating.labels import ID2LABEL, id_to_star, star_to_id
 from starrating.service import MODEL_NAME
-from starrating.sizing import serving_layout
 from starrating.text import encode_batch
 
 if TYPE_CHECKING:
@@ -95,10 +95,10 @@ class StarHandler(BaseHandler):  # type: ignore[misc]
         self.config = HandlerConfig.resolve(
             yaml_config.get("handler"), self.device.type, os.environ
         )
+        # The launcher decides the threads per worker (serving.sizing) and passes them on;
+        # told nothing, the handler takes every CPU it may use.
         torch.set_num_threads(
-            self.config.threads
-            if self.config.threads is not None
-            else serving_layout(1).threads_per_worker
+            self.config.threads if self.config.threads is not None else available_cpus()
         )
         self.manifest = context.manifest
         self.model_version = str(self.manifest.get("model", {}).get("modelVersion", "unknown"))

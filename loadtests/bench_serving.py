@@ -397,12 +397,12 @@ def run_stack(
 def peer_threads(tuning: StackTuning) -> int:
     """The torch threads of the stack's TorchServe workers together: what each peer gets.
 
-    As ``serving.supervisor`` sizes one version (``starrating.sizing``), unless ``--threads``,
+    As ``serving.supervisor`` sizes one version (``serving.sizing``), unless ``--threads``,
     ``--workers`` or ``STARRATING_HANDLER_THREADS`` say otherwise.
     """
     import os
 
-    from starrating.sizing import THREADS_ENV, serving_layout
+    from serving.sizing import THREADS_ENV, serving_layout
 
     layout = serving_layout(1)
     threads = tuning.threads or int(os.environ.get(THREADS_ENV) or layout.threads_per_worker)

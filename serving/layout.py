@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from starrating.sizing import available_cpus, serving_layout
+from serving.sizing import serving_layout
+from starrating.cpus import available_cpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ import httpx
 import psutil
 from packaging.version import InvalidVersion, Version
 
+from serving.sizing import THREADS_ENV, serving_layout
 from serving.torchserve import KEY_FILE_NAME, TorchServeError, TorchServeSyncClient
 from starrating.service import (
     DEFAULT_INFERENCE_URL,
@@ -49,7 +50,6 @@ from starrating.service import (
     MODEL_NAME,
     STALE_EXPERIMENT,
 )
-from starrating.sizing import THREADS_ENV, serving_layout
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class TorchServeOptions:
             f"disable_token_authorization={str(not self.token_auth).lower()}",
             f"token_expiration_min={self.token_expiration_min}",
             # Workers per version and torch threads per worker from the CPUs this process may
-            # use (starrating.sizing); the archives' model-config.yaml leaves both open.
+            # use (serving.sizing); the archives' model-config.yaml leaves both open.
             f"default_workers_per_model={workers}",
             # Settings never come from TS_* variables a user happens to have set.
             "enable_envvars_config=false",

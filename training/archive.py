@@ -47,7 +47,7 @@ RUN_FILES = ("metrics.json", "config.json")
 # What a TorchServe worker imports from the archive, and nothing else of the project (the
 # command line, training, the gateway): a test imports the handler from an unpacked archive.
 HANDLER_MODULES = ("__init__", "batch", "config", "explain", "numerics", "star_handler")
-CORE_MODULES = ("__init__", "artifacts", "labels", "service", "sizing", "text")
+CORE_MODULES = ("__init__", "artifacts", "cpus", "labels", "service", "text")
 
 
 class ArchiveError(ValueError):

@@ -16,7 +16,7 @@ import yaml
 from handlers.config import HandlerConfig
 from handlers.star_handler import StarHandler
 from starrating.artifacts import load_artifacts
-from starrating.sizing import available_cpus
+from starrating.cpus import available_cpus
 from starrating.text import encode_batch
 from tests.handlers.conftest import MODEL_CONFIG, make_context, start_batch
 from training.data.streaming import ReviewStream

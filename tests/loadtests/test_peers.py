@@ -17,7 +17,7 @@ from loadtests.bench_serving import ServingBenchReport, SetupResult, peer_thread
 from loadtests.peers import PEERS, running_peer
 from loadtests.peers.rating import PeerModel, PeerRequestError, PeerSettings, request_texts
 from loadtests.stack import StackTuning
-from starrating.sizing import THREADS_ENV, serving_layout
+from serving.sizing import THREADS_ENV, serving_layout
 
 TEXTS = [
     "really bad, broke after a day",

@@ -12,7 +12,7 @@ from serving import layout
 def test_prints_workers_and_threads_for_the_versions_in_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("starrating.sizing.available_cpus", lambda: 5)
+    monkeypatch.setattr("serving.sizing.available_cpus", lambda: 5)
     monkeypatch.setattr(layout, "available_cpus", lambda: 5)
     for version in ("1.0", "2.0"):
         (tmp_path / f"stars-{version}.mar").touch()

@@ -73,7 +73,7 @@ def test_the_handler_loads_and_predicts_from_the_unpacked_archive_alone(
         ),
         *(
             f"starrating/{m}.py"
-            for m in ("__init__", "artifacts", "labels", "service", "sizing", "text")
+            for m in ("__init__", "artifacts", "cpus", "labels", "service", "text")
         ),
     }
 

@@ -1,16 +1,18 @@
 """How many TorchServe workers and torch threads the CPUs this process may use can carry.
 
-The count follows what a container may really use: the CPU affinity mask and the cgroup CPU
-quota (``docker run --cpus``, a Kubernetes CPU limit), not the host's cores. TorchServe sizes
-itself from the host's core count by default, which started 16 workers under a 1-CPU limit
-(pytorch/serve#3150). joblib's ``cpu_count`` (loky's) reads both the affinity and the cgroup
-v1/v2 quota, rounding a fractional quota up.
+The count follows what a container may really use (``starrating.cpus.available_cpus``: the CPU
+affinity mask and the cgroup CPU quota), not the host's cores. TorchServe sizes itself from the
+host's core count by default, which started 16 workers under a 1-CPU limit
+(pytorch/serve#3150). The launchers (``serving.supervisor``, the serve image's entry point
+through ``serving.layout``) decide the layout here and pass it on: workers to TorchServe,
+threads to the handler (``THREADS_ENV``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starrating.cpus import available_cpus
 from starrating.service import HANDLER_ENV_PREFIX
 
 THREADS_ENV = f"{HANDLER_ENV_PREFIX}THREADS"
@@ -26,13 +28,6 @@ coalesced (the gateway keeps as many requests in flight per version; ``api.setti
 CPUs, one review per request, 16 users: 2 workers x 1 thread rated 184 reviews/s, 1 x 2 142,
 and 1 x 1 with the second CPU left to TorchServe's frontend (the earlier rule) 112
 (docs/performance.md)."""
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: affinity and cgroup quota considered (at least 1)."""
-    from joblib import cpu_count
-
-    return max(1, int(cpu_count(only_physical_cores=False)))
 
 
 @dataclass(frozen=True)

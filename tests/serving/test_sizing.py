@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from starrating.sizing import ServingLayout, serving_layout
+from serving.sizing import ServingLayout, serving_layout
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,8 @@ def test_a_layout_needs_a_version_and_a_cpu() -> None:
 def test_available_cpus_follows_the_affinity_mask() -> None:
     # `taskset -c 0`, as a cpuset or a CPU-pinned container would restrict the process.
     cpu = min(os.sched_getaffinity(0))
-    code = "from starrating.sizing import available_cpus, serving_layout; "
+    code = "from serving.sizing import serving_layout; "
+    code += "from starrating.cpus import available_cpus; "
     code += "print(available_cpus(), serving_layout(1).threads_per_worker)"
     out = subprocess.run(
         ["taskset", "-c", str(cpu), sys.executable, "-c", code],
