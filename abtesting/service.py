@@ -24,8 +24,8 @@ from abtesting.router import (
     stale_experiment_reason,
 )
 from abtesting.store import DecisionRecord, ExperimentStore
+from api.seams import STALE_EXPERIMENT
 from serving.torchserve import TorchServeClient, TorchServeError
-from starrating.service import STALE_EXPERIMENT
 
 logger = logging.getLogger(__name__)
 

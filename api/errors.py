@@ -21,8 +21,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import metrics
+from api.seams import STALE_EXPERIMENT
 from serving import torchserve
-from starrating.service import STALE_EXPERIMENT
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,9 @@
 - ``PredictionRecorder`` hears about every answered prediction after the response has been
   sent. The A/B store implements it; the gateway never waits for it and survives its failures.
 
+``STALE_EXPERIMENT`` is the code /readyz answers, and the A/B engine logs, when the chooser's
+experiment routes to a version TorchServe does not have.
+
 The defaults below are what the gateway does without an experiment: the version the client
 forces with ``X-Model-Version``, otherwise TorchServe's default version, as variant "default";
 and nothing recorded.
@@ -17,6 +20,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 DEFAULT_VARIANT = "default"
+
+STALE_EXPERIMENT = "stale_experiment"
+"""The error code of ``/readyz`` when the chooser's experiment routes to a version TorchServe
+does not have (it will not fix itself); the A/B engine logs its warning at start with the same
+code."""
 
 
 @dataclass(frozen=True)

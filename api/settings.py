@@ -13,10 +13,13 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from serving.sizing import MIN_WORKERS_PER_VERSION
-from starrating.service import GATEWAY_PORT, LOOPBACK
+from starrating.service import LOOPBACK
 from starrating.settings import TorchServeSettings
 
 logger = logging.getLogger(__name__)
+
+GATEWAY_PORT = 8000
+"""The gateway's port unless ``STARRATING_PORT`` says otherwise."""
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=600)]
 

@@ -222,6 +222,7 @@ class DemoStack:
 
 def _serve(store: Path, default_version: str) -> DemoStack:
     """Stop a stack already running, then start TorchServe and the gateway on ``store``."""
+    from api.seams import STALE_EXPERIMENT
     from api.settings import Settings
     from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
     from serving.torchserve import TorchServeError
@@ -246,6 +247,7 @@ def _serve(store: Path, default_version: str) -> DemoStack:
                 gateway_host=settings.host,
                 gateway_port=settings.port,
                 gateway_workers=settings.workers,
+                gateway_give_up_on={STALE_EXPERIMENT},
                 default_version=default_version,
                 env=os.environ,
                 progress=lambda message: status.update(message),

@@ -94,6 +94,7 @@ def serve(
     Addresses come from STARRATING_TORCHSERVE_URL, STARRATING_TORCHSERVE_MANAGEMENT_URL,
     STARRATING_HOST and STARRATING_PORT; logs and pid files go under STARRATING_HOME.
     """
+    from api.seams import STALE_EXPERIMENT
     from api.settings import Settings
     from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions
     from serving.supervisor import serve as start_stack
@@ -125,6 +126,7 @@ def serve(
                 gateway_host=settings.host if gateway else None,
                 gateway_port=settings.port,
                 gateway_workers=settings.workers,
+                gateway_give_up_on={STALE_EXPERIMENT},
                 default_version=default_version,
                 env=os.environ,
                 progress=lambda message: status.update(message),

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,11 +44,9 @@ from starrating.service import (
     DEFAULT_INFERENCE_URL,
     DEFAULT_MANAGEMENT_URL,
     ENV_PREFIX,
-    GATEWAY_PORT,
     LOOPBACK,
     METRICS_PORT,
     MODEL_NAME,
-    STALE_EXPERIMENT,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,9 +61,10 @@ class LifecycleError(RuntimeError):
     """The stack could not be started or stopped; the message says what to look at."""
 
 
-class StaleExperimentError(LifecycleError):
-    """The gateway started, but its stored experiment routes to a version TorchServe does not
-    have. The stack is left running so that the experiment can be changed through it."""
+class GatewayWontBeReadyError(LifecycleError):
+    """The gateway started, but /readyz answers a code its caller said waiting cannot fix (a
+    stored experiment routing to a version TorchServe does not have). The stack is left running
+    so that it can be fixed through it."""
 
 
 @dataclass(frozen=True)
@@ -403,11 +402,16 @@ def start_gateway(
     port: int,
     workers: int = 1,
     timeout_s: float = 60.0,
+    give_up_on: Collection[str] = (),
 ) -> int:
     """Start ``uvicorn api.app:create_app --factory`` detached; wait for /readyz; its pid.
 
-    With several workers, Prometheus metrics go through a fresh multiprocess directory so that
-    /metrics adds up every worker."""
+    The gateway is a program to this module, not a library: it is started by its command line
+    and known through its HTTP answers, so nothing of ``api`` is imported here. ``give_up_on``
+    are the error codes of /readyz after which waiting cannot help; whoever knows the gateway's
+    codes names them (``starrating serve``: the stale experiment). With several workers,
+    Prometheus metrics go through a fresh multiprocess directory so that /metrics adds up every
+    worker."""
     if running_pid(paths.gateway_pid, "uvicorn") is not None:
         raise LifecycleError(f"the gateway of {paths.home} is already running")
     paths.make_dirs()
@@ -457,9 +461,9 @@ def start_gateway(
                 if readyz.status_code == 200:
                     break
                 code, reason = _readiness_error(readyz)
-                if code == STALE_EXPERIMENT:
-                    # Waiting cannot help; the gateway stays up to take a new experiment.
-                    raise StaleExperimentError(
+                if code in give_up_on:
+                    # Waiting cannot help; the gateway stays up to be fixed through it.
+                    raise GatewayWontBeReadyError(
                         f"the gateway cannot serve: {reason}. The gateway (pid {process.pid}) "
                         "and TorchServe are left running for that; `starrating stop` stops them"
                     )
@@ -532,13 +536,15 @@ def serve(
     options: TorchServeOptions,
     *,
     gateway_host: str | None = LOOPBACK,
-    gateway_port: int = GATEWAY_PORT,
+    gateway_port: int,
     gateway_workers: int = 1,
+    gateway_give_up_on: Collection[str] = (),
     default_version: str | None = None,
     env: Mapping[str, str] | None = None,
     progress: Progress | None = None,
 ) -> ServingStack:
-    """Start TorchServe with every archived version, then the gateway (None: no gateway)."""
+    """Start TorchServe with every archived version, then the gateway (None: no gateway) on
+    ``gateway_port``; ``gateway_give_up_on`` as ``start_gateway``'s ``give_up_on``."""
     archives = discover_archives(options.model_store, options.model_name)
     if not archives:
         raise LifecycleError(
@@ -577,9 +583,10 @@ def serve(
                 host=gateway_host,
                 port=gateway_port,
                 workers=gateway_workers,
+                give_up_on=gateway_give_up_on,
             )
             gateway_url = f"http://{_url_host(gateway_host)}:{gateway_port}"
-    except StaleExperimentError:
+    except GatewayWontBeReadyError:
         raise
     except BaseException:
         stop_torchserve(paths)

@@ -27,12 +27,7 @@ ENV_PREFIX = "STARRATING_"
 HANDLER_ENV_PREFIX = f"{ENV_PREFIX}HANDLER_"
 """The handler's overrides of ``handlers/model-config.yaml`` (TorchServe passes them on)."""
 
-STALE_EXPERIMENT = "stale_experiment"
-"""The error code of ``/readyz`` when the stored experiment routes to a version TorchServe does
-not have: ``starrating serve`` reads it to stop waiting and say why."""
-
 LOOPBACK = "127.0.0.1"
-GATEWAY_PORT = 8000
 INFERENCE_PORT = 8080
 MANAGEMENT_PORT = 8081
 METRICS_PORT = 8082
