@@ -8,8 +8,9 @@ measured over the steps after a warm-up, and the time to the first step from the
 training (model load and data loading included) is measured on the split and on a copy ten times
 as large, which shows whether the data is read lazily.
 
-The loop under test is ``training.loop.Trainer`` itself; the benchmark only wraps its
-``optimizer_step`` with a clock and stops it after the steps it needs.
+The loop under test is ``training.loop.Trainer`` itself; the benchmark only wraps its training
+step (``training.step.TrainingStep.take``: forward, loss, backward and the optimizer step) with a
+clock and stops it after the steps it needs.
 """
 
 from __future__ import annotations
@@ -145,13 +146,13 @@ def time_loop(
     """Run ``training.loop.Trainer`` on ``data`` and time its first ``steps`` optimizer steps."""
     import training.loop
     from training.distributed import distributed_context
+    from training.step import TrainingStep
 
     out = Path(tempfile.mkdtemp(prefix="loop-", dir=workdir))
     train_config = _train_config(data, out, config, precision, workdir / "mlflow.db")
     clock = StepClock(stop_after=steps)
-    timed_step = clock.wrap(training.loop.optimizer_step)
     with (
-        mock.patch.object(training.loop, "optimizer_step", timed_step),
+        mock.patch.object(TrainingStep, "take", clock.wrap(TrainingStep.take)),
         distributed_context() as ctx,
         suppress(EnoughSteps),
     ):

@@ -1,7 +1,7 @@
 """The training loop: DDP, mixed precision, checkpoints, rules, tracking, evaluation.
 
-One code path for every setting: one process or many (torchrun), CPU or GPU, fp32/bf16/fp16
-(one autocast context; ``GradScaler(enabled=fp16)``; gradients unscaled before clipping).
+One code path for every setting: one process or many (torchrun), CPU or GPU, fp32/bf16/fp16;
+each optimizer step is ``training.step``'s (loss, parameter groups, AdamW, scaler, autocast).
 Processes move in lockstep: before each step they agree (one small CPU all-reduce) whether any
 of them still has a batch and whether any must stop. A process whose share of the epoch ran out
 one batch early steps with its previous batch at zero weight, so no review is dropped and DDP's
@@ -17,15 +17,13 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -55,12 +53,11 @@ from training.metric_lines import log_metrics
 from training.progress import TrainingProgress
 from training.report import plot_run, save_run, summarise_run, track_run
 from training.rules import TrainingRules
+from training.step import TrainingStep, resolve_precision
 from training.tracking import RunTracker
 
 logger = logging.getLogger(__name__)
 
-ResolvedPrecision = Literal["fp32", "bf16", "fp16"]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL_BATCH_SIZE = 64
 
 
@@ -70,94 +67,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, checkpoint: Path | None) -> None:
         super().__init__(f"training interrupted; checkpoint {checkpoint}")
         self.checkpoint = checkpoint
-
-
-def resolve_precision(requested: str, device: torch.device) -> ResolvedPrecision:
-    """auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    if requested in ("fp32", "bf16", "fp16"):
-        return requested  # type: ignore[return-value]
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def autocast_for(device: torch.device, precision: ResolvedPrecision) -> Callable[[], Any]:
-    """A factory of the one autocast context every forward pass runs in."""
-    return lambda: torch.autocast(
-        device_type=device.type, dtype=DTYPES[precision], enabled=precision != "fp32"
-    )
-
-
-def rating_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ordinal_weight: float,
-    distribution: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Cross-entropy plus ``ordinal_weight`` times the expected distance in stars between the
-    predicted distribution and the true rating: stars are ordered, so 1 star for a 5-star
-    review should cost more than 4 stars. With ``distribution`` (soft labels: the raters'
-    shares per star) both are taken against it instead of the one star. Computed in fp32
-    whatever the autocast dtype (log-softmax in half precision loses digits)."""
-    logits = logits.float()
-    # cross_entropy takes class probabilities as the target too.
-    loss = F.cross_entropy(logits, labels if distribution is None else distribution)
-    if ordinal_weight:
-        classes = torch.arange(logits.shape[-1], device=logits.device)
-        if distribution is None:
-            distance = (classes[None, :] - labels[:, None]).abs().float()
-        else:  # the expected distance to a star drawn from the distribution
-            distance = distribution @ (classes[None, :] - classes[:, None]).abs().float()
-        loss = loss + ordinal_weight * (logits.softmax(-1) * distance).sum(-1).mean()
-    return loss
-
-
-def forward_backward(
-    model: torch.nn.Module,
-    batch: Batch,
-    autocast: Callable[[], AbstractContextManager[Any]],
-    scaler: torch.amp.GradScaler,
-    weight: float = 1.0,
-    ordinal_weight: float = 0.0,
-) -> torch.Tensor:
-    """The loss of a batch, backpropagated (scaled for fp16, times ``weight``)."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "distribution")}
-    with autocast():
-        logits = model(**inputs).logits
-    loss = rating_loss(logits, batch["labels"], ordinal_weight, batch.get("distribution"))
-    scaler.scale(loss * weight).backward()  # type: ignore[no-untyped-call]
-    return loss.detach()
-
-
-def optimizer_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    grad_clip: float,
-) -> None:
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def build_optimizer(
-    model: torch.nn.Module, config: TrainConfig, device: torch.device
-) -> torch.optim.AdamW:
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # Biases and normalisation weights are not regularised (as in BERT's recipe).
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=device.type in ("cuda", "cpu"))
 
 
 def worker_context() -> BaseContext:
@@ -354,7 +263,6 @@ class Trainer:
         self.ctx = ctx
         self.device = ctx.device
         self.precision = resolve_precision(config.precision, ctx.device)
-        self.autocast = autocast_for(ctx.device, self.precision)
         train_location = config.split_path("train")
         validation_location = config.split_path("validation")
         if train_location is None or validation_location is None:
@@ -382,9 +290,13 @@ class Trainer:
             if ctx.distributed
             else self.model
         )
-        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.training_step = TrainingStep.create(
+            self.model, config, self.device, self.precision, module=self.ddp
+        )
+        self.optimizer = self.training_step.optimizer
+        self.scaler = self.training_step.scaler
+        self.autocast = self.training_step.autocast  # evaluation's forward passes too
         self.scheduler = build_scheduler(self.optimizer, self.plan)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.rules = TrainingRules()
         self.state = RunState()
         self.tracker = RunTracker(config, enabled=ctx.is_main and config.tracking)
@@ -639,10 +551,7 @@ class Trainer:
             assert batch is not None
             placeholder = batch
             batch = self._move(batch)
-            loss = forward_backward(
-                self.ddp, batch, self.autocast, self.scaler, weight, config.ordinal_weight
-            )
-            optimizer_step(self.ddp, self.optimizer, self.scaler, config.grad_clip)
+            loss = self.training_step.take(batch, weight)
             self.scheduler.step()
             state.step += 1
             state.position = StreamPosition(epoch, state.position.batches + 1)

@@ -21,7 +21,7 @@ from starrating.text import encode_batch
 from tests.conftest import build_tiny_model
 from training.checkpoint import list_checkpoints
 from training.distributed import distributed_context
-from training.loop import autocast_for, forward_backward
+from training.step import autocast_for, forward_backward
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.loop import rating_loss
+from training.step import rating_loss
 
 
 def _logits(probabilities: list[float]) -> torch.Tensor:

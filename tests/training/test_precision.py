@@ -9,7 +9,7 @@ import torch
 
 from starrating.text import encode_batch
 from tests.conftest import build_tiny_model
-from training.loop import autocast_for, forward_backward, optimizer_step, resolve_precision
+from training.step import autocast_for, forward_backward, optimizer_step, resolve_precision
 
 CPU = torch.device("cpu")
 TEXTS = ["i loved it", "really bad", "it's ok", "works well", "terrible quality"]

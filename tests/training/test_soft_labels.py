@@ -13,7 +13,7 @@ from training.config import TrainConfig, parse_args
 from training.data.embedded import ratings_distribution
 from training.data.readers import DataFormatError
 from training.data.streaming import ReviewStream
-from training.loop import rating_loss
+from training.step import rating_loss
 
 
 def test_raters_shares_per_star() -> None:
