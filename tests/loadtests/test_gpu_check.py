@@ -19,27 +19,28 @@ from handlers import MODEL_SUBDIR
 from handlers.star_handler import StarHandler
 from loadtests import gpu_check
 from loadtests.gpu_check import (
-    CHECKPOINT_EVERY,
     EXIT_NO_CUDA,
     INFERENCE_BATCH_SIZES,
-    KILL_AFTER_STEP,
-    RESUME_TOTAL_STEPS,
     GpuCheckConfig,
-    ResumeCase,
     TrainingCase,
+    TrainingRun,
     card_slug,
     handler_config,
-    judge_resume,
+    load_model,
     measure_serving,
     measure_training,
     rate_as_handler,
     run_ddp_training,
     run_gpu_check,
+    training_batches,
     write_report,
 )
 from starrating.artifacts import load_artifacts
+from tests.gpu.threads import one_torch_thread
 from tests.handlers.conftest import make_context, start_batch
+from training.config import TrainConfig
 from training.distributed import DistributedContext
+from training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = DistributedContext(0, 0, 1, torch.device("cpu"), True)
@@ -49,12 +50,8 @@ ABSENT = ("mlflow", "ts", "model_archiver", "sklearn", "scipy", "matplotlib", "p
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny models on shared cores: one thread each, here and in the processes spawned."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread(monkeypatch):
+        yield
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
@@ -131,6 +128,52 @@ def test_training_steps_and_counts_samples(tiny_model_dir: Path, precision: str)
     assert math.isfinite(result.final_loss)
 
 
+def test_the_gpu_check_takes_the_training_loops_step(
+    tiny_model_dir: Path, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """From the same weights, on the same batch with the same dropout, one step of the GPU
+    check's run leaves the weights one step of ``training.loop.Trainer`` leaves. Every part of
+    the recipe a copy could get wrong is on: weight decay (not on biases and norms), the ordinal
+    term of the loss, clipping; no warmup, so the first step moves the weights."""
+    config = TrainConfig(
+        out=tmp_path / "run",
+        data=tiny_data_dir,
+        model=str(tiny_model_dir),
+        max_length=64,
+        max_steps=10,
+        lr=1e-2,
+        weight_decay=0.5,
+        ordinal_weight=0.5,
+        grad_clip=0.1,
+        warmup_ratio=0.0,
+        num_workers=0,
+        progress=False,
+        tracking=False,
+    )
+    trainer = Trainer(config, CPU)
+    trainer.model.train()
+    model, tokenizer = load_model(str(tiny_model_dir), config.max_length, CPU.device)
+    model.load_state_dict(trainer.model.state_dict())
+    run = TrainingRun.create(model, "fp32", CPU, total_steps=10, settings=config)
+    batch = training_batches(tokenizer, 4, config.max_length, CPU.device, seed=0)[0]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    torch.manual_seed(0)
+    trainer.training_step.take(batch)
+    torch.manual_seed(0)
+    run.train_step(batch)
+
+    groups = [
+        (len(g["params"]), g["weight_decay"]) for g in run.training_step.optimizer.param_groups
+    ]
+    assert groups == [(len(g["params"]), g["weight_decay"]) for g in trainer.optimizer.param_groups]
+    assert [decay for _, decay in groups] == [0.5, 0.0] and all(n for n, _ in groups)
+    stepped = dict(trainer.model.named_parameters())
+    for name, param in run.model.named_parameters():
+        torch.testing.assert_close(param, stepped[name], rtol=0, atol=0, msg=name)
+    assert sum(not torch.equal(p, before[n]) for n, p in model.named_parameters()) > 20
+
+
 @pytest.mark.slow
 def test_ddp_training_runs_one_process_per_device(tiny_model_dir: Path) -> None:
     cases = [TrainingCase("fp32", str(tiny_model_dir), batch_size=2, steps=2, warmup_steps=1)]
@@ -189,14 +232,6 @@ def test_the_whole_check_measures_everything_and_writes_its_report(
     assert [(r["precision"], r["batch_size"]) for r in report["inference"]] == [
         (precision, size) for precision in ("fp32", "bf16") for size in INFERENCE_BATCH_SIZES
     ]
-    resume = report["resume"]
-    assert report["ok"] and resume["problems"] == []
-    assert resume["killed"]
-    assert resume["resumed_from_step"] % CHECKPOINT_EVERY == 0
-    assert resume["first_step_after_resume"] == resume["resumed_from_step"] + 1
-    assert KILL_AFTER_STEP <= resume["last_step_before_kill"] < RESUME_TOTAL_STEPS
-    assert resume["final_step"] == RESUME_TOTAL_STEPS
-    assert resume["steps_trained_twice"] >= 1
 
 
 def test_the_report_goes_to_docs_bench_named_after_the_card(
@@ -208,36 +243,14 @@ def test_the_report_goes_to_docs_bench_named_after_the_card(
     assert json.loads(out.read_text())["card"] == "NVIDIA H200"
 
 
-def steps(first: int, last: int, loss: float = 1.5) -> dict[int, float]:
-    return {s: loss for s in range(first, last + 1)}
-
-
-def test_a_resume_that_starts_over_or_diverges_is_reported() -> None:
-    case = ResumeCase("cpu", "fp32", checkpoint_every=10, total_steps=40)
-    good = judge_resume(case, True, steps(1, 25), 20, steps(21, 40))
-    assert good.ok and good.steps_trained_twice == 5 and good.max_rel_loss_diff == 0
-
-    from_scratch = judge_resume(case, True, steps(1, 25), None, steps(1, 40))
-    assert not from_scratch.ok
-    assert "no checkpoint to resume from" in from_scratch.problems
-
-    diverged = judge_resume(case, True, steps(1, 25), 20, steps(21, 40, loss=1.6))
-    assert any("differ in loss" in p for p in diverged.problems)
-
-    blew_up = judge_resume(case, True, steps(1, 25), 20, {**steps(21, 39), 40: math.nan})
-    assert "a loss was not finite" in blew_up.problems
-
-    not_killed = judge_resume(case, False, steps(1, 40), 40, {})
-    assert "the run was not killed by SIGKILL mid-run" in not_killed.problems
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
 def test_on_a_bare_machine_without_a_gpu_it_runs_and_says_there_is_no_gpu(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """A fresh interpreter without MLflow, TorchServe, scikit-learn or SciPy: the measurements
-    run (one tiny step each), and ``python -m loadtests.gpu_check`` exits with its own status."""
+    run (one tiny step each), the resume test imports, and ``python -m loadtests.gpu_check``
+    exits with its own status."""
     out = tmp_path / "gpu.json"
     script = textwrap.dedent(
         f"""
@@ -246,6 +259,7 @@ def test_on_a_bare_machine_without_a_gpu_it_runs_and_says_there_is_no_gpu(
             sys.modules[name] = None  # as if not installed
         import torch
         from loadtests.gpu_check import TrainingCase, measure_serving, measure_training
+        import tests.gpu.test_resume  # what make gpu-check runs after the measurements
         from training.distributed import DistributedContext
 
         cpu = DistributedContext(0, 0, 1, torch.device("cpu"), True)
