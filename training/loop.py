@@ -1,7 +1,8 @@
 """The training loop: DDP, mixed precision, checkpoints, rules, tracking, evaluation.
 
 One code path for every setting: one process or many (torchrun), CPU or GPU, fp32/bf16/fp16;
-each optimizer step is ``training.step``'s (loss, parameter groups, AdamW, scaler, autocast).
+each optimizer step is ``training.step``'s (loss, parameter groups, AdamW, scaler, autocast),
+the data plan ``training.run_plan``'s and a checkpoint's contents ``training.checkpoint_schema``'s.
 Processes move in lockstep: before each step they agree (one small CPU all-reduce) whether any
 of them still has a batch and whether any must stop. A process whose share of the epoch ran out
 one batch early steps with its previous batch at zero weight, so no review is dropped and DDP's
@@ -13,12 +14,11 @@ what it writes when the steps are over (calibration, summary, model, plots) is
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,18 @@ from torch.utils.data import DataLoader
 
 from starrating.models import load_pretrained
 from training import checkpoint as ckpt
-from training.config import ConfigError, TrainConfig
+from training.checkpoint_schema import (
+    Checkpointed,
+    RunState,
+    check_resumable,
+    checkpoint_contents,
+    restore_run,
+)
+from training.config import TrainConfig
 from training.data.streaming import (
     Batch,
     ReviewStream,
-    RowCountMismatch,
     StreamPosition,
-    count_rows,
-    known_rows,
-    share_rows,
     split_files,
 )
 from training.distributed import (
@@ -53,6 +56,7 @@ from training.metric_lines import log_metrics
 from training.progress import TrainingProgress
 from training.report import plot_run, save_run, summarise_run, track_run
 from training.rules import TrainingRules
+from training.run_plan import Plan, TrainShare, count_epoch_rows
 from training.step import TrainingStep, resolve_precision
 from training.tracking import RunTracker
 
@@ -79,96 +83,6 @@ def worker_context() -> BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["training.data.streaming", "transformers"])
     return context
-
-
-@dataclass(frozen=True)
-class TrainShare:
-    """Which lines of the training files this process reads: line ``i`` of ``files`` when
-    ``i % shards == shard``. The whole split is on every node: shards are all processes. Each
-    node holds only its own part (``--train-sharded-per-node``): shards are the node's
-    processes."""
-
-    files: list[Path]
-    shard: int
-    shards: int
-    per_node: bool
-
-    @classmethod
-    def make(cls, config: TrainConfig, ctx: DistributedContext, files: list[Path]) -> TrainShare:
-        if not config.train_sharded_per_node:
-            return cls(files, ctx.rank, ctx.world_size, per_node=False)
-        # torchrun sets both; one process alone is a node of one.
-        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return cls(files, ctx.local_rank, local_world_size, per_node=True)
-
-
-@dataclass
-class Plan:
-    """How many steps the run takes, and how many training rows an epoch should read (checked
-    when each epoch ends), where known before training starts."""
-
-    local_batch: int
-    steps_per_epoch: int | None
-    total_steps: int | None
-    warmup_steps: int
-    rows: int | None = None  # an epoch's rows over all processes
-    rows_from: str | None = None  # where ``rows`` comes from: a summary.json or "counted"
-
-    @classmethod
-    def make(
-        cls, config: TrainConfig, ctx: DistributedContext, train_location: Path, share: TrainShare
-    ) -> Plan:
-        if config.batch_size % ctx.world_size:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
-                f"among {ctx.world_size} processes"
-            )
-        local_batch = config.batch_size // ctx.world_size
-        rows: int | None
-        steps_per_epoch: int | None
-        rows_from: str | None
-        if share.per_node:
-            rows, steps_per_epoch = _count_node_shares(ctx, share, local_batch)
-            rows_from = "counted"
-        else:
-            rows = known_rows(train_location)
-            rows_from = "summary.json" if rows is not None else None
-            steps_per_epoch = (
-                math.ceil(math.ceil(rows / ctx.world_size) / local_batch) if rows else None
-            )
-        total: int | None = config.max_steps
-        if total is None and steps_per_epoch:
-            total = config.epochs * steps_per_epoch
-        if total:
-            warmup = math.ceil(config.warmup_ratio * total)
-        else:  # no total to take a share of: a fixed warmup, if any was asked for
-            warmup = 100 if config.warmup_ratio else 0
-        return cls(local_batch, steps_per_epoch, total, warmup, rows, rows_from)
-
-
-def _count_node_shares(
-    ctx: DistributedContext, share: TrainShare, local_batch: int
-) -> tuple[int, int]:
-    """(rows over all nodes, steps per epoch) for a split divided per node.
-
-    A summary.json cannot tell: it describes the whole split (if it travelled at all), not the
-    objects this node was given, and the shares may be uneven. So each process counts its
-    node's lines before training: a scan without parsing or tokenising, far cheaper than the
-    epoch that follows; the lazy alternative (steps unknown until the first epoch was read)
-    would leave the learning rate undecayed, so a sharded job would train differently from a
-    replicated one. An epoch takes as many steps as the largest share has batches.
-    """
-    rows_here = share_rows(count_rows(share.files), share.shard, share.shards)
-    shares = all_gather_objects(ctx, (ctx.rank, rows_here))
-    empty = [rank for rank, rows in shares if rows == 0]
-    if empty:
-        raise ConfigError(
-            f"process(es) {', '.join(map(str, empty))} got no training rows: a node's part of "
-            f"the split has fewer rows than its {share.shards} processes; give every instance "
-            "more data (more or larger objects) or replicate the training split"
-        )
-    steps = max(math.ceil(rows / local_batch) for _, rows in shares)
-    return sum(rows for _, rows in shares), steps
 
 
 def build_scheduler(
@@ -239,22 +153,6 @@ class LossInterval:
         self.last_loss = state["last_loss"]
 
 
-@dataclass
-class RunState:
-    """What a checkpoint restores besides the torch objects."""
-
-    step: int = 0
-    position: StreamPosition = field(default_factory=StreamPosition)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    tracking_run_id: str | None = None
-    train_time_s: float = 0.0
-    samples: int = 0
-    # Training rows this process read in the current epoch (None: unknown after resuming from
-    # a checkpoint that did not record it), and each finished epoch's rows over all processes.
-    epoch_rows: int | None = 0
-    rows_read: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Trainer:
     """Trains one configured run inside an initialised (or single) process group."""
 
@@ -314,34 +212,14 @@ class Trainer:
             logger.info("no checkpoint in %s: starting from scratch", self.config.checkpoints)
             return None
         path, saved = found
-        if saved["world_size"] != self.ctx.world_size:
-            raise ckpt.CheckpointError(
-                f"{path} was written by {saved['world_size']} processes; resume with "
-                f"--nproc-per-node {saved['world_size']} (the data order depends on it)"
-            )
-        if saved.get("train_sharded_per_node", False) != self.train_share.per_node:
-            raise ckpt.CheckpointError(
-                f"{path} was written with --train-sharded-per-node "
-                f"{str(not self.train_share.per_node).lower()}: resume the same way (which "
-                "process reads which rows depends on it; on SageMaker keep the training "
-                "channel's S3 distribution type)"
-            )
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        self.rules.load_state_dict(saved["rules"])
-        ckpt.restore_rng(saved["rng"][self.ctx.rank], self.device)
-        self.interval.load_state_dict(saved["interval"][self.ctx.rank])
-        self.state = RunState(
-            step=saved["step"],
-            position=StreamPosition(saved["epoch"], saved["batches"]),
-            history=list(saved["history"]),
-            tracking_run_id=saved["tracking_run_id"],
-            train_time_s=saved["train_time_s"],
-            samples=saved["samples"],
-            epoch_rows=saved.get("epoch_rows", [None] * self.ctx.world_size)[self.ctx.rank],
-            rows_read=list(saved.get("rows_read", [])),
+        check_resumable(
+            path,
+            saved,
+            world_size=self.ctx.world_size,
+            train_sharded_per_node=self.train_share.per_node,
+        )
+        self.state = restore_run(
+            saved, self._checkpointed(), rank=self.ctx.rank, device=self.device
         )
         logger.info(
             "resumed from %s: step %d, epoch %d, batch %d",
@@ -352,6 +230,11 @@ class Trainer:
         )
         return path
 
+    def _checkpointed(self) -> Checkpointed:
+        return Checkpointed(
+            self.model, self.optimizer, self.scheduler, self.scaler, self.rules, self.interval
+        )
+
     def _checkpoint(self) -> Path | None:
         """Every rank hands in its RNG state; rank 0 writes the checkpoint."""
         elapsed = time.monotonic() - self.started
@@ -360,30 +243,18 @@ class Trainer:
         epoch_rows = all_gather_objects(self.ctx, self.state.epoch_rows)
         path = None
         if self.ctx.is_main:
-            s = self.state
+            contents = checkpoint_contents(
+                self.state,
+                self._checkpointed(),
+                world_size=self.ctx.world_size,
+                train_sharded_per_node=self.train_share.per_node,
+                train_time_s=self.state.train_time_s + elapsed,
+                rng=rng,
+                interval=interval,
+                epoch_rows=epoch_rows,
+            )
             path = ckpt.save_checkpoint(
-                self.config.checkpoints,
-                {
-                    "step": s.step,
-                    "epoch": s.position.epoch,
-                    "batches": s.position.batches,
-                    "world_size": self.ctx.world_size,
-                    "train_sharded_per_node": self.train_share.per_node,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "rng": rng,
-                    "rules": self.rules.state_dict(),
-                    "history": s.history,
-                    "tracking_run_id": s.tracking_run_id,
-                    "train_time_s": s.train_time_s + elapsed,
-                    "samples": s.samples,
-                    "interval": interval,
-                    "epoch_rows": epoch_rows,
-                    "rows_read": s.rows_read,
-                },
-                keep=self.config.keep_checkpoints,
+                self.config.checkpoints, contents, keep=self.config.keep_checkpoints
             )
         barrier(self.ctx)
         return path
@@ -544,7 +415,7 @@ class Trainer:
             if self.plan.steps_per_epoch is not None and (
                 state.position.batches >= self.plan.steps_per_epoch
             ):
-                raise self._rows_mismatch(f"more than {self.plan.rows}")
+                raise self.plan.rows_mismatch(self.train_files, f"more than {self.plan.rows}")
             weight = 1.0
             if batch is None:  # this rank's share ran out a batch early: step along at weight 0
                 batch, weight = placeholder, 0.0
@@ -570,51 +441,11 @@ class Trainer:
     def _count_epoch_rows(self, epoch: int) -> None:
         """Sum the rows each process read in the epoch just finished, keep them for the run
         summary, and fail when they are not the rows the run was planned for."""
-        per_rank = all_gather_objects(self.ctx, self.state.epoch_rows)
-        if any(rows is None for rows in per_rank):
+        record = count_epoch_rows(self.ctx, epoch, self.state.epoch_rows)
+        if record is None:
             return  # resumed mid-epoch from a checkpoint that did not count
-        rows = sum(per_rank)
-        # torchrun numbers ranks node by node: GROUP_RANK is this process's node.
-        nodes = all_gather_objects(self.ctx, int(os.environ.get("GROUP_RANK", "0")))
-        per_node: dict[int, int] = {}
-        for node, count in zip(nodes, per_rank, strict=True):
-            per_node[node] = per_node.get(node, 0) + count
-        self.state.rows_read.append(
-            {
-                "epoch": epoch + 1,
-                "rows": rows,
-                "per_rank": per_rank,
-                "per_node": [per_node[node] for node in sorted(per_node)],
-            }
-        )
-        if self.ctx.is_main:
-            logger.info(
-                "epoch %d read %d training rows (per node %s, per process %s)",
-                epoch + 1,
-                rows,
-                self.state.rows_read[-1]["per_node"],
-                per_rank,
-            )
-        if self.plan.rows is not None and rows != self.plan.rows:
-            raise self._rows_mismatch(str(rows))
-
-    def _rows_mismatch(self, read: str) -> RowCountMismatch:
-        """The error for an epoch that read ``read`` rows where the plan expected another
-        number. Training stops: its schedule (total steps, warmup, the decay to zero) was
-        planned for the wrong number, so the weights would not be those the user asked for."""
-        files = ", ".join(map(str, self.train_files))
-        if self.plan.rows_from == "summary.json":
-            advice = (
-                "the split's summary.json is stale: prepare the data again with `starrating "
-                "data prepare`, or remove summary.json (training then counts nothing ahead and "
-                "keeps the learning rate constant after warmup)"
-            )
-        else:
-            advice = "the training files changed while training ran"
-        return RowCountMismatch(
-            f"an epoch over {files} read {read} training rows, but the run was planned for "
-            f"{self.plan.rows} ({self.plan.rows_from}): {advice}"
-        )
+        self.state.rows_read.append(record)
+        self.plan.check_epoch_rows(record["rows"], self.train_files)
 
     def _log_training(self, epoch: int) -> bool:
         """Log the interval's training metrics; True when a rule says stop."""
