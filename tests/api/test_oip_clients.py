@@ -4,8 +4,9 @@ Triton's ``tritonclient.http.InferenceServerClient`` and KServe's ``InferenceRES
 (protocol v2), unchanged, against ``/v2``: health, metadata, readiness and inference, with the
 same stars ``/v1/predictions`` gives for the same texts and version, and an answer ``id`` that
 ``/v1/feedback`` takes. The stack is the one ``starrating serve`` starts (``tests.api.live``).
-On the same stack, schemathesis with every check (``--checks all``) over the routes issue 17
-added or fixed finds no mismatch between the OpenAPI document and what the gateway does.
+On the same stack, schemathesis with every check (``--checks all``) over ``/v2``, the prediction,
+explanation and feedback routes and the explanation page finds no mismatch between the OpenAPI
+document and what the gateway does.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Extra training rows (``extra_train``: other domains) go to the training split on
 split slots, so validation and test are exactly what they are without them; the training split
 is then shuffled (seeded) so a streaming shuffle buffer sees every source throughout an epoch.
 With ``extra_ratio`` R only a seeded sample of round(R x main training rows) extra rows is kept,
-drawn from that shuffled split and shuffled again with the same generator: the recipe measured
-in issue 15 on a file made that way from the full split, which this reproduces row for row.
+drawn from that shuffled split and shuffled again with the same generator: the recipe
+docs/training.md measured on a file made that way from the full split, reproduced row for row.
 """
 
 from __future__ import annotations
