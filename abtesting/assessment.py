@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -47,6 +47,7 @@ __all__ = [
     "PairedObs",
     "RequestObs",
     "ShadowObs",
+    "assemble",
     "assess",
     "look_positions",
     "primary_values",
@@ -211,51 +212,96 @@ def _compare(
     pair = is_candidate | (seen.variants == control)
     feedbacks = int(pair.sum())
     if not (is_candidate.any() and (seen.variants == control).any()):
-        needed = _feedback_needed(metric, 0.0, (None, None), feedbacks, share_candidate)
-        return Comparison(candidate, metric, feedbacks, *(None,) * 6, False, False, *needed)
-    mixture_sd = stats.MIXTURE_SD[metric]
+        return split_comparison(metric, candidate, feedbacks, None, (), share_candidate, alpha)
     test = stats.sequential_comparison(
         is_candidate,
         seen.values[metric],
         seen.units,
-        mixture_sd,
+        stats.MIXTURE_SD[metric],
         binary=metric == "accuracy",
         include=pair,
     )
+    history = interval_history(
+        metric, test.difference, test.variance, test.usable, seen.at.__getitem__, alpha, max_looks
+    )
+    return split_comparison(metric, candidate, feedbacks, test, history, share_candidate, alpha)
+
+
+def interval_history(
+    metric: stats.Metric,
+    difference: npt.NDArray[np.float64],
+    variance: npt.NDArray[np.float64],
+    usable: npt.NDArray[np.bool_],
+    at: Callable[[int], datetime],
+    alpha: float = stats.ALPHA,
+    max_looks: int = MAX_LOOKS,
+) -> tuple[Look, ...]:
+    """The always-valid interval after each of at most ``max_looks`` feedbacks, evenly spread
+    from the first at which the test is usable to the last; the arrays hold the comparison after
+    every feedback of the experiment (``at(t)``: when feedback t was stored)."""
+    if not usable.any():
+        return ()
+    first = int(np.argmax(usable))  # the first usable look (both stop at the first True)
+    looks = np.array(look_positions(first, usable.size - 1, max_looks), dtype=np.int64)
+    looks = looks[usable[looks]]
     floor, ceiling = stats.DIFFERENCE_RANGE[metric]
-    half = stats.always_valid_half_width(test.variance, mixture_sd, alpha)
-    low = np.clip(test.difference - half, floor, ceiling)
-    high = np.clip(test.difference + half, floor, ceiling)
-    usable = np.flatnonzero(test.usable)
-    history: tuple[Look, ...] = ()
-    if usable.size:
-        looks = look_positions(int(usable[0]), len(seen.at) - 1, max_looks)
-        history = tuple(
-            Look(t + 1, seen.at[t], float(test.difference[t]), float(low[t]), float(high[t]))
-            for t in looks
-            if test.usable[t]
-        )
-    variance = float(test.variance[-1])
+    half = stats.always_valid_half_width(variance[looks], stats.MIXTURE_SD[metric], alpha)
+    low = np.clip(difference[looks] - half, floor, ceiling)
+    high = np.clip(difference[looks] + half, floor, ceiling)
+    return tuple(
+        Look(int(t) + 1, at(int(t)), float(difference[t]), float(lo), float(hi))
+        for t, lo, hi in zip(looks, low, high, strict=True)
+    )
+
+
+def _intervals(
+    metric: stats.Metric, difference: float, variance: float, ready: bool, alpha: float
+) -> tuple[float | None, float | None, float | None]:
+    """The always-valid (1 - alpha) interval of a difference (None, None during the burn-in),
+    cut to what the metric allows, and the fixed-horizon p-value (None without a variance)."""
+    low = high = None
+    if ready:
+        floor, ceiling = stats.DIFFERENCE_RANGE[metric]
+        half = float(stats.always_valid_half_width(variance, stats.MIXTURE_SD[metric], alpha))
+        low, high = max(difference - half, floor), min(difference + half, ceiling)
     fixed = None
     if np.isfinite(variance) and variance > 0:
-        fixed = float(2 * norm.sf(abs(float(test.difference[-1])) / variance**0.5))
+        fixed = float(2 * norm.sf(abs(difference) / variance**0.5))
+    return low, high, fixed
+
+
+def split_comparison(
+    metric: stats.Metric,
+    candidate: str,
+    feedbacks: int,
+    test: stats.SequentialComparison | None,
+    history: tuple[Look, ...],
+    share_candidate: float,
+    alpha: float = stats.ALPHA,
+) -> Comparison:
+    """A candidate's comparison with the control on ``metric``, read off the test after its last
+    look (None: an arm has no feedback yet), before Holm; ``feedbacks`` of both arms."""
+    if test is None:
+        needed = _feedback_needed(metric, 0.0, (None, None), feedbacks, share_candidate)
+        return Comparison(candidate, metric, feedbacks, *(None,) * 6, False, False, *needed)
+    difference, variance = float(test.difference[-1]), float(test.variance[-1])
+    ready = bool(test.usable[-1])
+    low, high, fixed = _intervals(metric, difference, variance, ready, alpha)
 
     def sd(moments: stats.RunningMoments) -> float | None:
         v = float(stats.arm_variance(moments, metric == "accuracy")[-1]) * moments.count[-1]
         return v**0.5 if np.isfinite(v) and v > 0 else None
 
-    ready = bool(test.usable[-1])
     needed = _feedback_needed(
-        metric, float(test.difference[-1]), (sd(test.control), sd(test.candidate)), feedbacks,
-        share_candidate,
-    )  # fmt: skip
+        metric, difference, (sd(test.control), sd(test.candidate)), feedbacks, share_candidate
+    )
     return Comparison(
         candidate,
         metric,
         feedbacks,
-        float(test.difference[-1]),
-        float(low[-1]) if ready else None,
-        float(high[-1]) if ready else None,
+        difference,
+        low,
+        high,
         float(test.p_value[-1]) if ready else None,
         None,
         fixed,
@@ -276,32 +322,39 @@ def _paired(
 ) -> Comparison:
     """``version``'s shadow answers against the control's on the same requests."""
     rows = [p for p in paired if p.shadow_version == version and p.live_variant == control]
+    if not rows:
+        return paired_result(metric, version, name, 0, None, alpha)
     truth = np.array([p.true_stars for p in rows], dtype=np.int64)
     difference = primary_values(metric, truth, [p.shadow_stars for p in rows]) - primary_values(
         metric, truth, [p.live_stars for p in rows]
     )
-    if not rows:
-        return Comparison(name, metric, 0, *(None,) * 6, False, False, shadow_version=version)
-    mixture_sd = stats.MIXTURE_SD[metric]
     test = stats.paired_comparison(
         difference,
         stats.unit_codes([p.unit for p in rows]),
-        mixture_sd,
+        stats.MIXTURE_SD[metric],
         binary=metric == "accuracy",
     )
+    return paired_result(metric, version, name, len(rows), test, alpha)
+
+
+def paired_result(
+    metric: stats.Metric,
+    version: str,
+    name: str,
+    feedbacks: int,
+    test: stats.PairedSequence | None,
+    alpha: float = stats.ALPHA,
+) -> Comparison:
+    """``version``'s paired comparison read off its test after the last look (None: no
+    feedback on the control's answers it shadowed yet), before Holm."""
+    if test is None:
+        return Comparison(name, metric, 0, *(None,) * 6, False, False, shadow_version=version)
     mean, variance = float(test.moments.mean[-1]), float(test.variance[-1])
     ready = bool(test.usable[-1])
-    low = high = None
-    if ready:
-        floor, ceiling = stats.DIFFERENCE_RANGE[metric]
-        half = float(stats.always_valid_half_width(variance, mixture_sd, alpha))
-        low, high = max(mean - half, floor), min(mean + half, ceiling)
-    fixed = None
-    if np.isfinite(variance) and variance > 0:
-        fixed = float(2 * norm.sf(abs(mean) / variance**0.5))
+    low, high, fixed = _intervals(metric, mean, variance, ready, alpha)
     p_value = float(test.p_value[-1]) if ready else None
     return Comparison(
-        name, metric, len(rows), mean, low, high, p_value, None, fixed, False, False,
+        name, metric, feedbacks, mean, low, high, p_value, None, fixed, False, False,
         shadow_version=version,
     )  # fmt: skip
 
@@ -329,35 +382,59 @@ def _with_holm(results: list[Comparison], alpha: float) -> list[Comparison]:
     return out
 
 
-def srm_cause(expected: Mapping[str, float], requests: Sequence[RequestObs]) -> str:
+@dataclass(frozen=True)
+class RequestCounts:
+    """What the requests tell about a broken split (``srm_cause`` reads it): per variant, its
+    requests, failed requests, and requests per unit (by unit code, one code space)."""
+
+    total: Mapping[str, int]
+    failed: Mapping[str, int]
+    per_unit: Mapping[str, npt.NDArray[np.int64]]
+
+    @classmethod
+    def of(cls, requests: Sequence[RequestObs]) -> RequestCounts:
+        codes = stats.unit_codes([r.unit for r in requests])
+        span = int(codes.max()) + 1 if codes.size else 0
+        variants = np.array([r.variant for r in requests], dtype=object)
+        return cls(
+            Counter(r.variant for r in requests),
+            Counter(r.variant for r in requests if r.failed),
+            {
+                v: np.bincount(codes[variants == v], minlength=span).astype(np.int64)
+                for v in sorted(set(variants))
+            },
+        )
+
+
+def srm_cause(expected: Mapping[str, float], requests: Sequence[RequestObs] | RequestCounts) -> str:
     """The likely cause of a sample-ratio mismatch, from what the requests can tell;
     ``expected`` is the check's expected units per variant (0: never weighted)."""
+    counts = requests if isinstance(requests, RequestCounts) else RequestCounts.of(requests)
     causes: list[str] = []
-    variants_of: dict[str, set[str]] = {}
-    for r in requests:
-        if r.variant in expected:
-            variants_of.setdefault(r.unit, set()).add(r.variant)
-    switched = sum(len(v) > 1 for v in variants_of.values())
-    if variants_of and switched / len(variants_of) > SWITCHED_UNIT_SHARE:
-        causes.append(
-            f"{switched} of {len(variants_of)} users were served by more than one variant: "
-            "the sticky assignment changed mid-experiment (weights or experiment name edited, "
-            "sticky switched off) or user ids are not passed consistently"
-        )
-    failed = Counter(r.variant for r in requests if r.failed)
-    total = Counter(r.variant for r in requests)
-    silent = [v for v in expected if expected[v] > 0 and total[v] and not failed[v]]
-    noisy = [v for v in expected if total[v] and failed[v]]
+    mine = [counts.per_unit[v] for v in expected if v in counts.per_unit]
+    if mine:
+        span = max(len(c) for c in mine)
+        served = sum(np.pad(c, (0, span - len(c))) > 0 for c in mine)
+        users, switched = int(np.count_nonzero(served)), int(np.count_nonzero(served > 1))
+        if users and switched / users > SWITCHED_UNIT_SHARE:
+            causes.append(
+                f"{switched} of {users} users were served by more than one variant: the sticky "
+                "assignment changed mid-experiment (weights or experiment name edited, sticky "
+                "switched off) or user ids are not passed consistently"
+            )
+    failed, total = counts.failed, counts.total
+    silent = [v for v in expected if expected[v] > 0 and total.get(v) and not failed.get(v)]
+    noisy = [v for v in expected if total.get(v) and failed.get(v)]
     if silent and noisy:
         shares = ", ".join(f"{v} {failed[v] / total[v]:.1%}" for v in sorted(noisy))
         causes.append(
             f"no failed request is recorded for {', '.join(sorted(silent))} while others fail "
             f"({shares}): a variant's failures may not be recorded, so its failing users vanish"
         )
-    for variant in sorted(v for v in expected if total[v]):
-        units = Counter(r.unit for r in requests if r.variant == variant)
-        _, top = units.most_common(1)[0]
-        if top / total[variant] > DOMINANT_UNIT_SHARE and len(units) > 1:
+    for variant in sorted(v for v in expected if total.get(v)):
+        units = counts.per_unit[variant]
+        top = int(units.max())
+        if top / total[variant] > DOMINANT_UNIT_SHARE and np.count_nonzero(units) > 1:
             causes.append(
                 f"one user sends {top / total[variant]:.0%} of {variant}'s requests "
                 "(a bot or a load test?)"
@@ -448,27 +525,60 @@ def assess(
     """
     cause = srm_cause(srm.expected, requests) if srm.mismatch else None
     seen = _Feedback.of(feedback)
-    weight = {v: 1.0 for v in (control, *candidates)} | dict(weights or {})
-    share = {
-        c: weight[c] / (weight[control] + weight[c]) if weight[control] + weight[c] > 0 else 0.0
-        for c in candidates
-    }
-    serving = {v: name for name, v in (shadow_versions or {}).items() if name in candidates}
-    shadowed = sorted({p.shadow_version for p in paired})
-    compared = {
-        metric: _with_holm(
-            [_compare(metric, control, c, seen, share[c], alpha, max_looks) for c in candidates]
-            + [_paired(metric, control, v, serving.get(v, v), paired, alpha) for v in shadowed],
-            alpha,
-        )
+    share = traffic_share(control, candidates, weights)
+    serving = serving_names(candidates, shadow_versions)
+    split = {
+        metric: [_compare(metric, control, c, seen, share[c], alpha, max_looks) for c in candidates]
         for metric in stats.METRICS
     }
-    split = {m: [c for c in compared[m] if c.shadow_version is None] for m in stats.METRICS}
-    primary = split[primary_metric]
-    paired_results = [c for m in stats.METRICS for c in compared[m] if c.shadow_version]
+    shadowed = sorted({p.shadow_version for p in paired})
+    paired_results = {
+        metric: [_paired(metric, control, v, serving.get(v, v), paired, alpha) for v in shadowed]
+        for metric in stats.METRICS
+    }
     guardrails = assess_guardrails(
         control, candidates, requests, shadows, limits, shadow_versions or {}, alpha
     )
+    return assemble(control, srm, cause, split, paired_results, guardrails, primary_metric, alpha)
+
+
+def traffic_share(
+    control: str, candidates: Sequence[str], weights: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Each candidate's share of the traffic it splits with the control (weights not given:
+    equal), for "need ~N more feedbacks"."""
+    weight = {v: 1.0 for v in (control, *candidates)} | dict(weights or {})
+    return {
+        c: weight[c] / (weight[control] + weight[c]) if weight[control] + weight[c] > 0 else 0.0
+        for c in candidates
+    }
+
+
+def serving_names(
+    candidates: Sequence[str], shadow_versions: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The candidate serving each version (a shadowed version counts for it)."""
+    return {v: name for name, v in (shadow_versions or {}).items() if name in candidates}
+
+
+def assemble(
+    control: str,
+    srm: stats.SampleRatioCheck,
+    cause: str | None,
+    split: Mapping[stats.Metric, list[Comparison]],
+    paired: Mapping[stats.Metric, list[Comparison]],
+    guardrails: list[GuardrailResult],
+    primary_metric: stats.Metric = "accuracy",
+    alpha: float = stats.ALPHA,
+) -> Assessment:
+    """The assessment from its parts before Holm: per metric the split comparisons (one per
+    candidate) and the paired ones (one per shadowed version); Holm runs across both."""
+    compared = {
+        metric: _with_holm([*split[metric], *paired[metric]], alpha) for metric in stats.METRICS
+    }
+    by_kind = {m: [c for c in compared[m] if c.shadow_version is None] for m in stats.METRICS}
+    primary = by_kind[primary_metric]
+    paired_results = [c for m in stats.METRICS for c in compared[m] if c.shadow_version]
     return Assessment(
         trustworthy=not srm.mismatch,
         srm=srm,
@@ -477,6 +587,6 @@ def assess(
         guardrails=guardrails,
         verdict=_verdict(control, srm, cause, primary, paired_results, guardrails),
         control=control,
-        secondary=[c for m in stats.METRICS if m != primary_metric for c in split[m]],
+        secondary=[c for m in stats.METRICS if m != primary_metric for c in by_kind[m]],
         paired=paired_results,
     )

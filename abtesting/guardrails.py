@@ -31,7 +31,7 @@ rollback to the known-good control, while a slower alarm costs users.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from abtesting import stats
 from abtesting.observations import RequestObs, ShadowObs
+from abtesting.stats import FloatArray
 
 GuardrailMetric = Literal["error_rate", "latency_p95_ms", "disagreement_rate"]
 GuardrailStatus = Literal["worse", "not_worse", "not_enough_data"]
@@ -96,6 +97,11 @@ def status_codes(
     )
 
 
+def no_data(candidate: str, metric: GuardrailMetric, limit: float) -> GuardrailResult:
+    """A guardrail with nothing to read yet (an arm without requests)."""
+    return _result(candidate, metric, limit, None, None, None, 0.0)
+
+
 def _result(
     candidate: str,
     metric: GuardrailMetric,
@@ -104,7 +110,7 @@ def _result(
     candidate_value: float | None,
     p_value: float | None,
     excess: float,
-    alpha: float,
+    alpha: float = stats.ALPHA,
 ) -> GuardrailResult:
     difference = None
     if control_value is not None and candidate_value is not None:
@@ -126,7 +132,7 @@ def error_rate(
     """Failed requests per variant; ``requests`` in arrival order (other variants are skipped)."""
     pair = [r for r in requests if r.variant in (control, candidate)]
     if not pair:
-        return _result(candidate, "error_rate", limit, None, None, None, 0.0, alpha)
+        return no_data(candidate, "error_rate", limit)
     test = stats.sequential_comparison(
         [r.variant == candidate for r in pair],
         [float(r.failed) for r in pair],
@@ -135,6 +141,14 @@ def error_rate(
         null=limit,
         binary=True,
     )
+    return error_rate_result(candidate, limit, test, alpha)
+
+
+def error_rate_result(
+    candidate: str, limit: float, test: stats.SequentialComparison, alpha: float = stats.ALPHA
+) -> GuardrailResult:
+    """The error-rate guardrail read off its test (failed 1, answered 0, against "the increase
+    is ``limit``") after the test's last look."""
     return _result(
         candidate,
         "error_rate",
@@ -155,6 +169,17 @@ def latency_p95(
     alpha: float = stats.ALPHA,
 ) -> GuardrailResult:
     """The p95 latency, tested through exceedance of the control's p95 (see module docstring)."""
+    tested = latency_test(control, candidate, requests, limit_ms)
+    if tested is None:
+        return no_data(candidate, "latency_p95_ms", limit_ms)
+    return latency_result(candidate, limit_ms, *tested, alpha)
+
+
+def latency_test(
+    control: str, candidate: str, requests: Sequence[RequestObs], limit_ms: float
+) -> tuple[float, float, stats.SequentialComparison] | None:
+    """The control's p95, the candidate's, and the exceedance test over the answered requests
+    of both, in arrival order, at that threshold (None: an arm has none)."""
     pair = [
         r
         for r in requests
@@ -163,7 +188,7 @@ def latency_p95(
     control_ms = np.array([r.latency_ms for r in pair if r.variant == control], np.float64)
     candidate_ms = np.array([r.latency_ms for r in pair if r.variant == candidate], np.float64)
     if not control_ms.size or not candidate_ms.size:
-        return _result(candidate, "latency_p95_ms", limit_ms, None, None, None, 0.0, alpha)
+        return None
     threshold = float(np.quantile(control_ms, LATENCY_QUANTILE))
     is_candidate = np.array([r.variant == candidate for r in pair], dtype=bool)
     latency = np.array([r.latency_ms for r in pair], dtype=np.float64)
@@ -175,12 +200,25 @@ def latency_p95(
         GUARDRAIL_MIXTURE_SD["latency_p95_ms"],
         binary=True,
     )
+    return threshold, float(np.quantile(candidate_ms, LATENCY_QUANTILE)), test
+
+
+def latency_result(
+    candidate: str,
+    limit_ms: float,
+    threshold: float,
+    candidate_p95: float,
+    test: stats.SequentialComparison,
+    alpha: float = stats.ALPHA,
+) -> GuardrailResult:
+    """The latency guardrail read off its exceedance test after the test's last look;
+    ``threshold`` is the control's p95."""
     return _result(
         candidate,
         "latency_p95_ms",
         limit_ms,
         threshold,
-        float(np.quantile(candidate_ms, LATENCY_QUANTILE)),
+        candidate_p95,
         float(test.p_value[-1]) if test.usable.any() else None,
         float(test.difference[-1]),
         alpha,
@@ -198,18 +236,44 @@ def disagreement_rate(
     """Share of ``version``'s answered shadow copies that disagree with the live answer."""
     mine = [s for s in shadows if s.version == version and s.disagree is not None]
     if not mine:
-        return _result(candidate, "disagreement_rate", limit, 0.0, None, None, 0.0, alpha)
+        return disagreement_result(candidate, limit, None, 1.0, alpha, burn_in)
     moments = stats.running_cluster_moments(
         [float(bool(s.disagree)) for s in mine], stats.unit_codes([s.unit for s in mine])
     )
-    variance = stats.arm_variance(moments, binary=True)
-    rate = float(moments.mean[-1])
-    p_value = stats.always_valid_p_values(
+    p_value = disagreement_p_values(moments, limit, burn_in)
+    return disagreement_result(candidate, limit, moments, float(p_value[-1]), alpha, burn_in)
+
+
+def disagreement_p_values(
+    moments: stats.RunningMoments,
+    limit: float,
+    burn_in: int = stats.SEQUENTIAL_BURN_IN,
+    start: float = 1.0,
+) -> FloatArray:
+    """The always-valid p-values of "the disagreement rate is ``limit``" after each answered
+    shadow copy (``start``: their running minimum before these)."""
+    return stats.always_valid_p_values(
         moments.mean - limit,
-        variance,
+        stats.arm_variance(moments, binary=True),
         GUARDRAIL_MIXTURE_SD["disagreement_rate"],
         moments.clusters >= burn_in,
+        start,
     )
+
+
+def disagreement_result(
+    candidate: str,
+    limit: float,
+    moments: stats.RunningMoments | None,
+    p_value: float,
+    alpha: float = stats.ALPHA,
+    burn_in: int = stats.SEQUENTIAL_BURN_IN,
+) -> GuardrailResult:
+    """The disagreement guardrail after the last answered copy (``moments`` None: none yet);
+    ``p_value`` is the running minimum of ``disagreement_p_values``."""
+    if moments is None or not moments.count[-1]:
+        return _result(candidate, "disagreement_rate", limit, 0.0, None, None, 0.0, alpha)
+    rate = float(moments.mean[-1])
     usable = bool(moments.clusters[-1] >= burn_in)
     return _result(
         candidate,
@@ -217,10 +281,24 @@ def disagreement_rate(
         limit,
         0.0,
         rate,
-        float(p_value[-1]) if usable else None,
+        p_value if usable else None,
         rate - limit,
         alpha,
     )
+
+
+def shadowed(
+    control: str, versions: Iterable[str], shadow_versions: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """(name, version) of each shadowed version that has a disagreement guardrail, by version:
+    named after the variant serving it (a version of no variant under its own name); the
+    control's version has none, it agrees with itself by definition."""
+    by_version = {version: name for name, version in shadow_versions.items()}
+    return [
+        (by_version.get(version, version), version)
+        for version in sorted(set(versions))
+        if by_version.get(version) != control
+    ]
 
 
 def assess_guardrails(
@@ -241,15 +319,8 @@ def assess_guardrails(
     for candidate in candidates:
         results.append(error_rate(control, candidate, requests, limits.error_rate, alpha))
         results.append(latency_p95(control, candidate, requests, limits.latency_p95_ms, alpha))
-    by_version = {version: name for name, version in shadow_versions.items()}
-    for version in sorted({s.version for s in shadows}):
-        if by_version.get(version) == control:
-            continue  # the control agrees with itself by definition
-        results.append(
-            disagreement_rate(
-                by_version.get(version, version), version, shadows, limits.disagreement_rate, alpha
-            )
-        )
+    for name, version in shadowed(control, (s.version for s in shadows), shadow_versions):
+        results.append(disagreement_rate(name, version, shadows, limits.disagreement_rate, alpha))
     return results
 
 

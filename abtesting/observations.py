@@ -6,7 +6,7 @@ them; neither side needs the other's types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -18,6 +18,8 @@ class RequestObs:
     unit: str
     failed: bool
     latency_ms: float | None
+    revision: int | None = None
+    """The experiment revision whose weights assigned it (the sample-ratio check's units)."""
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,43 @@ class PairedObs:
     true_stars: int
     live_stars: int
     shadow_stars: int
+
+
+@dataclass(frozen=True)
+class PredictionObs:
+    """An answered prediction of the experiment, forced versions too: the report's per-variant
+    counts, predicted stars and latency."""
+
+    variant: str
+    stars: tuple[int, ...]
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class ShadowCopyObs:
+    """A shadow copy as the report counts it: its answer's items and how many equal the live
+    answer's (both 0 when it failed)."""
+
+    version: str
+    failed: bool
+    items: int
+    agreeing: int
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What the store received for an experiment since the previous look, each list in arrival
+    order (``abtesting.store.increments`` reads it; ``abtesting.running_assessment`` adds it)."""
+
+    requests: list[RequestObs] = field(default_factory=list)
+    """Requests the split assigned, answered and failed, with their revision."""
+    predictions: list[PredictionObs] = field(default_factory=list)
+    feedback: list[FeedbackObs] = field(default_factory=list)
+    shadows: list[ShadowObs] = field(default_factory=list)
+    copies: list[ShadowCopyObs] = field(default_factory=list)
+    paired: list[PairedObs] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(
+            (self.requests, self.predictions, self.feedback, self.shadows, self.copies, self.paired)
+        )

@@ -103,14 +103,60 @@ def quantile_interval(
     """A quantile with scipy's distribution-free interval from order statistics
     (``quantile_test(...).confidence_interval()``); a bound is None where the sample is too
     small to reach it."""
+    return sorted_quantile_interval(np.sort(np.asarray(values, dtype=np.float64)), q, confidence)
+
+
+def sorted_quantile(ordered: FloatArray, q: float) -> float:
+    """``np.quantile(x, q)`` (its default, linear method, to the last bit) of the sample whose
+    values ``ordered`` holds in ascending order, read off two order statistics: O(1)."""
+    n = ordered.size
+    if n == 0:
+        raise ValueError("need at least one observation")
+    virtual = (n - 1) * q
+    below = min(max(math.floor(virtual), 0), n - 1)
+    above = min(below + 1, n - 1)
+    gamma = virtual - below
+    a, b = float(ordered[below]), float(ordered[above])
+    # numpy's _lerp: from the nearer end, so that gamma 0 and 1 give the order statistics exactly.
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def sorted_quantile_interval(ordered: FloatArray, q: float, confidence: float = 0.95) -> Estimate:
+    """``quantile_interval`` of the sample whose values ``ordered`` holds in ascending order:
+    the same numbers, without sorting (what a running sample kept in order reads)."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q}")
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
+    n = ordered.size
+    estimate = sorted_quantile(ordered, q)
+    # scipy's quantile_test(...).confidence_interval(), two-sided, on a sorted sample.
+    tail = (1 - confidence) / 2
+    counts = stats.binom(n, q)
+    low_index, high_index = int(counts.ppf(tail)) - 1, int(counts.isf(tail))
+    low = float(ordered[low_index]) if low_index >= 0 else math.nan
+    high = float(ordered[high_index]) if high_index < n else math.nan
+    return Estimate(value=estimate, low=_finite(low), high=_finite(high))
+
+
+def counts_mean_interval(
+    values: npt.ArrayLike, counts: npt.ArrayLike, confidence: float = 0.95
+) -> Estimate:
+    """``mean_interval`` of a sample given as distinct ``values`` and how often each occurs
+    (a running histogram), in O(distinct values); equal to it up to rounding."""
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)
+    n = float(c.sum())
+    if n <= 0:
         raise ValueError("need at least one observation")
-    estimate = float(np.quantile(x, q))
-    ci = stats.quantile_test(x, q=estimate, p=q).confidence_interval(confidence_level=confidence)
-    return Estimate(value=estimate, low=_finite(ci.low), high=_finite(ci.high))
+    mean = float((v * c).sum() / n)
+    if n < 2:
+        return Estimate(value=mean, low=None, high=None)
+    seen = v[c > 0]
+    if seen.max() == seen.min():
+        return Estimate(value=mean, low=mean, high=mean)
+    sd = math.sqrt(float((c * (v - mean) ** 2).sum()) / (n - 1))
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    return Estimate(value=mean, low=float(low), high=float(high))
 
 
 def mixture_log_likelihood_ratio(
@@ -319,10 +365,12 @@ def always_valid_p_values(
     variance: FloatArray | float,
     mixture_sd: float,
     usable: npt.NDArray[np.bool_] | bool = True,
+    start: float = 1.0,
 ) -> FloatArray:
     """Always-valid p-values after each look (last axis): min over looks so far of 1/Lambda.
 
-    Looks that are not ``usable`` (burn-in, no variance) count as p = 1.
+    Looks that are not ``usable`` (burn-in, no variance) count as p = 1. ``start``: the
+    minimum over the looks before these (a sequence read in parts goes on from the last).
     """
     d = np.asarray(difference, dtype=np.float64)
     v = np.asarray(variance, dtype=np.float64)
@@ -331,7 +379,7 @@ def always_valid_p_values(
         log_lr = mixture_log_likelihood_ratio(
             np.where(ok, d, 0.0), np.where(ok, v, 1.0), mixture_sd
         )
-    p = np.where(ok, np.exp(-np.maximum(log_lr, 0.0)), 1.0)
+    p = np.minimum(np.where(ok, np.exp(-np.maximum(log_lr, 0.0)), 1.0), start)
     if p.ndim == 0:
         return np.asarray(p, dtype=np.float64)
     return np.asarray(np.minimum.accumulate(p, axis=-1), dtype=np.float64)
@@ -352,7 +400,7 @@ class RunningMoments:
     clusters: FloatArray
 
 
-def _exclusive_group_cumsum(x: FloatArray, keys: npt.NDArray[np.int64]) -> FloatArray:
+def exclusive_group_cumsum(x: FloatArray, keys: npt.NDArray[np.int64]) -> FloatArray:
     """For each position, the sum of ``x`` at earlier positions with the same key (flat arrays)."""
     order = np.argsort(keys, kind="stable")
     xs = x[order]
@@ -367,6 +415,68 @@ def _exclusive_group_cumsum(x: FloatArray, keys: npt.NDArray[np.int64]) -> Float
     return out
 
 
+@dataclass(frozen=True)
+class ClusterSums:
+    """The running sums behind ``RunningMoments`` (arrays over the last axis): observations,
+    their total, and over the clusters k so far sum S_k^2, sum S_k n_k, sum n_k^2 and their
+    number, S_k and n_k being cluster k's sum and count. Integer-valued metrics keep every sum
+    an integer, exact in float64 whatever order it is added up in."""
+
+    count: FloatArray
+    total: FloatArray
+    sum_sq: FloatArray
+    sum_cross: FloatArray
+    count_sq: FloatArray
+    clusters: FloatArray
+
+    @classmethod
+    def accumulate(
+        cls,
+        y: FloatArray,
+        c: FloatArray,
+        prior_sum: FloatArray,
+        prior_count: FloatArray,
+        start: ClusterSums | None = None,
+    ) -> ClusterSums:
+        """The sums after each observation: ``y`` its value (0 where left out), ``c`` 1 where
+        it counts, ``prior_sum``/``prior_count`` its cluster's sum and count before it;
+        ``start`` the sums before the first (none: zero)."""
+        # Adding y to cluster k (sum S, count m) changes S^2 by 2Sy + y^2, S*m by S + y(m + 1),
+        # m^2 by 2m + 1.
+        steps = (
+            c,
+            y,
+            c * (2 * prior_sum * y + y * y),
+            c * (prior_sum + y * (prior_count + 1)),
+            c * (2 * prior_count + 1),
+            c * (prior_count == 0),
+        )
+        sums = [np.cumsum(step, axis=-1) for step in steps]
+        if start is not None:
+            sums = [s + before for s, before in zip(sums, start.fields(), strict=True)]
+        return cls(*sums)
+
+    def fields(self) -> tuple[FloatArray, ...]:
+        return (self.count, self.total, self.sum_sq, self.sum_cross, self.count_sq, self.clusters)
+
+    def last(self) -> ClusterSums:
+        """The sums after the last observation (arrays of one)."""
+        return ClusterSums(*(f[..., -1:] for f in self.fields()))
+
+    def moments(self) -> RunningMoments:
+        """The mean and its cluster-robust variance: by the delta method with the small-sample
+        factor K / (K - 1), K / (K - 1) * sum_k (S_k - mean * n_k)^2 / N^2."""
+        count, total, clusters = self.count, self.total, self.clusters
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = total / count
+            residual = np.maximum(
+                self.sum_sq - 2 * mean * self.sum_cross + mean * mean * self.count_sq, 0.0
+            )
+            variance = clusters / (clusters - 1) * residual / (count * count)
+        variance = np.where(clusters >= 2, variance, np.inf)
+        return RunningMoments(count, mean, np.asarray(variance, np.float64), clusters)
+
+
 def running_cluster_moments(
     values: npt.ArrayLike,
     units: npt.ArrayLike,
@@ -379,7 +489,7 @@ def running_cluster_moments(
     observations belong to the group (e.g. one arm), the others are skipped. The variance of the
     ratio estimator sum(Y_k) / sum(n_k) over clusters k, by the delta method with the small-sample
     factor K / (K - 1), is K / (K - 1) * sum_k (Y_k - mean * n_k)^2 / N^2, kept up to date with
-    running sums of Y_k^2, Y_k n_k and n_k^2.
+    running sums of Y_k^2, Y_k n_k and n_k^2 (``ClusterSums``).
     """
     x = np.asarray(values, dtype=np.float64)
     u = np.asarray(units, dtype=np.int64)
@@ -396,22 +506,9 @@ def running_cluster_moments(
     keys = (rows * span + flat_units).ravel()
     y = np.where(mask, x, 0.0)
     c = mask.astype(np.float64)
-    prior_sum = _exclusive_group_cumsum(y.ravel(), keys).reshape(x.shape)
-    prior_count = _exclusive_group_cumsum(c.ravel(), keys).reshape(x.shape)
-    # Adding y to cluster k (sum S, count m) changes S^2 by 2Sy + y^2, S*m by S + y(m + 1), m^2
-    # by 2m + 1.
-    count = np.cumsum(c, axis=-1)
-    total = np.cumsum(y, axis=-1)
-    sum_sq = np.cumsum(c * (2 * prior_sum * y + y * y), axis=-1)
-    sum_cross = np.cumsum(c * (prior_sum + y * (prior_count + 1)), axis=-1)
-    count_sq = np.cumsum(c * (2 * prior_count + 1), axis=-1)
-    clusters = np.cumsum(c * (prior_count == 0), axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = total / count
-        residual = np.maximum(sum_sq - 2 * mean * sum_cross + mean * mean * count_sq, 0.0)
-        variance = clusters / (clusters - 1) * residual / (count * count)
-    variance = np.where(clusters >= 2, variance, np.inf)
-    return RunningMoments(count, mean, np.asarray(variance, np.float64), clusters)
+    prior_sum = exclusive_group_cumsum(y.ravel(), keys).reshape(x.shape)
+    prior_count = exclusive_group_cumsum(c.ravel(), keys).reshape(x.shape)
+    return ClusterSums.accumulate(y, c, prior_sum, prior_count).moments()
 
 
 def unit_codes(units: Sequence[str]) -> npt.NDArray[np.int64]:
@@ -492,10 +589,25 @@ def sequential_comparison(
     x = np.asarray(values, dtype=np.float64)
     control = running_cluster_moments(x, code, mask & ~arm)
     candidate = running_cluster_moments(x, code, mask & arm)
+    return compare_arms(control, candidate, mixture_sd, null=null, binary=binary, burn_in=burn_in)
+
+
+def compare_arms(
+    control: RunningMoments,
+    candidate: RunningMoments,
+    mixture_sd: float,
+    *,
+    null: float = 0.0,
+    binary: bool = False,
+    burn_in: int = SEQUENTIAL_BURN_IN,
+    start: float = 1.0,
+) -> SequentialComparison:
+    """``sequential_comparison`` from each arm's running moments; ``start`` is the running
+    minimum of the p-value before these looks (1: none)."""
     variance = arm_variance(control, binary) + arm_variance(candidate, binary)
     difference = np.asarray(candidate.mean - control.mean, dtype=np.float64)
     usable = (control.clusters >= burn_in) & (candidate.clusters >= burn_in) & np.isfinite(variance)
-    p_value = always_valid_p_values(difference - null, variance, mixture_sd, usable)
+    p_value = always_valid_p_values(difference - null, variance, mixture_sd, usable, start)
     return SequentialComparison(control, candidate, difference, variance, p_value, usable)
 
 
@@ -530,16 +642,30 @@ def paired_comparison(
     d = np.asarray(differences, dtype=np.float64)
     mask = np.ones(d.shape, dtype=bool) if include is None else np.asarray(include, dtype=bool)
     moments = running_cluster_moments(d, units, mask)
+    squares = np.cumsum(np.where(mask, d * d, 0.0), axis=-1)
+    return paired_test(moments, squares, mixture_sd, binary=binary, burn_in=burn_in)
+
+
+def paired_test(
+    moments: RunningMoments,
+    squares: FloatArray,
+    mixture_sd: float,
+    *,
+    binary: bool = False,
+    burn_in: int = SEQUENTIAL_BURN_IN,
+    start: float = 1.0,
+) -> PairedSequence:
+    """``paired_comparison`` from the differences' running moments and running sum of squares;
+    ``start`` is the running minimum of the p-value before these looks (1: none)."""
     variance = moments.variance_of_mean
     if binary:
         n = moments.count
-        squares = np.cumsum(np.where(mask, d * d, 0.0), axis=-1)
         with np.errstate(divide="ignore", invalid="ignore"):
             smoothed_mean = moments.mean * n / (n + 1)
             floor = ((squares + 0.5) / (n + 1) - smoothed_mean**2) / n
         variance = np.where(n > 0, np.maximum(variance, floor), np.inf)
     usable = (moments.clusters >= burn_in) & np.isfinite(variance)
-    p_value = always_valid_p_values(moments.mean, variance, mixture_sd, usable)
+    p_value = always_valid_p_values(moments.mean, variance, mixture_sd, usable, start)
     return PairedSequence(moments, np.asarray(variance, np.float64), p_value, usable)
 
 

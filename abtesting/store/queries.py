@@ -7,14 +7,16 @@ hashed user, else the request id.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Float, func, null, select, union_all
+from sqlalchemy import Float, func, literal, null, select, union_all
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Subquery
 
-from abtesting.observations import FeedbackObs, PairedObs, RequestObs, ShadowObs
+from abtesting.observations import FeedbackObs, Increment, PairedObs, RequestObs, ShadowObs
+from abtesting.store.increments import Cursors, read_increment
 from abtesting.store.records import (
     EXPERIMENT_STATUSES,
     STATUS_KEY,
@@ -53,7 +55,8 @@ def _unit(user_hash: str | None, request_id: str) -> str:
 def _split_requests(experiment: str) -> Subquery:
     """The requests of ``experiment`` the split assigned (forced versions have no revision),
     answered and failed: revision, variant, user_hash, request_id, latency_s (NULL when
-    failed), created_at."""
+    failed), created_at, and kind (0 answered, 1 failed) and position (``seq``, the failure's
+    id), which order requests stored at the same time."""
     answered = select(
         PredictionRow.revision,
         PredictionRow.variant,
@@ -61,6 +64,8 @@ def _split_requests(experiment: str) -> Subquery:
         PredictionRow.request_id,
         PredictionRow.latency_s,
         PredictionRow.created_at,
+        literal(0).label("kind"),
+        PredictionRow.seq.label("position"),
     ).where(PredictionRow.experiment == experiment, PredictionRow.revision.is_not(None))
     failed = select(
         FailedPredictionRow.revision,
@@ -69,6 +74,8 @@ def _split_requests(experiment: str) -> Subquery:
         FailedPredictionRow.request_id,
         null().cast(Float),  # a failed request has no latency
         FailedPredictionRow.created_at,
+        literal(1),
+        FailedPredictionRow.id,
     ).where(FailedPredictionRow.experiment == experiment, FailedPredictionRow.revision.is_not(None))
     return union_all(answered, failed).subquery()
 
@@ -201,6 +208,7 @@ class Reads:
                 )
                 .join(PredictionRow, PredictionRow.request_id == ShadowPredictionRow.request_id)
                 .where(PredictionRow.experiment == experiment)
+                .order_by(ShadowPredictionRow.id)
             ).all()
 
     def shadow_pairs(self, experiment: str) -> list[ShadowPair]:
@@ -210,7 +218,8 @@ class Reads:
         ]
 
     def shadow_observations(self, experiment: str) -> list[ShadowObs]:
-        """Each shadow copy: does its answer differ from the live one (None: it failed)?"""
+        """Each shadow copy, in the order stored: does its answer differ from the live one
+        (None: it failed)?"""
         return [
             ShadowObs(version, _unit(h, rid), None if shadow is None else list(shadow) != live)
             for _, live, h, rid, version, shadow, _ in self._shadow_rows(experiment)
@@ -269,19 +278,38 @@ class Reads:
 
     def request_observations(self, experiment: str) -> list[RequestObs]:
         """Every request of ``experiment`` assigned by the split (forced versions left out),
-        answered and failed, with its unit (hashed user, else the request id), in arrival
-        order: the guardrails' sequential tests read them as a sequence."""
+        answered and failed, with its unit (hashed user, else the request id) and revision, in
+        arrival order (time stored; at the same time answered first, then in the order stored):
+        the guardrails' sequential tests read them as a sequence."""
         both = _split_requests(experiment)
         with transaction(self._sessions) as session:
             rows = session.execute(
                 select(
-                    both.c.variant, both.c.user_hash, both.c.request_id, both.c.latency_s
-                ).order_by(both.c.created_at)
+                    both.c.variant,
+                    both.c.user_hash,
+                    both.c.request_id,
+                    both.c.latency_s,
+                    both.c.revision,
+                ).order_by(both.c.created_at, both.c.kind, both.c.position)
             ).all()
         return [
-            RequestObs(v, _unit(h, rid), lat is None, None if lat is None else lat * 1000.0)
-            for v, h, rid, lat in rows
+            RequestObs(v, _unit(h, rid), lat is None, None if lat is None else lat * 1000.0, rev)
+            for v, h, rid, lat, rev in rows
         ]
+
+    def increment(
+        self, experiment: str, cursors: Cursors, *, paired: bool, now: float | None = None
+    ) -> Increment:
+        """What ``experiment`` received since ``cursors``, which move on past it
+        (``increments.read_increment``); ``now``: monotonic seconds, default the clock's."""
+        with transaction(self._sessions) as session:
+            return read_increment(
+                session,
+                experiment,
+                cursors,
+                paired=paired,
+                now=time.monotonic() if now is None else now,
+            )
 
     def feedback_count(self, experiment: str) -> int:
         with transaction(self._sessions) as session:
