@@ -1,10 +1,11 @@
 """The A/B autopilot: reads the experiment from the store, asks the policy, applies its decision.
 
 A background task of the gateway's lifespan (``Autopilot.run``), never on a request's path. Every
-``interval_s`` it looks whether feedback or requests arrived since its last look (debounce: at
-most one assessment per interval, and none while nothing changed); if so, and if it holds the
-store's lease (one replica decides at a time), it builds the observations from the store, runs
-``abtesting.assessment.assess`` and ``abtesting.policy.decide`` and acts on the first decision:
+``interval_s`` it takes what arrived since its last look into the experiment's running
+assessment (``abtesting.live_assessment``, the one the report reads too: a look costs what
+arrived, not the history); if something did, and if it holds the store's lease (one replica
+decides at a time), it runs ``abtesting.policy.decide`` on the assessment and acts on the first
+decision:
 
 - **ramp**: a new experiment revision with the candidate's weight raised one step (the control
   gets the rest);
@@ -16,7 +17,8 @@ store's lease (one replica decides at a time), it builds the observations from t
 In ``dry-run`` the decision is only stored (``applied`` false). Each decision is stored with its
 reason and numbers (idempotent: keyed by experiment revision, action and mode), counted in
 ``starrating_ab_autopilot_decisions_total`` and logged as one JSON line (never review text).
-State lives in the store, so it survives a restart and is shared by replicas.
+Decisions live in the store, so they survive a restart and are shared by replicas; the running
+assessment is rebuilt from the store by the first look after a start.
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ from abtesting.assessment import (
     ShadowObs,
     assess,
 )
+from abtesting.live_assessment import (
+    ExperimentSettings,
+    LiveAssessment,
+    split_check,
+    traffic_shares,
+)
 from abtesting.policy import Decision, decide
-from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig, ExperimentRouter
+from abtesting.router import ExperimentConfig, ExperimentRouter
 from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 from serving.torchserve import TorchServeClient
 
@@ -72,21 +80,12 @@ class Observations:
     shadow or turns paired evaluation off."""
 
 
-def traffic_shares(config: ExperimentConfig) -> dict[str, float]:
-    total = sum(v.weight for v in config.variants)
-    return {v.name: v.weight / total for v in config.variants}
-
-
 def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
     """The experiment's sample-ratio check, requests (answered and failed), feedback and shadow
-    answers (blocking)."""
+    answers, all of them, read afresh (blocking): with ``assess_experiment``, the reference
+    the running assessment (``LiveAssessment``) is tested against."""
     name = config.name
-    # Forced versions were not drawn from the weights: they are counted apart, not here.
-    assigned = {
-        revision: {v: n for v, n in counts.items() if v != OVERRIDE_VARIANT}
-        for revision, counts in store.assigned_units(name).items()
-    }
-    srm = stats.assignment_check(assigned, store.experiment_weights(name))
+    srm = split_check(store.assigned_units(name), store.experiment_weights(name))
     requests = store.request_observations(name)
     feedback = store.feedback_observations(name)
     shadows = store.shadow_observations(name)
@@ -97,10 +96,10 @@ def observe(store: ExperimentStore, config: ExperimentConfig) -> Observations:
 
 def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessment:
     """``assess`` with the experiment's own settings."""
-    settings = config.autopilot.settings()
+    settings = ExperimentSettings.of(config)
     return assess(
-        config.control.name,
-        [v.name for v in config.variants[1:]],
+        settings.control,
+        settings.candidates,
         seen.srm,
         seen.requests,
         seen.feedback,
@@ -108,8 +107,8 @@ def assess_experiment(config: ExperimentConfig, seen: Observations) -> Assessmen
         paired=seen.paired,
         primary_metric=settings.primary_metric,
         limits=settings.limits,
-        shadow_versions={v.name: v.version for v in config.variants},
-        weights={v.name: v.weight for v in config.variants},
+        shadow_versions=settings.versions,
+        weights=settings.weights,
     )
 
 
@@ -142,15 +141,19 @@ class Autopilot:
         *,
         interval_s: float = 10.0,
         owner: str | None = None,
+        assessment: LiveAssessment | None = None,
     ) -> None:
+        """``assessment``: the experiment's running assessment, shared with the report (by
+        default one of its own)."""
         self.store = store
+        self.assessment = assessment or LiveAssessment(store)
         self.router = router
         self.client = client
         self.interval_s = interval_s
         # A lease outlives a few missed looks, so a replica that stalls briefly keeps it.
         self.lease_ttl_s = max(3 * interval_s, 5.0)
         self.owner = owner or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[int, int] | None = None
 
     async def run(self) -> None:
         """Look every ``interval_s`` until cancelled; a failing look is logged, not fatal."""
@@ -171,17 +174,17 @@ class Autopilot:
             return []
         if self.router.status != "running" or config.candidate is None:
             return []
-        activity = await self.store.run(self.store.activity, config.name)
-        if (revision, *activity) == self._seen:
+        # What arrived since the last look, added to the running assessment (the report's).
+        reading = await self.store.run(self.assessment.read, config)
+        if (revision, reading.version) == self._seen:
             return []  # nothing new since the last look
         if not await self.store.run(self.store.acquire_lease, LEASE, self.owner, self.lease_ttl_s):
             return []  # another replica decides
-        seen = await self.store.run(observe, self.store, config)
-        assessment = await asyncio.to_thread(assess_experiment, config, seen)
         # All feedbacks so far: the policy's ramp counts from the total (stateless).
-        feedbacks = len(seen.feedback)
-        decisions = decide(assessment, config.autopilot.settings(), seen.shares, feedbacks)
-        self._seen = (revision, *activity)
+        feedbacks = reading.feedbacks
+        settings = config.autopilot.settings()
+        decisions = decide(reading.assessment, settings, reading.shares, feedbacks)
+        self._seen = (revision, reading.version)
         if not decisions:
             return []
         # Rollback before promote before ramp: the first is the one that counts; the others

@@ -1,10 +1,11 @@
 """The A/B report: per-variant numbers with intervals, candidate-vs-control tests, a verdict.
 
-``build_report`` reads the store once and writes out the experiment's one assessment
-(``abtesting.assessment.assess``, the autopilot's own reading): the comparisons, their p-values,
-the verdict, the guardrails and the interval over time all come from it, so the report cannot
-disagree with what the autopilot decides. It blocks (database and numpy), so the route calls it
-on a worker thread. The first variant of the experiment is the control.
+``build_report`` writes out the experiment's one assessment, read from the running assessment
+the autopilot reads too (``abtesting.live_assessment``; what arrived since the last look is added
+first): the comparisons, their p-values, the verdict, the guardrails, the interval over time and
+the per-variant numbers all come from it, so the report cannot disagree with what the autopilot
+decides. It blocks (database and numpy), so the route calls it on a worker thread. The first
+variant of the experiment is the control.
 
 Three p-values per comparison, labelled: ``p_value`` is the always-valid sequential one (mSPRT
 with the user-clustered variance, safe to watch continuously and to stop on), ``p_value_holm``
@@ -16,19 +17,16 @@ only for one look at a sample size fixed in advance.
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from abtesting import stats
 from abtesting.assessment import Comparison
-from abtesting.autopilot import assess_experiment, observe
-from abtesting.observations import FeedbackObs
+from abtesting.live_assessment import LiveAssessment
 from abtesting.router import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
+from abtesting.running_assessment import VariantNumbers
 from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 
 FIXED_TEST = "z-test, user-clustered variance"
@@ -192,33 +190,21 @@ def _interval(estimate: stats.Estimate | None, scale: float = 1.0) -> Interval |
 
 
 def _variant_report(
-    name: str,
-    version: str,
-    weight: float,
-    latencies: Sequence[float],
-    star_counts: Counter[int],
-    units: int,
-    feedback: Sequence[FeedbackObs],
+    name: str, version: str, weight: float, numbers: VariantNumbers, units: int
 ) -> VariantReport:
-    errors = np.array([abs(f.predicted_stars - f.true_stars) for f in feedback], np.float64)
-    n = len(feedback)
     return VariantReport(
         name=name,
         version=version,
         weight=weight,
-        requests=len(latencies),
+        requests=numbers.requests,
         units=units,
-        feedback=n,
-        accuracy=_interval(stats.wilson_interval(int((errors == 0).sum()), n) if n else None),
-        mae=_interval(stats.mean_interval(errors) if n else None),
-        off_by_one=_interval(stats.wilson_interval(int((errors <= 1).sum()), n) if n else None),
-        latency_p50_ms=_interval(
-            stats.quantile_interval(latencies, 0.5) if latencies else None, 1000.0
-        ),
-        latency_p95_ms=_interval(
-            stats.quantile_interval(latencies, 0.95) if latencies else None, 1000.0
-        ),
-        stars={str(s): star_counts.get(s, 0) for s in range(1, 6)},
+        feedback=numbers.feedback,
+        accuracy=_interval(numbers.accuracy),
+        mae=_interval(numbers.mae),
+        off_by_one=_interval(numbers.off_by_one),
+        latency_p50_ms=_interval(numbers.latency_p50_s, 1000.0),
+        latency_p95_ms=_interval(numbers.latency_p95_s, 1000.0),
+        stars=numbers.stars,
     )
 
 
@@ -242,63 +228,35 @@ def _comparison_report(control: str, c: Comparison) -> ComparisonReport:
     )
 
 
-def _shadow(store: ExperimentStore, experiment: str) -> list[ShadowReport]:
-    by_version: dict[str, list[tuple[tuple[int, ...], tuple[int, ...] | None]]] = {}
-    for pair in store.shadow_pairs(experiment):
-        by_version.setdefault(pair.shadow_version, []).append((pair.live_stars, pair.shadow_stars))
-    reports = []
-    for version, pairs in sorted(by_version.items()):
-        answered = [(live, shadow) for live, shadow in pairs if shadow is not None]
-        items = sum(len(live) for live, _ in answered)
-        agree = sum(a == b for live, shadow in answered for a, b in zip(live, shadow, strict=True))
-        reports.append(
-            ShadowReport(
-                version=version,
-                copies=len(pairs),
-                errors=len(pairs) - len(answered),
-                agreement=_interval(stats.wilson_interval(agree, items) if items else None),
-            )
-        )
-    return reports
-
-
 def build_report(
     store: ExperimentStore,
     config: ExperimentConfig,
     revision: int | None,
     status: ExperimentStatus = "running",
+    assessment: LiveAssessment | None = None,
 ) -> ExperimentReport:
-    """Everything ``GET /v1/experiment/report`` answers (blocking)."""
-    predictions = store.predictions(config.name)
-    latencies: dict[str, list[float]] = {}
-    star_counts: dict[str, Counter[int]] = {}
-    for variant, _, stars, latency in predictions:
-        latencies.setdefault(variant, []).append(latency)
-        star_counts.setdefault(variant, Counter()).update(stars)
+    """Everything ``GET /v1/experiment/report`` answers (blocking). ``assessment``: the
+    experiment's running assessment, the autopilot's (``ABTesting.assessment``); without it, one
+    built afresh from the store (the same numbers, at the cost of reading the whole history)."""
     # One reading of the experiment, the autopilot's: its sample-ratio check is the report's.
-    seen = observe(store, config)
-    assessment = assess_experiment(config, seen)
-    srm = assessment.srm
-
+    reading = (assessment or LiveAssessment(store)).read(config, numbers=True)
+    srm = reading.assessment.srm
     variants = [
         _variant_report(
-            v.name,
-            v.version,
-            v.weight,
-            latencies.get(v.name, []),
-            star_counts.get(v.name, Counter()),
-            srm.observed.get(v.name, 0),
-            [f for f in seen.feedback if f.variant == v.name],
+            v.name, v.version, v.weight, reading.variants[v.name], srm.observed.get(v.name, 0)
         )
         for v in config.variants
     ]
     control = config.control
-    compared = {(c.candidate, c.metric): c for c in assessment.primary + assessment.secondary}
+    compared = {
+        (c.candidate, c.metric): c
+        for c in reading.assessment.primary + reading.assessment.secondary
+    }
     comparisons = [
         _comparison_report(control.name, c)
         for c in [
             *(compared[v.name, metric] for v in config.variants[1:] for metric in stats.METRICS),
-            *assessment.paired,
+            *reading.assessment.paired,
         ]
     ]
     primary_metric = config.autopilot.primary_metric
@@ -307,7 +265,7 @@ def build_report(
         revision=revision,
         control=control.name,
         variants=variants,
-        override_requests=len(latencies.get(OVERRIDE_VARIANT, [])),
+        override_requests=reading.variants[OVERRIDE_VARIANT].requests,
         comparisons=comparisons,
         sample_ratio=SampleRatioReport(
             observed=srm.observed,
@@ -316,17 +274,27 @@ def build_report(
             p_value=srm.p_value,
             mismatch=srm.mismatch,
         ),
-        shadow=_shadow(store, config.name),
-        verdict=assessment.verdict,
+        shadow=[
+            ShadowReport(
+                version=s.version,
+                copies=s.copies,
+                errors=s.errors,
+                agreement=_interval(s.agreement),
+            )
+            for s in reading.shadows
+        ],
+        verdict=reading.assessment.verdict,
         primary_metric=primary_metric,
-        trustworthy=assessment.trustworthy,
-        srm_cause=assessment.srm_cause,
-        guardrails=[GuardrailReport.model_validate(g.__dict__) for g in assessment.guardrails],
+        trustworthy=reading.assessment.trustworthy,
+        srm_cause=reading.assessment.srm_cause,
+        guardrails=[
+            GuardrailReport.model_validate(g.__dict__) for g in reading.assessment.guardrails
+        ],
         status=status,
         autopilot=config.autopilot,
         decisions=[DecisionReport.of(d) for d in store.decisions(config.name)],
         interval_history={
             c.candidate: [IntervalPoint.model_validate(look.__dict__) for look in c.history]
-            for c in assessment.primary
+            for c in reading.assessment.primary
         },
     )

@@ -1,9 +1,11 @@
 """The A/B testing parts the gateway wires in, opened together and closed together.
 
 ``ABTesting.open(database_url, client)`` opens the store at ``database_url``, gives the
-router the experiment stored there (so weights survive restarts) and builds the recorder and the
-autopilot. The app keeps the bundle on ``app.state.ab``; its router is the app's chooser and its
-recorder the app's recorder; ``start`` runs the autopilot as a background task of the lifespan.
+router the experiment stored there (so weights survive restarts) and builds the recorder, the
+autopilot and the experiment's running assessment (``LiveAssessment``), which the autopilot and
+the report share. The app keeps the bundle on ``app.state.ab``; its router is the app's chooser
+and its recorder the app's recorder; ``start`` runs the autopilot as a background task of the
+lifespan.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from abtesting.autopilot import Autopilot
+from abtesting.live_assessment import LiveAssessment
 from abtesting.recorder import ExperimentRecorder
 from abtesting.router import (
     ExperimentConfig,
@@ -36,6 +39,8 @@ class ABTesting:
     router: ExperimentRouter
     recorder: ExperimentRecorder
     autopilot: Autopilot
+    assessment: LiveAssessment
+    """The experiment's running assessment: the autopilot decides on it, the report shows it."""
     _autopilot_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     @classmethod
@@ -51,8 +56,12 @@ class ABTesting:
         store = ExperimentStore(database_url)
         router = ExperimentRouter(rng=rng)
         router.reload(store)
-        autopilot = Autopilot(store, router, client, interval_s=autopilot_interval_s)
-        return cls(store, router, ExperimentRecorder(store, router, client), autopilot)
+        assessment = LiveAssessment(store)
+        autopilot = Autopilot(
+            store, router, client, interval_s=autopilot_interval_s, assessment=assessment
+        )
+        recorder = ExperimentRecorder(store, router, client)
+        return cls(store, router, recorder, autopilot, assessment)
 
     def start(self) -> None:
         """Run the autopilot in the background (it acts only on experiments that turn it on)."""

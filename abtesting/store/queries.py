@@ -311,27 +311,6 @@ class Reads:
                 now=time.monotonic() if now is None else now,
             )
 
-    def feedback_count(self, experiment: str) -> int:
-        with transaction(self._sessions) as session:
-            n = session.scalar(
-                select(func.count(FeedbackRow.id))
-                .join(PredictionRow, PredictionRow.request_id == FeedbackRow.request_id)
-                .where(PredictionRow.experiment == experiment)
-            )
-        return int(n or 0)
-
-    def activity(self, experiment: str) -> tuple[int, int]:
-        """(feedbacks, requests answered or failed) of ``experiment``: what changes when there
-        is something new to assess."""
-        with transaction(self._sessions) as session:
-            answered = session.scalar(
-                select(func.count()).where(PredictionRow.experiment == experiment)
-            )
-            failed = session.scalar(
-                select(func.count()).where(FailedPredictionRow.experiment == experiment)
-            )
-        return self.feedback_count(experiment), int(answered or 0) + int(failed or 0)
-
     def decisions(self, experiment: str) -> list[DecisionRecord]:
         """The autopilot's decisions on ``experiment``, oldest first."""
         with transaction(self._sessions) as session:

@@ -115,4 +115,5 @@ async def put_experiment(config: ExperimentConfig, ab: ABDep) -> ExperimentRespo
 async def get_report(ab: ABDep) -> ExperimentReport:
     config, revision = await current_experiment(ab)
     status = ab.router.status
-    return await asyncio.to_thread(build_report, ab.store, config, revision, status)
+    # The autopilot's running assessment: the report and its decisions read the same one.
+    return await asyncio.to_thread(build_report, ab.store, config, revision, status, ab.assessment)

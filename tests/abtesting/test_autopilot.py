@@ -350,3 +350,22 @@ def test_the_report_and_the_autopilot_read_the_split_alike(
     assert [d.action for d in decisions] == ([] if action is None else [action])
     for d in decisions:
         assert d.numbers["srm_p_value"] == report.sample_ratio.p_value
+
+
+def test_the_report_and_a_decision_at_the_same_moment_read_one_assessment(setup: Setup) -> None:
+    """The report reads the autopilot's running assessment (``ABTesting.assessment``): the
+    numbers a decision was taken on are the report's, to the last bit."""
+    revision = _start(setup, _config("dry-run"))
+    _traffic(setup, "control", 200, correct=0.6)
+    _traffic(setup, "candidate", 200, correct=0.6, failed=0.3)
+    autopilot = setup.autopilot()
+    (decision,) = asyncio.run(autopilot.step())
+    config = setup.router.config
+    assert config is not None and decision.action == "rollback"
+    report = build_report(setup.store, config, revision, assessment=autopilot.assessment)
+    errors = next(g for g in report.guardrails if g.metric == "error_rate")
+    assert decision.numbers["error_rate_p_value"] == errors.p_value
+    assert decision.numbers["srm_p_value"] == report.sample_ratio.p_value
+    assert decision.feedbacks == sum(v.feedback for v in report.variants)
+    # Nothing new since: the next look finds nothing to decide.
+    assert asyncio.run(autopilot.step()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from abtesting.guardrails import (
 )
 from abtesting.live_assessment import LiveAssessment
 from abtesting.observations import RequestObs
+from abtesting.report import build_report
 from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig
 from abtesting.running_stats import ExceedanceArm, RunningComparison, UnitCodes
 from abtesting.store import ExperimentStore, FailureRecord, PredictionRecord
@@ -242,6 +244,72 @@ def _run(store: ExperimentStore, seed: int, looks: int) -> tuple[LiveAssessment,
     return live, traffic
 
 
+def _interval(e: stats.Estimate | None, scale: float = 1.0) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {
+        "value": e.value * scale,
+        "low": None if e.low is None else e.low * scale,
+        "high": None if e.high is None else e.high * scale,
+    }
+
+
+def _variants_as_before(store: ExperimentStore, report: Any) -> list[dict[str, Any]]:
+    """The report's per-variant numbers as it computed them before, from every prediction."""
+    latencies: dict[str, list[float]] = {}
+    stars: dict[str, Counter[int]] = {}
+    for variant, _, s, latency in store.predictions(NAME):
+        latencies.setdefault(variant, []).append(latency)
+        stars.setdefault(variant, Counter()).update(s)
+    feedback = store.feedback_observations(NAME)
+    out = []
+    for v in report.variants:
+        errors = np.array(
+            [abs(f.predicted_stars - f.true_stars) for f in feedback if f.variant == v.name],
+            np.float64,
+        )
+        n, lat = errors.size, latencies.get(v.name, [])
+
+        def wilson(hits: int, n: int = n) -> dict[str, Any] | None:
+            return _interval(stats.wilson_interval(hits, n)) if n else None
+
+        def quantile(q: float, lat: list[float] = lat) -> dict[str, Any] | None:
+            return _interval(stats.quantile_interval(lat, q), 1000.0) if lat else None
+
+        out.append(
+            {
+                "name": v.name, "version": v.version, "weight": v.weight, "requests": len(lat),
+                "units": v.units, "feedback": n, "accuracy": wilson(int((errors == 0).sum())),
+                "mae": _interval(stats.mean_interval(errors)) if n else None,
+                "off_by_one": wilson(int((errors <= 1).sum())),
+                "latency_p50_ms": quantile(0.5), "latency_p95_ms": quantile(0.95),
+                "stars": {str(s): stars.get(v.name, Counter()).get(s, 0) for s in range(1, 6)},
+            }
+        )  # fmt: skip
+    return out
+
+
+def _shadows_as_before(store: ExperimentStore) -> list[dict[str, Any]]:
+    by_version: dict[str, list[tuple[tuple[int, ...], tuple[int, ...] | None]]] = {}
+    for pair in store.shadow_pairs(NAME):
+        by_version.setdefault(pair.shadow_version, []).append((pair.live_stars, pair.shadow_stars))
+    out = []
+    for version, pairs in sorted(by_version.items()):
+        answered = [(live, shadow) for live, shadow in pairs if shadow is not None]
+        items = sum(len(live) for live, _ in answered)
+        agree = sum(a == b for live, shadow in answered for a, b in zip(live, shadow, strict=True))
+        agreement = _interval(stats.wilson_interval(agree, items)) if items else None
+        out.append(
+            {
+                "version": version,
+                "copies": len(pairs),
+                "errors": len(pairs) - len(answered),
+                "agreement": agreement,
+            }
+        )
+    return out
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), looks=st.integers(2, 9))
 def test_the_running_assessment_equals_the_reference_however_the_looks_fall(
@@ -263,6 +331,24 @@ def test_the_running_assessment_equals_the_reference_on_each_database(
         _run(store, seed=7, looks=6)
     finally:
         store.close()
+
+
+def test_the_report_shows_the_running_assessment_and_the_numbers_it_showed_before(
+    tmp_path: Path,
+) -> None:
+    """The report reads the autopilot's assessment, and its per-variant numbers (from running
+    state) are what it computed before from every prediction."""
+    store = ExperimentStore(f"sqlite:///{tmp_path / 'ab.db'}")
+    live, traffic = _run(store, seed=5, looks=4)
+    reading = live.read(traffic.config)
+    report = build_report(store, traffic.config, traffic.revision, assessment=live)
+    assert report.verdict == reading.assessment.verdict
+    assert report.guardrails[1].p_value == reading.assessment.guardrails[1].p_value
+    _assert_same([v.model_dump() for v in report.variants], _variants_as_before(store, report))
+    _assert_same([s.model_dump() for s in report.shadow], _shadows_as_before(store))
+    overrides = sum(1 for v, *_ in store.predictions(NAME) if v == OVERRIDE_VARIANT)
+    assert report.override_requests == overrides > 0
+    store.close()
 
 
 def test_a_change_of_candidates_starts_afresh_and_a_ramp_does_not(tmp_path: Path) -> None:
