@@ -115,7 +115,7 @@ def serving_command(
     from loadtests.reviews import ReviewSourceError
     from loadtests.servers import ServerStartError
     from loadtests.stack import StackTuning
-    from serving.supervisor import LifecycleError
+    from serving.errors import LifecycleError
     from training.archive import ArchiveError
 
     if precision not in PRECISION_CHOICES:

@@ -222,39 +222,29 @@ class DemoStack:
 
 def _serve(store: Path, default_version: str) -> DemoStack:
     """Stop a stack already running, then start TorchServe and the gateway on ``store``."""
-    from api.seams import STALE_EXPERIMENT
     from api.settings import Settings
-    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions, serve, stop
+    from cli.serving import stack_plan
+    from serving.errors import LifecycleError
+    from serving.launcher import launch, stop
     from serving.torchserve import TorchServeError
 
     settings = Settings()
-    paths = ServingPaths.under(settings.home)
     token, token_source = _admin_token(settings.home)
-    os.environ["STARRATING_ADMIN_TOKEN"] = token
+    plan = stack_plan(
+        settings,
+        model_store=store,
+        gateway_env={**os.environ, "STARRATING_ADMIN_TOKEN": token},
+        default_version=default_version,
+    )
+    paths = plan.paths
     if any(stop(paths)):
         console.print("stopped the stack that was already running")
-    options = TorchServeOptions(
-        model_store=store,
-        inference_url=settings.torchserve_url,
-        management_url=settings.torchserve_management_url,
-        model_name=settings.model_name,
-    )
     try:
         with console.status("starting") as status:
-            stack = serve(
-                paths,
-                options,
-                gateway_host=settings.host,
-                gateway_port=settings.port,
-                gateway_workers=settings.workers,
-                gateway_give_up_on={STALE_EXPERIMENT},
-                default_version=default_version,
-                env=os.environ,
-                progress=lambda message: status.update(message),
-            )
+            stack = launch(plan, progress=lambda message: status.update(message))
     except (LifecycleError, TorchServeError) as exc:
         raise fail(f"{exc}\nlogs: {paths.home / 'logs'}") from exc
-    gateway = stack.gateway_url or f"http://{settings.host}:{settings.port}"
+    gateway = stack.started_gateway().url
     console.print(f"gateway {gateway}, TorchServe {stack.inference_url} (token auth on)")
     return DemoStack(gateway, token, token_source, paths.home / "logs", paths.gateway_log)
 

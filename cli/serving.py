@@ -4,8 +4,9 @@ running TorchServe + gateway and back."""
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import typer
@@ -13,6 +14,10 @@ import typer
 from cli.app import app, console, fail, needs_extra
 from starrating.service import METRICS_PORT
 from starrating.settings import CoreSettings
+
+if TYPE_CHECKING:
+    from api.settings import Settings
+    from serving.launcher import StackPlan
 
 
 @app.command()
@@ -94,43 +99,30 @@ def serve(
     Addresses come from STARRATING_TORCHSERVE_URL, STARRATING_TORCHSERVE_MANAGEMENT_URL,
     STARRATING_HOST and STARRATING_PORT; logs and pid files go under STARRATING_HOME.
     """
-    from api.seams import STALE_EXPERIMENT
     from api.settings import Settings
-    from serving.supervisor import LifecycleError, ServingPaths, TorchServeOptions
-    from serving.supervisor import serve as start_stack
+    from serving.addresses import LOOPBACK_HOSTS
+    from serving.errors import LifecycleError
+    from serving.launcher import launch
     from serving.torchserve import TorchServeError
 
     # One line per polling request would drown the progress shown while the stack starts.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings()
-    store = model_store if model_store is not None else settings.model_store
-    options = TorchServeOptions(
-        model_store=store,
-        inference_url=settings.torchserve_url,
-        management_url=settings.torchserve_management_url,
-        metrics_port=metrics_port,
-        grpc_inference_port=grpc_ports[0],
-        grpc_management_port=grpc_ports[1],
+    plan = stack_plan(
+        Settings(),
+        model_store=model_store,
         token_auth=not insecure_dev,
-        model_name=settings.model_name,
+        metrics_port=metrics_port,
+        grpc_ports=grpc_ports,
+        gateway=gateway,
+        default_version=default_version,
     )
-    paths = ServingPaths.under(settings.home)
-    for url in (options.inference_url, options.management_url):
-        if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+    paths = plan.paths
+    for url in (plan.torchserve.inference_url, plan.torchserve.management_url):
+        if urlsplit(url).hostname not in LOOPBACK_HOSTS:
             console.print(f"[yellow]note:[/] TorchServe will listen beyond loopback at {url}")
     try:
         with console.status("starting") as status:
-            stack = start_stack(
-                paths,
-                options,
-                gateway_host=settings.host if gateway else None,
-                gateway_port=settings.port,
-                gateway_workers=settings.workers,
-                gateway_give_up_on={STALE_EXPERIMENT},
-                default_version=default_version,
-                env=os.environ,
-                progress=lambda message: status.update(message),
-            )
+            stack = launch(plan, progress=lambda message: status.update(message))
     except (LifecycleError, TorchServeError) as exc:
         raise fail(
             f"{exc}\nlogs: {paths.torchserve_logs} (model_log.log for the handler), "
@@ -145,19 +137,63 @@ def serve(
     )
     if stack.key_file is not None:
         console.print(f"TorchServe tokens: {stack.key_file}")
-    if stack.gateway_url is not None:
-        console.print(
-            f"gateway: [bold]{stack.gateway_url}[/] (dashboard {stack.gateway_url}/dashboard)"
-        )
+    if stack.gateway is not None:
+        url = stack.gateway.url
+        console.print(f"gateway: [bold]{url}[/] (dashboard {url}/dashboard)")
     console.print(f"logs: {paths.home / 'logs'}; stop with `starrating stop`")
+
+
+def stack_plan(
+    settings: Settings,
+    *,
+    model_store: Path | None = None,
+    token_auth: bool = True,
+    metrics_port: int = METRICS_PORT,
+    grpc_ports: tuple[int, int] = (7070, 7071),
+    gateway: bool = True,
+    gateway_env: Mapping[str, str] | None = None,
+    default_version: str | None = None,
+) -> StackPlan:
+    """The stack the gateway's ``settings`` describe (home, TorchServe's addresses, the
+    gateway's address and workers), decided once: ``starrating serve`` and the demo launch it.
+    ``gateway_env``: the gateway's environment (None: this process's)."""
+    from api.seams import STALE_EXPERIMENT
+    from serving.launcher import GatewayOptions, StackPlan
+    from serving.paths import ServingPaths
+    from serving.torchserve_config import TorchServeOptions
+
+    return StackPlan(
+        paths=ServingPaths.under(settings.home),
+        torchserve=TorchServeOptions(
+            model_store=model_store if model_store is not None else settings.model_store,
+            inference_url=settings.torchserve_url,
+            management_url=settings.torchserve_management_url,
+            metrics_port=metrics_port,
+            grpc_inference_port=grpc_ports[0],
+            grpc_management_port=grpc_ports[1],
+            token_auth=token_auth,
+            model_name=settings.model_name,
+        ),
+        gateway=GatewayOptions(
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            env=gateway_env,
+            # A stored experiment routing to a version this store lacks: say so at once.
+            give_up_on={STALE_EXPERIMENT},
+        )
+        if gateway
+        else None,
+        default_version=default_version,
+    )
 
 
 @app.command()
 @needs_extra("serve")
 def stop() -> None:
     """Stop the gateway and TorchServe started by `starrating serve` (same STARRATING_HOME)."""
-    from serving.supervisor import ServingPaths
-    from serving.supervisor import stop as stop_stack
+    from serving.launcher import stop as stop_stack
+    from serving.paths import ServingPaths
 
     paths = ServingPaths.under(CoreSettings().home)
     gateway_was_up, torchserve_was_up = stop_stack(paths)

@@ -40,8 +40,12 @@ from rich.table import Table
 
 from loadtests.servers import stop_process, wait_until_ready
 from loadtests.stack import process_tree_cpu
-from serving import supervisor
-from starrating.service import ENV_PREFIX, LOOPBACK, MODEL_NAME
+from serving.addresses import free_port
+from serving.gateway_process import without_settings
+from serving.launcher import GatewayOptions, StackPlan, running_stack
+from serving.paths import ServingPaths
+from serving.torchserve_config import TorchServeOptions
+from starrating.service import LOOPBACK, MODEL_NAME
 
 MODULE = "loadtests.gateway_overhead"
 DEFAULT_DELAYS_MS = (0.0, 30.0)
@@ -118,34 +122,32 @@ def bench_stack(home: Path, delay_ms: float, source: Path) -> Iterator[tuple[str
     """The fake upstream and, in front of it, the gateway of the checkout ``source`` as
     ``starrating serve`` starts it, with default settings: (gateway URL, fake URL, gateway pid).
     """
-    paths = supervisor.ServingPaths.under(home)
+    paths = ServingPaths.under(home)
     paths.make_dirs()
-    ports = (supervisor.free_port(), supervisor.free_port())
-    options = supervisor.TorchServeOptions(
-        model_store=home / "model_store",
-        inference_url=f"http://{LOOPBACK}:{ports[0]}",
-        management_url=f"http://{LOOPBACK}:{ports[1]}",
-        token_auth=False,
+    ports = (free_port(), free_port())
+    plan = StackPlan(
+        paths=paths,
+        torchserve=TorchServeOptions(
+            model_store=home / "model_store",
+            inference_url=f"http://{LOOPBACK}:{ports[0]}",
+            management_url=f"http://{LOOPBACK}:{ports[1]}",
+            token_auth=False,
+        ),
+        start_torchserve=False,
+        # No STARRATING_* of the caller's (a database, a log level): the defaults, SQLite in home.
+        gateway=GatewayOptions(port=free_port(), env=without_settings(os.environ), checkout=source),
     )
-    options.model_store.mkdir()
+    plan.torchserve.model_store.mkdir()
     log = paths.home / "logs" / "upstream.log"
     cmd = [sys.executable, "-m", MODULE, "--serve-upstream", *map(str, ports)]
     with log.open("wb") as handle:
         cmd += ["--upstream-delay-ms", str(delay_ms)]
         fake = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        wait_until_ready(f"{options.inference_url}/ping", fake, log, timeout=30.0)
-        port = supervisor.free_port()
-        # No STARRATING_* of the caller's (a database, a log level): the defaults, SQLite in home.
-        base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env = supervisor.gateway_env(base, paths, options)
-        # uvicorn imports api.app from its working directory first
-        with contextlib.chdir(source):
-            pid = supervisor.start_gateway(paths, env, host=LOOPBACK, port=port)
-        try:
-            yield f"http://{LOOPBACK}:{port}", options.inference_url, pid
-        finally:
-            supervisor.stop_gateway(paths)
+        wait_until_ready(f"{plan.torchserve.inference_url}/ping", fake, log, timeout=30.0)
+        with running_stack(plan) as stack:
+            gateway = stack.started_gateway()
+            yield gateway.url, stack.inference_url, gateway.pid
     finally:
         stop_process(fake)
 

@@ -1,7 +1,8 @@
 """``make soak``: minutes of realistic traffic against the whole stack, then a verdict.
 
-Starts TorchServe and the gateway with ``serving.supervisor.serve`` (token authorization on, its own
-``STARRATING_HOME``, model store and free loopback ports), drives it with the project's locust
+Starts TorchServe and the gateway with ``loadtests.stack.running_stack`` (token authorization
+on, its own ``STARRATING_HOME``, model store and free loopback ports, none of the caller's
+``STARRATING_*`` settings), drives it with the project's locust
 users (``loadtests/locustfile.py``: single reviews, batches, feedback) at a rate this machine can
 hold, and records:
 
@@ -35,9 +36,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from serving.processes import descendants
+
+if TYPE_CHECKING:
+    from loadtests.stack import StackEndpoints
 
 logger = logging.getLogger(__name__)
 
@@ -247,35 +253,21 @@ def cpu_times_now() -> dict[int, float]:
 
 
 @contextmanager
-def running_stack(model: Path | None, workdir: Path) -> Iterator[tuple[str, int, int, str]]:
-    """TorchServe + gateway for the model; yields (gateway url, JVM pid, gateway pid, label)."""
+def running_stack(model: Path | None, workdir: Path) -> Iterator[tuple[StackEndpoints, str]]:
+    """TorchServe + gateway for the model, on the gateway's default settings; yields where it
+    answers and the model's label."""
     from loadtests.bench_serving import model_under_test
-    from loadtests.stack import archive_for_bench
-    from serving.supervisor import ServingPaths, TorchServeOptions, free_port, serve, stop
+    from loadtests.stack import StackTuning, archive_for_bench
+    from loadtests.stack import running_stack as bench_stack
+    from serving.gateway_process import without_settings
 
     with model_under_test(model) as chosen:
         mar = chosen.mar or archive_for_bench(chosen.model_dir, workdir)
-        store = workdir / "model_store"
-        store.mkdir(parents=True, exist_ok=True)
-        (store / mar.name).write_bytes(mar.read_bytes())
         label = chosen.label
-    paths = ServingPaths.under(workdir / "home")
-    options = TorchServeOptions.on_free_ports(store)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
-    try:
-        stack = serve(
-            paths,
-            options,
-            gateway_host="127.0.0.1",
-            gateway_port=free_port(),
-            env=env,
-            progress=lambda message: logger.info("%s", message),
-        )
-        if stack.gateway_url is None or stack.gateway_pid is None:
-            raise SoakError("the gateway did not start")
-        yield stack.gateway_url, stack.torchserve_pid, stack.gateway_pid, label
-    finally:
-        stop(paths)
+        with bench_stack(
+            mar, workdir / "home", StackTuning(), gateway_env=without_settings(os.environ)
+        ) as stack:
+            yield stack, label
 
 
 def run_locust(
@@ -334,7 +326,7 @@ def soak(
     with tempfile.TemporaryDirectory(prefix="starrating-soak-") as tmp:
         work = Path(tmp)
         reviews = data if data is not None else prepare_embedded(work / "data")
-        with running_stack(model, work) as (url, jvm_pid, gateway_pid, label):
+        with running_stack(model, work) as (stack, label):
             result = SoakResult(
                 command=command,
                 started=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -347,27 +339,22 @@ def soak(
             )
             before = cpu_times_now()
             result.load_average["start"] = list(os.getloadavg())
-            with MemorySampler(jvm_pid, gateway_pid) as sampler:
+            with MemorySampler(stack.torchserve_pid, stack.gateway_pid) as sampler:
                 warm = threading.Timer(warmup_s, sampler.mark_warm)
                 warm.start()
                 try:
-                    stats = run_locust(url, users, spawn_rate, duration_s, reviews, work)
+                    stats = run_locust(
+                        stack.gateway_url, users, spawn_rate, duration_s, reviews, work
+                    )
                 finally:
                     warm.cancel()
                 sampler.sample()
             result.load_average["end"] = list(os.getloadavg())
-            own = {os.getpid(), *sampler.memory, *_children(os.getpid())}
+            own = {os.getpid(), *sampler.memory, *descendants(os.getpid())}
             result.other_processes = other_busy_processes(own, before)
             result.endpoints = read_locust_stats(stats)
             result.memory = sorted(sampler.memory.values(), key=lambda m: (m.role, m.pid))
     return result
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def machine() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The serving stack under benchmark: TorchServe + the gateway, started by ``serving.supervisor``.
+"""The serving stack under benchmark: TorchServe + the gateway, started by ``serving.launcher``.
 
 Each benchmark gets its own ``STARRATING_HOME``, model store and free loopback ports, so it never
 touches a stack the user is running. Token authorization stays on, as in deployment. Tuning
@@ -9,11 +9,10 @@ the handler's threads, batching strategy and numerics) can be overridden per run
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from starrating.service import HANDLER_ENV_PREFIX
@@ -44,10 +43,6 @@ class StackTuning:
             "THREADS": self.threads,
         }
         return {HANDLER_ENV_PREFIX + k: str(v) for k, v in values.items() if v is not None}
-
-    @property
-    def reregisters(self) -> bool:
-        return any(v is not None for v in (self.workers, self.batch_size, self.max_batch_delay_ms))
 
     def describe(self) -> dict[str, str | int]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -116,21 +111,6 @@ def process_tree_cpu(pid: int, *, children_only: bool = False) -> float:
     return total
 
 
-@contextmanager
-def _environ(overrides: Mapping[str, str]) -> Iterator[None]:
-    """Set ``overrides`` in this process's environment (TorchServe copies it) and restore it."""
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def archive_for_bench(model_dir: Path, workdir: Path) -> Path:
     """A .mar of ``model_dir`` (version ``bench``) built the way ``starrating archive`` does."""
     from handlers import MODEL_SUBDIR
@@ -142,75 +122,55 @@ def archive_for_bench(model_dir: Path, workdir: Path) -> Path:
     return archive_run(run, BENCH_VERSION, workdir / "archives").path
 
 
-def _start(mar: Path, home: Path, tuning: StackTuning) -> StackEndpoints:
-    """Start TorchServe with ``mar`` only and the gateway, under ``home``; apply ``tuning``."""
-    from serving.supervisor import (
-        ServingPaths,
-        TorchServeOptions,
-        discover_archives,
-        free_port,
-        gateway_env,
-        serve,
-        wait_until_answers,
-    )
-    from serving.torchserve import TorchServeKeys, TorchServeSyncClient
+@contextmanager
+def running_stack(
+    mar: Path,
+    workdir: Path,
+    tuning: StackTuning,
+    *,
+    gateway_env: Mapping[str, str] | None = None,
+) -> Iterator[StackEndpoints]:
+    """TorchServe (only ``mar``, sized and tuned by ``tuning``) and the gateway under
+    ``workdir``; both stopped on exit. ``gateway_env``: the gateway's environment (None: this
+    process's)."""
+    from serving.addresses import free_port
+    from serving.archives import discover_archives
+    from serving.launcher import GatewayOptions, StackPlan
+    from serving.launcher import running_stack as launched
+    from serving.paths import ServingPaths
+    from serving.sizing import serving_layout
+    from serving.torchserve import TorchServeKeys
+    from serving.torchserve_config import TorchServeOptions
 
-    store = home / "model_store"
+    store = workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     shutil.copy2(mar, store / mar.name)
     archives = discover_archives(store)
     if len(archives) != 1:
         raise RuntimeError(f"{mar} is not a readable stars archive")
-    version = archives[0].version
-    paths = ServingPaths.under(home)
-    options = TorchServeOptions.on_free_ports(store)
-    logger.info("starting TorchServe and the gateway in %s (%s)", home, tuning.describe())
-    with _environ(tuning.handler_env()):
-        stack = serve(
-            paths,
-            options,
-            gateway_host="127.0.0.1",
-            gateway_port=free_port(),
-            env=gateway_env(os.environ, paths, options),
-            progress=lambda message: logger.info("%s", message),
-        )
-        if tuning.reregisters:
-            with TorchServeSyncClient(
-                options.inference_url,
-                options.management_url,
-                key_file=paths.key_file,
-                timeout=300.0,
-            ) as client:
-                client.unregister(version)
-                client.register(
-                    archives[0].path.name,
-                    initial_workers=tuning.workers or 1,
-                    synchronous=True,
-                    batch_size=tuning.batch_size,
-                    max_batch_delay_ms=tuning.max_batch_delay_ms,
-                )
-                client.set_default(version)
-                wait_until_answers(client, version, timeout_s=300.0)
-    if stack.gateway_url is None or stack.gateway_pid is None:
-        raise RuntimeError("the gateway did not start")
-    key = TorchServeKeys.read(paths.key_file).inference
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return StackEndpoints(
-        stack.gateway_url,
-        stack.inference_url,
-        version,
-        headers,
-        gateway_pid=stack.gateway_pid,
-        torchserve_pid=stack.torchserve_pid,
+    layout = serving_layout(1)
+    if tuning.workers is not None:
+        layout = replace(layout, workers_per_version=tuning.workers)
+    plan = StackPlan(
+        paths=ServingPaths.under(workdir),
+        torchserve=TorchServeOptions.on_free_ports(store),
+        gateway=GatewayOptions(port=free_port(), env=gateway_env),
+        layout=layout,
+        handler_env=tuning.handler_env(),
+        batch_size=tuning.batch_size,
+        max_batch_delay_ms=tuning.max_batch_delay_ms,
     )
-
-
-@contextmanager
-def running_stack(mar: Path, workdir: Path, tuning: StackTuning) -> Iterator[StackEndpoints]:
-    """TorchServe (only ``mar``) and the gateway under ``workdir``; both stopped on exit."""
-    from serving.supervisor import ServingPaths, stop
-
-    try:
-        yield _start(mar, workdir, tuning)
-    finally:
-        stop(ServingPaths.under(workdir))
+    logger.info("starting TorchServe and the gateway in %s (%s)", workdir, tuning.describe())
+    with launched(plan, progress=lambda message: logger.info("%s", message)) as stack:
+        gateway = stack.started_gateway()
+        if stack.torchserve_pid is None:
+            raise RuntimeError("TorchServe did not start")
+        key = TorchServeKeys.read(plan.paths.key_file).inference
+        yield StackEndpoints(
+            gateway.url,
+            stack.inference_url,
+            archives[0].version,
+            {"Authorization": f"Bearer {key}"} if key else {},
+            gateway_pid=gateway.pid,
+            torchserve_pid=stack.torchserve_pid,
+        )

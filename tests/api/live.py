@@ -6,7 +6,7 @@ Importable from any test (``from tests.api.live import running_gateway``)::
         live.http.post("/v1/predictions", json={"text": "It's OK."})
         live.torchserve.sync_client()      # straight to TorchServe (tests/serving/helpers.py)
 
-Started the way ``starrating serve`` starts it (``serving.supervisor``): two tiny-model versions
+Started the way ``starrating serve`` starts it (``serving.launcher``): two tiny-model versions
 ("1.0" the default, "2.0" other weights) with token authorization on, then
 ``uvicorn api.app:create_app --factory``. Always stopped afterwards.
 
@@ -27,8 +27,12 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.supervisor import free_port, gateway_env, start_gateway, stop_gateway
-from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
+from serving.addresses import free_port
+from serving.gateway_process import without_settings
+from serving.launcher import GatewayOptions, StackPlan, running_stack
+from serving.paths import ServingPaths
+from serving.torchserve_config import TorchServeOptions
+from tests.serving.helpers import RunningTorchServe, build_tiny_archives
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION_SEEDS = {"1.0": 0, "2.0": 1}
@@ -107,15 +111,16 @@ def running_gateway(root: Path, env: Mapping[str, str] | None = None) -> Iterato
     """The stack under ``root``; ``env`` adds ``STARRATING_*`` settings for the gateway."""
     store = root / "model_store"
     build_tiny_archives(store, root / "runs", VERSION_SEEDS)
-    # The developer's own STARRATING_* settings must not leak into the test gateway.
-    base = {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
-    with running_torchserve(root / "home", store, default_version="1.0") as torchserve:
-        port = free_port()
-        gateway = gateway_env({**base, **(env or {})}, torchserve.paths, torchserve.options)
-        pid = start_gateway(torchserve.paths, gateway, host="127.0.0.1", port=port)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            with httpx.Client(base_url=url, timeout=30.0) as http:
-                yield LiveGateway(torchserve, pid, url, http)
-        finally:
-            stop_gateway(torchserve.paths)
+    plan = StackPlan(
+        paths=ServingPaths.under(root / "home"),
+        torchserve=TorchServeOptions.on_free_ports(store),
+        # The developer's own STARRATING_* settings must not leak into the test gateway.
+        gateway=GatewayOptions(
+            port=free_port(), env={**without_settings(os.environ), **(env or {})}
+        ),
+        default_version="1.0",
+    )
+    with running_stack(plan) as stack:
+        gateway = stack.started_gateway()
+        with httpx.Client(base_url=gateway.url, timeout=30.0) as http:
+            yield LiveGateway(RunningTorchServe.of(stack), gateway.pid, gateway.url, http)

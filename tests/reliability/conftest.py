@@ -1,9 +1,9 @@
 """The real stack for reliability and security tests: TorchServe + the gateway, as deployed.
 
-One tiny-model store per session; one running stack per module (``stack``): TorchServe with token
-authorization on (``tests.serving.helpers.running_torchserve``) and the gateway as its own
-``uvicorn`` process started by ``serving.supervisor.start_gateway`` with an admin token set. Every
-test asks the stack whether the gateway is still alive after what it did.
+One tiny-model store per session; one running stack per module (``stack``), started by
+``serving.launcher``: TorchServe with token authorization on and the gateway as its own
+``uvicorn`` process with an admin token set. Every test asks the stack whether the gateway is
+still alive after what it did.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ import httpx
 import psutil
 import pytest
 
-from serving.supervisor import ServingPaths, free_port, gateway_env, start_gateway, stop_gateway
-from tests.serving.helpers import RunningTorchServe, build_tiny_archives, running_torchserve
+from serving.addresses import free_port
+from serving.gateway_process import without_settings
+from serving.launcher import GatewayOptions, StackPlan
+from serving.launcher import running_stack as running_stack_of
+from serving.paths import ServingPaths
+from serving.torchserve_config import TorchServeOptions
+from tests.serving.helpers import RunningTorchServe, build_tiny_archives
 
 VERSION = "1.0"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -73,38 +78,36 @@ def reliability_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def clean_environ() -> dict[str, str]:
     """This process's environment without STARRATING_* settings a developer may have set."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("STARRATING_")}
-
-
-def start_stack_gateway(
-    torchserve: RunningTorchServe, extra_env: Mapping[str, str], admin_token: str
-) -> GatewayStack:
-    """The gateway process in front of ``torchserve``, as ``starrating serve`` starts it."""
-    port = free_port()
-    env = gateway_env(
-        {**clean_environ(), "STARRATING_ADMIN_TOKEN": admin_token, **extra_env},
-        torchserve.paths,
-        torchserve.options,
-    )
-    pid = start_gateway(torchserve.paths, env, host="127.0.0.1", port=port)
-    url = f"http://127.0.0.1:{port}"
-    return GatewayStack(
-        torchserve, url, port, pid, admin_token, env, httpx.Client(base_url=url, timeout=60.0)
-    )
+    return without_settings(os.environ)
 
 
 @contextmanager
 def running_stack(
     store: Path, home: Path, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[GatewayStack]:
-    """TorchServe (token auth on, every archive in ``store``) and the gateway; both stopped."""
-    with running_torchserve(home, store) as torchserve:
-        stack = start_stack_gateway(torchserve, extra_env or {}, secrets.token_urlsafe(32))
-        try:
-            yield stack
-        finally:
-            stack.http.close()
-            stop_gateway(torchserve.paths)
+    """TorchServe (token auth on, every archive in ``store``) and the gateway with an admin
+    token, as ``starrating serve`` starts them; both stopped."""
+    admin_token, port = secrets.token_urlsafe(32), free_port()
+    plan = StackPlan(
+        paths=ServingPaths.under(home),
+        torchserve=TorchServeOptions.on_free_ports(store),
+        gateway=GatewayOptions(
+            port=port,
+            env={**clean_environ(), "STARRATING_ADMIN_TOKEN": admin_token, **(extra_env or {})},
+        ),
+    )
+    with running_stack_of(plan) as running:
+        gateway = running.started_gateway()
+        with httpx.Client(base_url=gateway.url, timeout=60.0) as http:
+            yield GatewayStack(
+                RunningTorchServe.of(running),
+                gateway.url,
+                port,
+                gateway.pid,
+                admin_token,
+                gateway.env,
+                http,
+            )
 
 
 @pytest.fixture(scope="module")

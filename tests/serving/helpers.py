@@ -16,19 +16,14 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from serving.supervisor import (
-    ServingPaths,
-    TorchServeOptions,
-    discover_archives,
-    register_versions,
-    start_torchserve,
-    stop_torchserve,
-)
+from serving.launcher import ServingStack, StackPlan, running_stack
+from serving.paths import ServingPaths
 from serving.torchserve import TorchServeClient, TorchServeKeys, TorchServeSyncClient
+from serving.torchserve_config import TorchServeOptions
 
 
 def build_tiny_archives(
@@ -50,28 +45,12 @@ def build_tiny_archives(
 
 
 @dataclass(frozen=True)
-class RunningTorchServe:
-    """Where a test's TorchServe answers and how to authenticate."""
+class RunningTorchServe(ServingStack):
+    """A launched stack whose TorchServe a test talks to directly, with the right keys."""
 
-    options: TorchServeOptions
-    paths: ServingPaths
-    default_version: str
-
-    @property
-    def inference_url(self) -> str:
-        return self.options.inference_url
-
-    @property
-    def management_url(self) -> str:
-        return self.options.management_url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.options.metrics_url
-
-    @property
-    def key_file(self) -> Path | None:
-        return self.paths.key_file if self.options.token_auth else None
+    @classmethod
+    def of(cls, stack: ServingStack) -> RunningTorchServe:
+        return cls(**{f.name: getattr(stack, f.name) for f in fields(stack)})
 
     def keys(self) -> TorchServeKeys:
         if not self.options.token_auth:
@@ -98,21 +77,13 @@ def running_torchserve(
     default_version: str | None = None,
 ) -> Iterator[RunningTorchServe]:
     """Start TorchServe on free loopback ports with every archive registered; stop it after."""
-    options = TorchServeOptions.on_free_ports(model_store, token_auth=token_auth)
-    paths = ServingPaths.under(home)
-    archives = discover_archives(model_store)
-    try:
-        start_torchserve(paths, options, archives)
-        with TorchServeSyncClient(
-            options.inference_url,
-            options.management_url,
-            key_file=paths.key_file if token_auth else None,
-            timeout=120.0,
-        ) as client:
-            default = register_versions(client, archives, default_version=default_version)
-        yield RunningTorchServe(options, paths, default)
-    finally:
-        stop_torchserve(paths)
+    plan = StackPlan(
+        paths=ServingPaths.under(home),
+        torchserve=TorchServeOptions.on_free_ports(model_store, token_auth=token_auth),
+        default_version=default_version,
+    )
+    with running_stack(plan) as stack:
+        yield RunningTorchServe.of(stack)
 
 
 def starrating(

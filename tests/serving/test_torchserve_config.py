@@ -1,32 +1,18 @@
-"""TorchServe config, archive discovery and the archive command, without starting servers."""
+"""TorchServe's config and the gateway's environment as the launcher writes them, without
+starting servers."""
 
 from __future__ import annotations
 
-import json
 import re
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from serving.supervisor import (
-    ArchiveInfo,
-    LifecycleError,
-    ServingPaths,
-    TorchServeOptions,
-    coalescing_env,
-    discover_archives,
-    gateway_env,
-    version_key,
-)
-
-
-def fake_mar(path: Path, name: str, version: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as archive:
-        manifest = {"model": {"modelName": name, "modelVersion": version}}
-        archive.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest))
-    return path
+from serving.archives import ArchiveInfo
+from serving.gateway_process import gateway_env
+from serving.paths import ServingPaths
+from serving.sizing import serving_layout
+from serving.torchserve_config import TorchServeOptions
 
 
 def properties(text: str) -> dict[str, str]:
@@ -77,29 +63,22 @@ def test_model_api_stays_off_when_management_leaves_loopback(tmp_path: Path) -> 
     assert config["load_models"] == "stars-1.0.mar"
 
 
-def test_archives_are_found_by_manifest_and_ordered_by_version(tmp_path: Path) -> None:
-    fake_mar(tmp_path / "stars-1.9.mar", "stars", "1.9")
-    fake_mar(tmp_path / "stars-1.10.mar", "stars", "1.10")
-    fake_mar(tmp_path / "renamed.mar", "stars", "2.0")
-    fake_mar(tmp_path / "other-5.0.mar", "other", "5.0")
-    (tmp_path / "broken.mar").write_text("not a zip")
-    found = discover_archives(tmp_path)
-    assert [a.version for a in found] == ["1.9", "1.10", "2.0"]
-    assert found[-1].path.name == "renamed.mar"
-    assert version_key("1.10") > version_key("1.9")
-
-
-def test_two_archives_of_one_version_are_refused(tmp_path: Path) -> None:
-    fake_mar(tmp_path / "a.mar", "stars", "1.0")
-    fake_mar(tmp_path / "b.mar", "stars", "1.0")
-    with pytest.raises(LifecycleError, match="both hold"):
-        discover_archives(tmp_path)
-
-
 @pytest.mark.parametrize(
     ("cpus", "versions", "in_flight"), [(2, 1, "2"), (2, 2, "1"), (16, 1, "4")]
 )
 def test_the_gateway_keeps_a_request_in_flight_per_torchserve_worker(
-    cpus: int, versions: int, in_flight: str
+    cpus: int, versions: int, in_flight: str, tmp_path: Path
 ) -> None:
-    assert coalescing_env(versions, cpus) == {"STARRATING_COALESCE_MAX_IN_FLIGHT": in_flight}
+    layout = serving_layout(versions, cpus)
+    options = TorchServeOptions(model_store=tmp_path)
+    env = gateway_env({}, ServingPaths(tmp_path), options, layout=layout)
+    assert env["STARRATING_COALESCE_MAX_IN_FLIGHT"] == in_flight
+    config = properties(options.config_properties([], layout))
+    assert config["default_workers_per_model"] == in_flight  # the same layout, one decision
+
+
+def test_a_coalescing_bound_the_caller_set_wins_over_the_layout(tmp_path: Path) -> None:
+    base = {"STARRATING_COALESCE_MAX_IN_FLIGHT": "7"}
+    options = TorchServeOptions(model_store=tmp_path)
+    env = gateway_env(base, ServingPaths(tmp_path), options, layout=serving_layout(1, 16))
+    assert env["STARRATING_COALESCE_MAX_IN_FLIGHT"] == "7"
