@@ -2,18 +2,20 @@
 
 Starts TorchServe and the gateway with ``loadtests.stack.running_stack`` (token authorization
 on, its own ``STARRATING_HOME``, model store and free loopback ports, none of the caller's
-``STARRATING_*`` settings), drives it with the project's locust
-users (``loadtests/locustfile.py``: single reviews, batches, feedback) at a rate this machine can
+``STARRATING_*`` settings), drives it with the project's locust users
+(``loadtests/locustfile.py``: single reviews, batches, feedback) at a rate this machine can
 hold, and records:
 
-- requests, failures and the error rate (the goal is 0), p50/p95/p99 per endpoint (locust);
+- requests, failures and the error rate (the goal is 0), p50/p95/p99 per endpoint (locust's
+  statistics, read by ``loadtests.locust_stats``);
 - the resident memory (RSS) of every process of the stack (TorchServe's frontend JVM, each
-  worker, the gateway) after a warm-up and at the end, against a stated growth bound;
+  worker, the gateway) after a warm-up and at the end, against a stated growth bound
+  (``loadtests.soak_memory``);
 - what else was running on the machine (load average and the busiest other processes).
 
-The report is Markdown (``--report``, e.g. ``docs/soak.md``) with the command that produced it;
-``--json`` writes the raw numbers. Exit status 1 when an error occurred or memory grew past the
-bound. Run::
+The report is Markdown (``--report``, e.g. ``docs/soak.md``; ``loadtests.soak_report``) with
+the command that produced it; ``--json`` writes the raw numbers. Exit status 1 when an error
+occurred or memory grew past the bound. Run::
 
     python -m loadtests.soak --duration 300 --users 6 --report docs/soak.md
 """
@@ -21,7 +23,6 @@ bound. Run::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -33,13 +34,15 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from loadtests.locust_stats import LocustStatsError, read_locust_stats
+from loadtests.soak_memory import MemorySampler
+from loadtests.soak_report import SoakResult, render_markdown
 from serving.processes import descendants
 
 if TYPE_CHECKING:
@@ -48,182 +51,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-MIB = 1024 * 1024
-# Memory bound: after the warm-up, no process of the stack may grow by more than this share of
-# its warmed-up size plus a fixed allowance (allocator arenas, JIT, caches settling).
-GROWTH_SHARE = 0.20
-GROWTH_ALLOWANCE_MIB = 32.0
 
 
 class SoakError(RuntimeError):
     """The soak could not run; the message says why."""
-
-
-@dataclass(frozen=True)
-class EndpointStats:
-    """One row of locust's ``*_stats.csv``."""
-
-    name: str
-    requests: int
-    failures: int
-    rps: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-    @property
-    def error_rate(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-
-@dataclass
-class ProcessMemory:
-    """RSS of one process of the stack over the run, in MiB."""
-
-    role: str
-    pid: int
-    start_mib: float | None = None
-    end_mib: float | None = None
-    max_mib: float = 0.0
-
-    @property
-    def bound_mib(self) -> float | None:
-        if self.start_mib is None:
-            return None
-        return self.start_mib * (1 + GROWTH_SHARE) + GROWTH_ALLOWANCE_MIB
-
-    @property
-    def within_bound(self) -> bool:
-        """False when the process grew past the bound or vanished (a crash is not "stable")."""
-        bound = self.bound_mib
-        return bound is not None and self.end_mib is not None and self.end_mib <= bound
-
-
-@dataclass
-class SoakResult:
-    command: str
-    started: str
-    duration_s: float
-    warmup_s: float
-    users: int
-    spawn_rate: float
-    model: str
-    machine: dict[str, Any]
-    endpoints: list[EndpointStats] = field(default_factory=list)
-    memory: list[ProcessMemory] = field(default_factory=list)
-    load_average: dict[str, list[float]] = field(default_factory=dict)
-    other_processes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def total(self) -> EndpointStats | None:
-        return next((e for e in self.endpoints if e.name == "Aggregated"), None)
-
-    @property
-    def passed(self) -> bool:
-        total = self.total
-        return (
-            total is not None
-            and total.requests > 0
-            and total.failures == 0
-            and all(m.within_bound for m in self.memory)
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["passed"] = self.passed
-        for memory, entry in zip(self.memory, data["memory"], strict=True):
-            entry["bound_mib"] = memory.bound_mib
-            entry["within_bound"] = memory.within_bound
-        return data
-
-
-def read_locust_stats(path: Path) -> list[EndpointStats]:
-    """Rows of locust's ``--csv`` stats file, the ``Aggregated`` row included."""
-    rows = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append(
-                EndpointStats(
-                    name=row["Name"],
-                    requests=int(row["Request Count"]),
-                    failures=int(row["Failure Count"]),
-                    rps=float(row["Requests/s"]),
-                    p50_ms=_number(row["50%"]),
-                    p95_ms=_number(row["95%"]),
-                    p99_ms=_number(row["99%"]),
-                )
-            )
-    if not rows:
-        raise SoakError(f"{path} holds no locust statistics")
-    return rows
-
-
-def _number(value: str) -> float:
-    return float(value) if value not in ("", "N/A") else float("nan")
-
-
-def stack_processes(torchserve_pid: int, gateway_pid: int) -> dict[int, str]:
-    """Role of each process of the stack: the frontend JVM, its workers, the gateway."""
-    roles = {torchserve_pid: "TorchServe frontend (JVM)", gateway_pid: "gateway (uvicorn)"}
-    try:
-        children = psutil.Process(torchserve_pid).children(recursive=True)
-    except psutil.Error:
-        children = []
-    for child in children:
-        try:
-            if any("model_service_worker" in part for part in child.cmdline()):
-                roles[child.pid] = "TorchServe worker"
-        except psutil.Error:
-            continue
-    return roles
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        rss: int = psutil.Process(pid).memory_info().rss
-        return rss / MIB
-    except psutil.Error:
-        return None
-
-
-class MemorySampler:
-    """Samples the RSS of the stack's processes every ``interval_s`` until stopped."""
-
-    def __init__(self, torchserve_pid: int, gateway_pid: int, interval_s: float = 2.0) -> None:
-        self.torchserve_pid = torchserve_pid
-        self.gateway_pid = gateway_pid
-        self.interval_s = interval_s
-        self.memory: dict[int, ProcessMemory] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> MemorySampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def sample(self) -> None:
-        for pid, role in stack_processes(self.torchserve_pid, self.gateway_pid).items():
-            memory = self.memory.setdefault(pid, ProcessMemory(role, pid))
-            rss = rss_mib(pid)
-            if rss is not None:
-                memory.max_mib = max(memory.max_mib, rss)
-        for pid, memory in self.memory.items():
-            memory.end_mib = rss_mib(pid)  # None once a process is gone
-
-    def mark_warm(self) -> None:
-        """The warmed-up sizes the growth bound is measured from."""
-        self.sample()
-        for memory in self.memory.values():
-            memory.start_mib = rss_mib(memory.pid)
 
 
 def other_busy_processes(
@@ -366,92 +197,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _ms(value: float) -> str:
-    return "–" if value != value else f"{value:.0f}"  # NaN: no requests of that kind
-
-
-def _mib(value: float | None) -> str:
-    return "gone" if value is None else f"{value:.0f}"
-
-
-def render_markdown(result: SoakResult) -> str:
-    """The report for ``docs/soak.md``."""
-    total = result.total
-    verdict = "PASS" if result.passed else "FAIL"
-    lines = [
-        "# Soak test",
-        "",
-        "Sustained, realistic traffic against the whole stack (TorchServe with token auth, the",
-        "gateway, the A/B store) to catch errors and memory growth that short tests miss.",
-        "Written by `loadtests/soak.py`; reproduce with:",
-        "",
-        "```",
-        result.command,
-        "```",
-        "",
-        "`make soak` runs it for 300 s with 6 users (`SOAK_DURATION`, `SOAK_USERS`). Minutes show",
-        "errors and fast memory growth; a slow leak needs hours (`make soak SOAK_DURATION=3600`).",
-        "",
-        f"**{verdict}** — started {result.started}, {result.duration_s:.0f} s of load "
-        f"({result.warmup_s:.0f} s warm-up before memory is measured), {result.users} locust "
-        f"users (spawn rate {result.spawn_rate}/s) from `loadtests/locustfile.py`: single reviews, "
-        "batches of 2-16, feedback on 30% of single answers; think time 0.2-1.5 s per user.",
-        "",
-        f"Model: {result.model}. Machine: {result.machine['cpus']} CPUs, "
-        f"{result.machine['memory_gib']} GiB, Python {result.machine['python']}, "
-        f"{result.machine['platform']}.",
-        "",
-        "## Requests",
-        "",
-        "| endpoint | requests | failures | error rate | req/s | p50 ms | p95 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for e in result.endpoints:
-        name = "**all**" if e.name == "Aggregated" else f"`{e.name}`"
-        lines.append(
-            f"| {name} | {e.requests} | {e.failures} | {e.error_rate:.2%} | {e.rps:.1f} | "
-            f"{_ms(e.p50_ms)} | {_ms(e.p95_ms)} | {_ms(e.p99_ms)} |"
-        )
-    lines += [
-        "",
-        f"Goal: error rate 0. Measured: {total.failures if total else '?'} failures in "
-        f"{total.requests if total else '?'} requests.",
-        "",
-        "## Memory (RSS, MiB)",
-        "",
-        f"Bound: after the warm-up, no process may grow past warmed-up size × "
-        f"{1 + GROWTH_SHARE:.2f} + {GROWTH_ALLOWANCE_MIB:.0f} MiB by the end of the run.",
-        "",
-        "| process | pid | after warm-up | end | max | bound | within bound |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for m in result.memory:
-        bound = "–" if m.bound_mib is None else f"{m.bound_mib:.0f}"
-        lines.append(
-            f"| {m.role} | {m.pid} | {_mib(m.start_mib)} | {_mib(m.end_mib)} | "
-            f"{m.max_mib:.0f} | {bound} | {'yes' if m.within_bound else '**no**'} |"
-        )
-    start, end = result.load_average.get("start", []), result.load_average.get("end", [])
-    lines += [
-        "",
-        "## What else was running",
-        "",
-        "The machine is shared; these numbers are only comparable with runs under similar load.",
-        f"Load average (1/5/15 min) at start: {', '.join(f'{v:.2f}' for v in start)}; "
-        f"at end: {', '.join(f'{v:.2f}' for v in end)}.",
-        "",
-    ]
-    if result.other_processes:
-        lines += ["Other processes that used more than 1 s of CPU during the soak:", ""]
-        lines += ["| pid | CPU s | command |", "|---:|---:|---|"]
-        for p in result.other_processes:
-            command = p["command"].replace("|", "\\|")
-            lines.append(f"| {p['pid']} | {p['cpu_s']} | `{command}` |")
-    else:
-        lines.append("No other process used more than 1 s of CPU during the soak.")
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.soak", description=__doc__.split("\n")[0]
@@ -510,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=args.data,
             command=command.strip(),
         )
-    except SoakError as exc:
+    except (SoakError, LocustStatsError) as exc:
         logger.error("%s", exc)
         return 2
     report = render_markdown(result)

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.soak import (
-    EndpointStats,
-    ProcessMemory,
-    SoakResult,
-    read_locust_stats,
-    render_markdown,
-)
+from loadtests.locust_stats import EndpointStats, read_locust_stats
+from loadtests.soak_memory import ProcessMemory
+from loadtests.soak_report import SoakResult, render_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = (
