@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import httpx
 
 from loadtests.naive_server import MODEL_ENV
-from serving.supervisor import free_port
+from serving.addresses import free_port
+from serving.processes import NotReadyError, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +27,21 @@ def wait_until_ready(
     url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120.0
 ) -> None:
     """Poll ``url`` until it answers 200; fail early if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerStartError(f"server exited with {process.returncode}; see {log}")
+
+    def answers() -> bool:
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
+            return httpx.get(url, timeout=2.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise ServerStartError(f"server not ready at {url} after {timeout:.0f} s; see {log}")
+            return False
+
+    try:
+        wait_until(answers, timeout_s=timeout, alive=lambda: process.poll() is None)
+    except NotReadyError as exc:
+        if exc.exited:
+            raise ServerStartError(f"server exited with {process.returncode}; see {log}") from exc
+        raise ServerStartError(
+            f"server not ready at {url} after {timeout:.0f} s; see {log}"
+        ) from exc
 
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

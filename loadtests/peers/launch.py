@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import httpx
 from loadtests.loadgen import request_body, stars_of
 from loadtests.peers.rating import READY_TEXT
 from loadtests.servers import ServerStartError, stop_process
+from serving.processes import NotReadyError, descendants, wait_gone, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -59,46 +59,22 @@ def wait_until_answers(
     timeout: float = START_TIMEOUT_S,
 ) -> None:
     """Block until ``endpoint`` answers a prediction; fail early once ``alive()`` is false."""
-    deadline = time.monotonic() + timeout
-    while not answers_prediction(endpoint):
-        if not alive():
-            raise ServerStartError(f"{name} exited before it answered; see {log}")
-        if time.monotonic() > deadline:
-            raise ServerStartError(f"{name} did not answer in {timeout:.0f} s; see {log}")
-        time.sleep(0.5)
-    logger.info("%s ready at %s%s", name, endpoint.url, endpoint.path)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every living process below ``pid``."""
-    import psutil
-
     try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
+        wait_until(
+            lambda: answers_prediction(endpoint), timeout_s=timeout, interval_s=0.5, alive=alive
+        )
+    except NotReadyError as exc:
+        if exc.exited:
+            raise ServerStartError(f"{name} exited before it answered; see {log}") from exc
+        raise ServerStartError(f"{name} did not answer in {timeout:.0f} s; see {log}") from exc
+    logger.info("%s ready at %s%s", name, endpoint.url, endpoint.path)
 
 
 def stop_tree(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
     """SIGTERM to ``process``; after ``grace`` seconds, kill it and whatever it started."""
-    import psutil
-
     children = descendants(process.pid)
     stop_process(process, grace)
-    left: list[psutil.Process] = []
-    for pid in children:
-        try:
-            left.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    _, alive = psutil.wait_procs(left, timeout=5)
-    for leftover in alive:
-        logger.warning("peer process %d outlived its server; killing it", leftover.pid)
-        try:
-            leftover.kill()
-        except psutil.Error:
-            continue
-    psutil.wait_procs(alive, timeout=5)
+    wait_gone(children, timeout_s=5)
 
 
 @contextmanager

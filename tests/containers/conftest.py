@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.addresses import free_port as free_port  # tests here import it from this module
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 PREFIX = os.environ.get("IMAGE_PREFIX", "starrating")
@@ -53,12 +55,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 120.0)
             pytest.fail(f"gave up after {timeout_s:.0f}s waiting for {what}")
         time.sleep(0.2)
     return time.monotonic() - start
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

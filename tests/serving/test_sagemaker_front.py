@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.addresses import free_port
 from serving.sagemaker_front import inference_url, serve
-from serving.supervisor import free_port
 
 LOAD_S = 2.0
 FAKE_TORCHSERVE = textwrap.dedent(

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from abtesting.store import ExperimentStore
-from serving.supervisor import free_port
+from serving.addresses import free_port
 from tests.serving.helpers import running_torchserve, starrating
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

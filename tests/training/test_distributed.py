@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from serving.addresses import free_port
 from starrating.text import encode_batch
 from tests.conftest import build_tiny_model
 from training.checkpoint import list_checkpoints
@@ -36,12 +36,6 @@ TEXTS = [
     "average",
 ]
 LABELS = [4, 0, 2, 3, 0, 4, 1, 2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _gradients(texts: list[str], labels: list[int], ddp: bool) -> dict[str, torch.Tensor]:
@@ -82,7 +76,7 @@ def test_two_process_gradients_equal_one_process_on_the_same_global_batch(
     tmp_path: Path,
 ) -> None:
     mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
-        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True
+        _ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True
     )
     single = _gradients(TEXTS, LABELS, ddp=False)
     for rank in (0, 1):
@@ -106,7 +100,7 @@ def test_a_process_that_finishes_first_waits_for_the_others_before_leaving(
 ) -> None:
     # Leaving early would close its connections under the others (Gloo aborts them then).
     mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
-        _leave_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True
+        _leave_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True
     )
     rank0_done = float((tmp_path / "rank0-done").read_text())
     assert float((tmp_path / "rank1-left").read_text()) >= rank0_done
