@@ -2,8 +2,9 @@
 #   serve    TorchServe with the starrating handler and the .mar files of model_store/
 #            (compose, Kubernetes, and SageMaker hosting through `docker run IMAGE serve`)
 #   gateway  the FastAPI gateway under uvicorn (no torch, transformers, MLflow or TorchServe)
-#   train    a SageMaker training image, entry training/train.py (the torch build of pip's own
-#            index, on PyPI the CUDA one, unless TRAIN_TORCH_INDEX_URL names another index)
+#   train    a SageMaker training image, entry training/sagemaker_entry.py (the torch build of
+#            pip's own index, on PyPI the CUDA one, unless TRAIN_TORCH_INDEX_URL names another
+#            index)
 # Each role installs its own pinned set, deploy/docker/requirements-<role>.lock (regenerate with
 # deploy/docker/lock.sh), before any code is copied: code changes rebuild only the last layers.
 #
@@ -151,8 +152,9 @@ CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port"
 
 # ---------------------------------------------------------------------------------------------
 # SageMaker training image. The job's source_code channel lands in /opt/ml/input/data/code and
-# the SDK's torchrun driver starts training/train.py there; without SageMaker the entry runs it
-# directly (`docker run IMAGE --data ... --out ...`). No USER: SageMaker mounts /opt/ml/model,
-# /opt/ml/checkpoints and /opt/ml/output owned by root and the job must write into them.
+# the SDK's torchrun driver starts training/sagemaker_entry.py there; without SageMaker the entry
+# runs it directly (`docker run IMAGE --data ... --out ...`). No USER: SageMaker mounts
+# /opt/ml/model, /opt/ml/checkpoints and /opt/ml/output owned by root and the job must write into
+# them.
 FROM app-train AS train
-ENTRYPOINT ["python", "/opt/starrating/training/train.py"]
+ENTRYPOINT ["python", "/opt/starrating/training/sagemaker_entry.py"]

@@ -100,7 +100,8 @@ def train_command(
     hyperparameter: list[str] = typer.Option(
         [],
         "--hp",
-        help="KEY=VALUE for training/train.py (e.g. --hp epochs=3 --hp lr=5e-5), repeatable.",
+        help="KEY=VALUE for training/sagemaker_entry.py (e.g. --hp epochs=3 --hp lr=5e-5), "
+        "repeatable.",
     ),
     mlflow_tracking_uri: str | None = typer.Option(
         None,

@@ -3,8 +3,9 @@
 ``TrainConfig``'s fields, with their help texts, are the one list of training options:
 ``config_options()`` describes them, and both command lines are built from it: the argparse
 parser of ``python -m training``, ``torchrun ... -m training`` and SageMaker script mode
-(``training/train.py``), and the options of ``starrating train``, which turns the config back
-into arguments when it launches torchrun. The config used is saved as ``RUN/config.json``.
+(``training/sagemaker_entry.py``), and the options of ``starrating train``, which turns the
+config back into arguments when it launches torchrun. The config used is saved as
+``RUN/config.json``.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class TrainConfig:
         default=False,
         metadata=_help(
             "Each node holds only its own part of the training split (SageMaker ShardedByS3Key): "
-            "divide it among the node's processes, not all (train.py reads inputdataconfig.json)."
+            "divide it among the node's processes, not all (sagemaker_entry.py reads "
+            "inputdataconfig.json)."
         ),
     )
     model: str = field(

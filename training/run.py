@@ -1,6 +1,6 @@
 """One training run as a process runs it: the single entry of every way to train.
 
-``python -m training`` (and torchrun), SageMaker script mode (``training/train.py``),
+``python -m training`` (and torchrun), SageMaker script mode (``training/sagemaker_entry.py``),
 ``starrating train`` and ``starrating demo`` all call ``run_training``; the two script entries
 call ``configure_logging`` first.
 

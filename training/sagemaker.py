@@ -1,15 +1,15 @@
 """The SageMaker training job of starrating, built with the SageMaker Python SDK v3
 (``sagemaker.train.ModelTrainer``).
 
-The job runs ``training/train.py`` from the `train` image (the Dockerfile's CUDA target) on
-several GPU instances under torchrun: the SDK's torchrun driver starts one process per GPU on
-every instance. Data channels are S3 prefixes. The training split is sharded across instances by
-S3 key (``ShardedByS3Key``: each instance downloads only its own objects, and ``train.py``
-divides them among that instance's processes) when the prefix holds at least as many ``.jsonl``
-objects as there are instances, counted when the job is launched; otherwise every instance gets
-the whole split (``FullyReplicated``) and the processes of all instances divide it. With managed
-spot training SageMaker syncs ``/opt/ml/checkpoints`` with an S3 URI and
-restores it when a job restarts after an interruption, and ``train.py`` always resumes from
+The job runs ``training/sagemaker_entry.py`` from the `train` image (the Dockerfile's CUDA
+target) on several GPU instances under torchrun: the SDK's torchrun driver starts one process per
+GPU on every instance. Data channels are S3 prefixes. The training split is sharded across
+instances by S3 key (``ShardedByS3Key``: each instance downloads only its own objects, and the
+entry divides them among that instance's processes) when the prefix holds at least as many
+``.jsonl`` objects as there are instances, counted when the job is launched; otherwise every
+instance gets the whole split (``FullyReplicated``) and the processes of all instances divide it.
+With managed spot training SageMaker syncs ``/opt/ml/checkpoints`` with an S3 URI and restores
+it when a job restarts after an interruption, and the entry always resumes from
 there. Metric definitions are the training package's ``METRIC_DEFINITIONS``, the regexes of its
 metric log lines. A remote MLflow tracking URI is passed to the job as ``MLFLOW_TRACKING_URI``.
 
@@ -60,9 +60,9 @@ from training.metric_lines import METRIC_DEFINITIONS
 
 logger = logging.getLogger(__name__)
 
-ENTRY_SCRIPT = "training/train.py"
+ENTRY_SCRIPT = "training/sagemaker_entry.py"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-# Inputs that train.py takes from SageMaker's environment (SM_CHANNEL_*, SM_MODEL_DIR,
+# Inputs that the entry script takes from SageMaker's environment (SM_CHANNEL_*, SM_MODEL_DIR,
 # /opt/ml/checkpoints) or that this launcher sets: not hyperparameters.
 RESERVED_HYPERPARAMETERS = frozenset(
     {
@@ -171,7 +171,7 @@ class TrainingJobSpec:
         unknown = {k for k in self.hyperparameters if k.replace("-", "_") not in known}
         if unknown:
             raise SageMakerConfigError(
-                f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; training/train.py takes "
+                f"unknown hyperparameter(s) {', '.join(sorted(unknown))}; {ENTRY_SCRIPT} takes "
                 f"{', '.join(sorted(known - RESERVED_HYPERPARAMETERS))}"
             )
 
@@ -252,7 +252,7 @@ def _channel(name: str, uri: str, sharded: bool) -> InputData:
 
 
 def build_model_trainer(spec: TrainingJobSpec, source_dir: Path, session: Session) -> ModelTrainer:
-    """The ``ModelTrainer`` for ``spec``; ``source_dir`` holds ``training/train.py``."""
+    """The ``ModelTrainer`` for ``spec``; ``source_dir`` holds ``ENTRY_SCRIPT``."""
     channels = [_channel("train", spec.train_s3, sharded=spec.train_sharded)]
     # Evaluation gathers predictions over every rank: each instance needs the whole split.
     if spec.validation_s3:

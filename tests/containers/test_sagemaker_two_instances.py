@@ -1,8 +1,8 @@
 """The train image run as SageMaker runs a two-instance job: two containers as two torchrun nodes
 (algo-1 and algo-2 on one Docker network, rendezvous at algo-1, Gloo on CPU), started the way
 the SDK v3's torchrun driver starts them (`torchrun --nnodes 2 --nproc_per_node P --master_addr
-algo-1 --master_port 7777 --node_rank i train.py --hyperparameter value ...`). The training
-channel is sharded by S3 key: each instance holds only its own objects of a split cut into
+algo-1 --master_port 7777 --node_rank i sagemaker_entry.py --hyperparameter value ...`). The
+training channel is sharded by S3 key: each instance holds only its own objects of a split cut into
 several files, and says so in /opt/ml/input/config/inputdataconfig.json; validation is
 replicated. Every training row is read exactly once per epoch (the run summary counts them per
 node and per process), and only algo-1's rank 0 writes the model."""
@@ -84,7 +84,7 @@ def run_args(ml: Path, image: str, name: str, network: str, host: str) -> list[s
         f"--master_addr={HOSTS[0]}",
         f"--master_port={MASTER_PORT}",
         f"--node_rank={HOSTS.index(host)}",
-        "/opt/starrating/training/train.py",
+        "/opt/starrating/training/sagemaker_entry.py",
     ]
     arguments = [part for k, v in HYPERPARAMETERS.items() for part in (f"--{k}", v)]
     return [

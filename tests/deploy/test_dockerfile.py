@@ -219,10 +219,10 @@ def test_gateway_image_runs_the_app_factory_under_uvicorn() -> None:
     assert STAGES["gateway"].last("HEALTHCHECK") is not None
 
 
-def test_train_image_enters_training_train_py() -> None:
+def test_train_image_enters_the_sagemaker_entry() -> None:
     entrypoint = STAGES["train"].last("ENTRYPOINT")
-    assert entrypoint is not None and entrypoint.endswith('training/train.py"]')
-    assert (REPO / "training" / "train.py").is_file()
+    assert entrypoint is not None and entrypoint.endswith('training/sagemaker_entry.py"]')
+    assert (REPO / "training" / "sagemaker_entry.py").is_file()
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context() -> None:

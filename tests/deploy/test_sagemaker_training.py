@@ -116,7 +116,7 @@ def test_two_gpu_instances_of_the_chosen_type(
     assert request["RoleArn"] == ROLE
 
 
-def test_torchrun_runs_training_train_py_on_every_gpu(
+def test_torchrun_runs_the_sagemaker_entry_on_every_gpu(
     source_dir: Path, session: MagicMock, recorder: UploadRecorder
 ) -> None:
     request_for(spec(), source_dir, session)
@@ -124,9 +124,9 @@ def test_torchrun_runs_training_train_py_on_every_gpu(
     assert "torchrun_driver.py" in drivers["sm_train.sh"]
     # None = one process per GPU (the driver counts them); the entry is the script-mode file.
     assert json.loads(drivers["distributed.json"])["process_count_per_node"] is None
-    assert json.loads(drivers["sourcecode.json"])["entry_script"] == "training/train.py"
+    assert json.loads(drivers["sourcecode.json"])["entry_script"] == "training/sagemaker_entry.py"
     code = recorder.uploads["code"]
-    assert "training/train.py" in code and "starrating/labels.py" in code
+    assert "training/sagemaker_entry.py" in code and "starrating/labels.py" in code
     # Only the two packages travel: no data, model store, venv or tests.
     assert {name.split("/")[0] for name in code} == {"training", "starrating"}
 
@@ -148,7 +148,7 @@ def test_managed_spot_with_max_wait_and_s3_checkpoints(
         "MaxRuntimeInSeconds": 7200,
         "MaxWaitTimeInSeconds": 10800,
     }
-    # train.py resumes from /opt/ml/checkpoints, which SageMaker restores from this URI.
+    # The entry resumes from /opt/ml/checkpoints, which SageMaker restores from this URI.
     assert request["CheckpointConfig"] == {
         "S3Uri": "s3://reviews/jobs/checkpoints/run-1",
         "LocalPath": "/opt/ml/checkpoints",
@@ -299,7 +299,8 @@ def test_dry_run_plans_uploads_and_refuses_every_aws_call() -> None:
     code_uri = f"s3://reviews/starrating/{job}/input/code"
     drivers_uri = f"s3://reviews/starrating/{job}/input/sm_drivers"
     assert set(uploads) == {code_uri, drivers_uri}
-    assert uploads[drivers_uri]["json"]["sourcecode.json"]["entry_script"] == "training/train.py"
+    source_code = uploads[drivers_uri]["json"]["sourcecode.json"]
+    assert source_code["entry_script"] == "training/sagemaker_entry.py"
     assert channels(params)["code"]["S3Uri"] == code_uri
     session = DryRunSession("eu-west-1", "reviews")
     with pytest.raises(DryRunRefused):
@@ -323,9 +324,9 @@ def test_job_arguments_train_and_the_metric_regexes_read_the_real_log(
     source_dir: Path,
     session: MagicMock,
 ) -> None:
-    """Run training/train.py as the job's torchrun driver would, on tiny data: the request's
-    hyperparameters as arguments (the SDK's own conversion), channels as SM_CHANNEL_* folders;
-    then read its log with the request's metric definitions, as SageMaker does."""
+    """Run training/sagemaker_entry.py as the job's torchrun driver would, on tiny data: the
+    request's hyperparameters as arguments (the SDK's own conversion), channels as SM_CHANNEL_*
+    folders; then read its log with the request's metric definitions, as SageMaker does."""
     job = spec(
         hyperparameters={
             "model": str(tiny_model_dir),
@@ -355,7 +356,7 @@ def test_job_arguments_train_and_the_metric_regexes_read_the_real_log(
     # Explicit only here: a job checkpoints to /opt/ml/checkpoints, not writable on this machine.
     arguments += ["--checkpoint-dir", str(tmp_path / "checkpoints")]
     result = subprocess.run(
-        [sys.executable, str(source_dir / "training" / "train.py"), *arguments],
+        [sys.executable, str(source_dir / "training" / "sagemaker_entry.py"), *arguments],
         capture_output=True,
         text=True,
         env=env,

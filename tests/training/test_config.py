@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.config import TrainConfig, parse_args
-from training.train import sagemaker_arguments
+from training.sagemaker_entry import sagemaker_arguments
 
 
 def test_arguments_round_trip_through_the_command_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""SageMaker script mode: `python training/train.py` with SageMaker's environment."""
+"""SageMaker script mode: `python training/sagemaker_entry.py` with SageMaker's environment."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from starrating.artifacts import load_artifacts
-from training.train import sagemaker_arguments
+from training.sagemaker_entry import sagemaker_arguments
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_train_py_reads_channels_and_writes_the_model_dir(
+def test_the_entry_reads_channels_and_writes_the_model_dir(
     tmp_path: Path, tiny_model_dir: Path, tiny_data_dir: Path
 ) -> None:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", SM_MODEL_DIR=str(tmp_path / "model"))
@@ -31,7 +31,7 @@ def test_train_py_reads_channels_and_writes_the_model_dir(
         env[f"SM_CHANNEL_{split.upper()}"] = str(channel)
     command = [
         sys.executable,
-        str(REPO / "training" / "train.py"),
+        str(REPO / "training" / "sagemaker_entry.py"),
         "--model",
         str(tiny_model_dir),
         "--max_steps",

@@ -1,4 +1,5 @@
-"""SageMaker script-mode entry point: ``python train.py --epochs 3 ...`` inside a training job.
+"""SageMaker script-mode entry point: ``python training/sagemaker_entry.py --epochs 3 ...`` inside
+a training job (the ``entry_script`` that ``training.sagemaker`` gives the job).
 
 SageMaker passes hyperparameters as arguments (the names of ``python -m training``, with dashes
 or underscores) and locations in the environment: ``SM_CHANNEL_TRAIN``,
@@ -21,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a file (SageMaker runs `python train.py` from the source directory).
+    # Run as a file (SageMaker runs `python training/sagemaker_entry.py` from the source
+    # directory).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.metric_lines import METRIC_DEFINITIONS
@@ -79,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging()
     arguments = sagemaker_arguments(sys.argv[1:] if argv is None else argv, os.environ)
-    return run_training(parse_args(arguments, prog="train.py"))
+    return run_training(parse_args(arguments, prog="sagemaker_entry.py"))
 
 
 __all__ = ["METRIC_DEFINITIONS", "main", "sagemaker_arguments", "train_channel_sharded"]
