@@ -74,11 +74,7 @@ def train(
     config = TrainConfig(**config_values)
     try:
         config.validate()
-        if config.batch_size % nproc_per_node:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
-                f"among --nproc-per-node {nproc_per_node} processes"
-            )
+        config.local_batch_size(nproc_per_node)
     except ConfigError as exc:
         raise fail(str(exc)) from exc
     started = time.monotonic()

@@ -230,6 +230,16 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{option_name(name)} must not be negative")
 
+    def local_batch_size(self, processes: int) -> int:
+        """Each of ``processes`` training processes' share of the global batch; a batch that
+        does not divide evenly among them is refused."""
+        if self.batch_size % processes:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is the global batch and must divide evenly "
+                f"among {processes} processes"
+            )
+        return self.batch_size // processes
+
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 

@@ -60,12 +60,7 @@ class Plan:
     def make(
         cls, config: TrainConfig, ctx: DistributedContext, train_location: Path, share: TrainShare
     ) -> Plan:
-        if config.batch_size % ctx.world_size:
-            raise ConfigError(
-                f"--batch-size {config.batch_size} is the global batch and must divide evenly "
-                f"among {ctx.world_size} processes"
-            )
-        local_batch = config.batch_size // ctx.world_size
+        local_batch = config.local_batch_size(ctx.world_size)
         rows: int | None
         steps_per_epoch: int | None
         rows_from: str | None
