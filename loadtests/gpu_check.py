@@ -36,7 +36,6 @@ import math
 import os
 import random
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -58,6 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from handlers.batch import score
 from handlers.config import HandlerConfig
 from handlers.numerics import apply_precision
+from serving.addresses import free_port
 from starrating.artifacts import Artifacts
 from starrating.labels import STARS, star_to_id
 from starrating.models import DEFAULT_MODEL, load_pretrained
@@ -271,13 +271,6 @@ def _training_worker(
         results = [asdict(measure_training(ctx, case)) for case in cases]
     if ctx.is_main:
         Path(result).write_text(json.dumps(results), encoding="utf-8")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def run_ddp_training(

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from serving.supervisor import free_port
+from sqlalchemy import create_engine, text
+
+from serving.addresses import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SYSTEM_USER = "postgres"
@@ -81,3 +83,18 @@ def throwaway_postgres(prefix: str = "starrating-pg-") -> Iterator[str]:
                 timeout=60,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(server: str, name: str) -> Iterator[str]:
+    """A new, empty database ``name`` on the server at ``server`` (a URL as
+    ``throwaway_postgres`` yields): its URL; dropped on exit, open connections and all."""
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -3,7 +3,7 @@
 The count follows what a container may really use (``starrating.cpus.available_cpus``: the CPU
 affinity mask and the cgroup CPU quota), not the host's cores. TorchServe sizes itself from the
 host's core count by default, which started 16 workers under a 1-CPU limit
-(pytorch/serve#3150). The launchers (``serving.supervisor``, the serve image's entry point
+(pytorch/serve#3150). The launchers (``serving.launcher``, the serve image's entry point
 through ``serving.layout``) decide the layout here and pass it on: workers to TorchServe,
 threads to the handler (``THREADS_ENV``).
 """

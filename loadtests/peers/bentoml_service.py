@@ -72,7 +72,7 @@ class StarsFront:
 @contextmanager
 def bentoml_peer(settings: PeerSettings, workdir: Path) -> Iterator[PeerEndpoint]:
     """``bentoml serve`` on a free loopback port, with its home under ``workdir``."""
-    from serving.supervisor import free_port
+    from serving.addresses import free_port
 
     port = free_port()
     command = [

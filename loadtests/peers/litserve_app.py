@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 @contextmanager
 def litserve_peer(settings: PeerSettings, workdir: Path) -> Iterator[PeerEndpoint]:
     """LitServe on a free loopback port, answering at ``/v1/predictions``."""
-    from serving.supervisor import free_port
+    from serving.addresses import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "loadtests.peers.litserve_app", "--port", str(port)]

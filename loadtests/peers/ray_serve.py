@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 @contextmanager
 def ray_serve_peer(settings: PeerSettings, workdir: Path) -> Iterator[PeerEndpoint]:
     """Ray Serve on a free loopback port, answering at ``/v1/predictions``."""
-    from serving.supervisor import free_port
+    from serving.addresses import free_port
 
     port = free_port()
     # Ray's socket paths must stay under the 107-byte limit of a Unix socket name.

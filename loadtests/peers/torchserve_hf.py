@@ -144,15 +144,11 @@ def archive(settings: PeerSettings, store: Path, staging: Path) -> Path:
 @contextmanager
 def torchserve_hf_peer(settings: PeerSettings, workdir: Path) -> Iterator[PeerEndpoint]:
     """TorchServe (token auth off, free loopback ports) serving only this handler's archive."""
-    from serving.supervisor import (
-        TORCHSERVE_MAIN_CLASS,
-        ServingPaths,
-        TorchServeOptions,
-        running_pid,
-        start_torchserve,
-        stop_torchserve,
-    )
+    from serving.paths import ServingPaths
+    from serving.processes import running_pid
     from serving.torchserve import TorchServeSyncClient
+    from serving.torchserve_config import TorchServeOptions
+    from serving.torchserve_process import TORCHSERVE_MAIN_CLASS, start_torchserve, stop_torchserve
 
     home = workdir / TORCHSERVE_HF
     store = home / "model_store"

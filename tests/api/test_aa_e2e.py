@@ -21,7 +21,7 @@ import pytest
 from abtesting.autopilot import assess_experiment, observe
 from abtesting.router import ExperimentConfig
 from abtesting.store import ExperimentStore
-from serving.supervisor import wait_until_answers
+from serving.torchserve_process import wait_until_answers
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
 from training.archive import archive_run

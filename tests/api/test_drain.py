@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from serving.supervisor import free_port
+from serving.addresses import free_port
 from tests.api.conftest import AppFactory
 
 DELAY_S = 1.5

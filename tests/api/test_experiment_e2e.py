@@ -18,7 +18,7 @@ import pytest
 
 from abtesting.store import DecisionRecord, ExperimentStore
 from loadtests.screenshots import CHROMIUM_FLAGS
-from serving.supervisor import gateway_env, start_gateway
+from serving.gateway_process import gateway_env, start_gateway
 from tests.api.live import LiveGateway, running_gateway
 from tests.conftest import WORDS
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.supervisor import free_port
+from serving.addresses import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_LIBRARIES = ("torch", "transformers", "mlflow", "ts", "model_archiver", "locust")

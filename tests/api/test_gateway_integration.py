@@ -1,6 +1,6 @@
 """The gateway in front of a real TorchServe serving two tiny-model versions.
 
-One stack per module, started the way ``starrating serve`` starts it (``serving.supervisor``):
+One stack per module, started the way ``starrating serve`` starts it (``serving.launcher``):
 TorchServe with token authorization on, then ``uvicorn api.app:create_app --factory`` as its own
 process. Every route and every error status is exercised over real HTTP; the last test stops
 TorchServe under the running gateway and starts it again.
@@ -18,12 +18,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
-from serving.supervisor import (
-    discover_archives,
-    register_versions,
-    start_torchserve,
-    stop_torchserve,
-)
+from serving.archives import discover_archives
+from serving.torchserve_process import register_versions, start_torchserve, stop_torchserve
 from tests.api.live import LiveGateway, running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.supervisor import free_port
+from serving.addresses import free_port
 from tests.serving.helpers import starrating
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from serving.supervisor import free_port
+from serving.addresses import free_port
 from tests.deploy.conftest import REPO
 from tests.serving.helpers import build_tiny_archives
 

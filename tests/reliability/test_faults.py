@@ -36,14 +36,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.supervisor import (
-    ServingPaths,
-    discover_archives,
-    free_port,
-    register_versions,
-    start_gateway,
-    start_torchserve,
-)
+from serving.addresses import free_port
+from serving.archives import discover_archives
+from serving.gateway_process import start_gateway
+from serving.paths import ServingPaths
+from serving.torchserve_process import register_versions, start_torchserve
 from tests.reliability.conftest import GatewayStack, clean_environ
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -34,7 +34,8 @@ from pydantic import SecretStr, ValidationError
 
 from api.app import create_app
 from api.settings import Settings
-from serving.supervisor import LOOPBACK_HOSTS, TorchServeOptions, free_port
+from serving.addresses import LOOPBACK_HOSTS, free_port
+from serving.torchserve_config import TorchServeOptions
 from tests.reliability.conftest import VERSION, GatewayStack
 
 REPO = Path(__file__).resolve().parents[2]
