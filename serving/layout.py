@@ -2,10 +2,10 @@
 
 Installed as ``starrating-serving-layout STORE``: prints ``WORKERS THREADS`` for the model's
 versions in ``STORE`` (``serving.archives.discover_archives``, as ``starrating serve`` reads the
-store: archives of another model or unreadable ones do not count) served side by side on the CPUs this container may use (its affinity and
-cgroup quota: ``docker run --cpus``, a Kubernetes CPU limit), as ``starrating serve`` sizes a
-local stack. The image's entry point passes them to TorchServe (``default_workers_per_model``)
-and to the handler (``STARRATING_HANDLER_THREADS``).
+store: archives of another model or unreadable ones do not count) served side by side on the
+CPUs this container may use (its affinity and cgroup quota: ``docker run --cpus``, a Kubernetes
+CPU limit), as ``starrating serve`` sizes a local stack. The image's entry point passes them to
+TorchServe (``default_workers_per_model``) and to the handler (``STARRATING_HANDLER_THREADS``).
 """
 
 from __future__ import annotations
