@@ -2,83 +2,71 @@
 
 ``train`` runs in this process for one process, and launches torchrun itself for
 ``--nproc-per-node N`` (the same ``python -m training`` entry point that SageMaker and a manual
-``torchrun`` use). Its options are generated from ``training.config.TrainConfig``'s fields
-(names, defaults and help texts), like those of ``python -m training``.
+``torchrun`` use). Its command line is that of ``python -m training`` (``training.config``'s
+``HfArgumentParser`` over ``TrainConfig``) with ``Launch``'s options added.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from cli.app import app, console, fail, needs_extra
-from training.config import ConfigError, ConfigOption, TrainConfig, config_options
+from training.config import ConfigError, TrainConfig, build_parser, parse_dataclasses
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
 
 
-def _typer_option(option: ConfigOption) -> inspect.Parameter:
-    """The ``starrating train`` option of one TrainConfig field: the flag, default and help of
-    ``python -m training``. A flag that is on by default also gets its ``--no-`` form."""
-    flags = option.flag
-    if option.kind is bool and option.default is True:
-        flags = f"{option.flag}/--no-{option.flag.removeprefix('--')}"
-    return inspect.Parameter(
-        option.name,
-        inspect.Parameter.KEYWORD_ONLY,
-        annotation=option.kind | None if option.optional else option.kind,
-        default=typer.Option(
-            ... if option.required else option.default,
-            flags,
-            help=option.help,
-            show_default=option.default is not None,
-        ),
+@dataclass
+class Launch:
+    """How ``starrating train`` runs the training: its options beside ``TrainConfig``'s."""
+
+    nproc_per_node: int = field(
+        default=1, metadata={"help": "Training processes (DDP); >1 launches torchrun."}
     )
 
 
-def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` with one option per TrainConfig field (listed before its own options),
-    passed in its ``**config_values``: a new field is a new option of ``starrating train``."""
-    own = [
-        p
-        for p in inspect.signature(command).parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    generated = [_typer_option(option) for option in config_options()]
-    # typer reads a command's options from inspect.signature, which honours __signature__.
-    command.__signature__ = inspect.Signature([*generated, *own])  # type: ignore[attr-defined]
-    return command
+def train_parser() -> HfArgumentParser:
+    """The command line of ``starrating train``."""
+    return build_parser("starrating train", Launch)
 
 
-@app.command()
+def parse_train_args(args: list[str]) -> tuple[TrainConfig, Launch]:
+    """The config and launch of ``starrating train ARGS``; a bad combination stops here, before
+    torchrun starts, with the reason and the usage (exit status 2)."""
+    parser = train_parser()
+    config, launch = parse_dataclasses(parser, args)
+    try:
+        if launch.nproc_per_node < 1:
+            raise ConfigError(f"--nproc-per-node must be at least 1, got {launch.nproc_per_node}")
+        config.local_batch_size(launch.nproc_per_node)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return config, launch
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help is the training options' parser's
+)
 @needs_extra("train")
-@_with_config_options
-def train(
-    *,
-    nproc_per_node: int = typer.Option(
-        1, "--nproc-per-node", min=1, help="Training processes (DDP); >1 launches torchrun."
-    ),
-    **config_values: Any,
-) -> None:
+def train(ctx: typer.Context) -> None:
     """Fine-tune a model to predict 1-5 stars; writes the run directory OUT (model/,
     metrics.json, config.json, plots/, MLflow store)."""
-    config = TrainConfig(**config_values)
-    try:
-        config.validate()
-        config.local_batch_size(nproc_per_node)
-    except ConfigError as exc:
-        raise fail(str(exc)) from exc
+    config, launch = parse_train_args(ctx.args)
     started = time.monotonic()
-    code = _launch(config, nproc_per_node)
+    code = _launch(config, launch.nproc_per_node)
     if code != 0:
         from training.run import INTERRUPTED_EXIT_CODE
 

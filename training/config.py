@@ -1,24 +1,26 @@
 """The training configuration: one typed dataclass, its command-line form and its JSON form.
 
-``TrainConfig``'s fields, with their help texts, are the one list of training options:
-``config_options()`` describes them, and both command lines are built from it: the argparse
-parser of ``python -m training``, ``torchrun ... -m training`` and SageMaker script mode
-(``training/sagemaker_entry.py``), and the options of ``starrating train``, which turns the
-config back into arguments when it launches torchrun. The config used is saved as
-``RUN/config.json``.
+``TrainConfig``'s fields, with their help texts, are the one list of training options. Both
+command lines are ``transformers.HfArgumentParser`` over it (``build_parser``): ``python -m
+training``, ``torchrun ... -m training`` and SageMaker script mode
+(``training/sagemaker_entry.py``), and ``starrating train``, which adds its own
+``--nproc-per-node`` and turns the config back into arguments when it launches torchrun. The
+config used is saved as ``RUN/config.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import types
-from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
 from starrating.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -258,102 +260,66 @@ class TrainConfig:
         return args
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+_NONE = frozenset({"", "none", "null"})
 
 
-def _parse_optional(inner: Any) -> Any:
-    def parse(text: str) -> Any:
-        return None if text.strip().lower() in {"", "none", "null"} else inner(text)
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, except that ``None``, ``null`` or nothing mean no value."""
 
-    return parse
+    def parse_or_none(text: str) -> Any:
+        return None if text.strip().lower() in _NONE else parse(text)
 
-
-@dataclass(frozen=True)
-class ConfigOption:
-    """The command-line form of one ``TrainConfig`` field."""
-
-    name: str  # the field
-    flag: str  # --max-steps
-    kind: Any  # the value type without None: int, Path, bool, str (for a Literal)
-    optional: bool  # None is a value (``int | None``)
-    choices: tuple[str, ...] | None  # the values of a Literal
-    required: bool
-    default: Any  # the field's default (None when required)
-    help: str
+    return parse_or_none
 
 
-def _value_type(annotation: Any) -> tuple[Any, bool]:
-    """(type, optional) for a field annotation such as ``int | None`` or ``Path``."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in get_args(annotation) if a is not type(None)]
-        return _value_type(inner[0])[0], True
-    if origin is Literal:
-        return str, False
-    return annotation, False
+def build_parser(prog: str = "python -m training", *more: type[Any]) -> HfArgumentParser:
+    """The command line of ``TrainConfig`` (and of the dataclasses ``more``: a launcher's own
+    options), made by ``transformers.HfArgumentParser``: one option per field with the field's
+    help and default; ``--max-steps`` and ``--max_steps`` both work (SageMaker passes
+    hyperparameters with the names they were given); booleans take an optional true/false value
+    and, when on by default, also have a ``--no-`` form. Here an optional field also takes
+    ``None`` for no value."""
+    from transformers import HfArgumentParser
+    from transformers.hf_argparser import DataClassType
 
-
-def config_options() -> list[ConfigOption]:
-    """One option per ``TrainConfig`` field, in field order, with the field's help text."""
-    hints = get_type_hints(TrainConfig)
-    options = []
-    for f in fields(TrainConfig):
-        kind, optional = _value_type(hints[f.name])
-        literal = get_origin(hints[f.name]) is Literal
-        options.append(
-            ConfigOption(
-                name=f.name,
-                flag=option_name(f.name),
-                kind=kind,
-                optional=optional,
-                choices=get_args(hints[f.name]) if literal else None,
-                required=f.default is MISSING,
-                default=None if f.default is MISSING else f.default,
-                help=f.metadata["help"],
-            )
-        )
-    return options
-
-
-def build_parser(prog: str = "python -m training") -> argparse.ArgumentParser:
-    """An argparse parser for ``TrainConfig``: ``--max-steps`` and ``--max_steps`` both work
-    (SageMaker passes hyperparameters with the names they were given), booleans take an
-    optional true/false value."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Fine-tune an encoder to predict 1-5 stars."
+    parser = HfArgumentParser(
+        [DataClassType(dataclass) for dataclass in (TrainConfig, *more)],
+        prog=prog,
+        description="Fine-tune an encoder to predict 1-5 stars.",
     )
-    for option in config_options():
-        names = [option.flag]
-        if "_" in option.name:
-            names.append(f"--{option.name}")
-        kwargs: dict[str, Any] = {"dest": option.name, "help": option.help}
-        if option.kind is bool:
-            kwargs |= {"type": _parse_bool, "nargs": "?", "const": True}
-        else:
-            kwargs["type"] = _parse_optional(option.kind) if option.optional else option.kind
-        if option.choices is not None:
-            kwargs["choices"] = option.choices
-        if option.required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = option.default
-        parser.add_argument(*names, **kwargs)
+    hints = get_type_hints(TrainConfig)
+    optional = {name for name, hint in hints.items() if type(None) in get_args(hint)}
+    for action in parser._actions:
+        # --max-steps, then --max_steps: the dashed name leads in the usage and the help.
+        action.option_strings = sorted(action.option_strings, key=lambda flag: "_" in flag)
+        if action.dest in optional and callable(action.type):
+            action.type = _none_or(action.type)
+        elif action.const is False and action.nargs == 0:  # HfArgumentParser's --no-X
+            flag = option_name(action.dest)
+            action.help, action.default = f"The same as {flag} false.", argparse.SUPPRESS
     return parser
+
+
+def parse_dataclasses(parser: HfArgumentParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
+    """One instance of each of ``parser``'s dataclasses, the ``TrainConfig`` validated. An
+    unknown argument or a configuration that cannot train stops the process with the reason and
+    the usage (exit status 2), before anything is loaded."""
+    *parsed, unknown = parser.parse_args_into_dataclasses(
+        argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for config in parsed:
+        if isinstance(config, TrainConfig):
+            try:
+                config.validate()
+            except ConfigError as exc:
+                parser.error(str(exc))
+    return tuple(parsed)
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m training") -> TrainConfig:
     """Parse command-line arguments into a validated ``TrainConfig``."""
-    parser = build_parser(prog)
-    namespace = parser.parse_args(argv)
-    config = TrainConfig(**vars(namespace))
-    try:
-        config.validate()
-    except ConfigError as exc:
-        parser.error(str(exc))
+    (config,) = parse_dataclasses(build_parser(prog), argv)
+    assert isinstance(config, TrainConfig)
     return config
