@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
+from handlers import RUN_SUBDIR
+
 if TYPE_CHECKING:
     from starrating.artifacts import Artifacts
 
@@ -256,6 +258,16 @@ def choose_precision(
     if "bf16" in record.kept and not fast_bf16:
         reasons.append(f"bf16: {device.type} has no native bf16")
     return "fp32", "; ".join(reasons) or "no faster numerics kept"
+
+
+def archive_precision(
+    configured: PrecisionChoice, archive_dir: Path, device: torch.device
+) -> tuple[NumericsRecord | None, Precision, str]:
+    """What an unpacked archive is served with on ``device``: its record (``run/numerics.json``;
+    None when it was archived before there was one) and ``choose_precision``'s numerics and
+    reason for it."""
+    record = NumericsRecord.read(archive_dir / RUN_SUBDIR / NUMERICS_FILE)
+    return (record, *choose_precision(configured, record, device))
 
 
 def _accuracy_note(record: NumericsRecord, precision: str) -> str:

@@ -214,33 +214,25 @@ def resolve_precision(
 ) -> tuple[Precision, str]:
     """The numerics the stack serves for ``requested`` on this CPU, and why.
 
-    ``auto`` decides as the handler does: from the archive's ``numerics.json``, or for a model
-    without one from the accuracies measured now on the validation split of ``data``.
+    ``auto``: a .mar by the handler's own rule (``handlers.numerics.archive_precision``); a model
+    without an archive by its accuracies measured now on the validation split of ``data``, as
+    archiving it would record them.
     """
     import torch
 
-    from handlers import RUN_SUBDIR
-    from handlers.numerics import (
-        AUTO,
-        NUMERICS_FILE,
-        NumericsRecord,
-        choose_precision,
-        measure_numerics,
-    )
+    from handlers.numerics import AUTO, archive_precision, choose_precision, measure_numerics
     from loadtests.reviews import load_reviews
     from starrating.artifacts import load_artifacts
 
+    cpu = torch.device("cpu")
     if requested != AUTO:
-        return choose_precision(requested, None, torch.device("cpu"))[0], "asked for"
-    record = None
+        return choose_precision(requested, None, cpu)[0], "asked for"
     if model.mar is not None:
-        record = NumericsRecord.read(model.model_dir.parent / RUN_SUBDIR / NUMERICS_FILE)
-    if record is None:
-        validation = load_reviews(data, splits=("validation",))
-        record = measure_numerics(
-            load_artifacts(model.model_dir), validation.texts, validation.stars
-        )
-    return choose_precision(AUTO, record, torch.device("cpu"))
+        _, precision, reason = archive_precision(AUTO, model.model_dir.parent, cpu)
+        return precision, reason
+    validation = load_reviews(data, splits=("validation",))
+    record = measure_numerics(load_artifacts(model.model_dir), validation.texts, validation.stars)
+    return choose_precision(AUTO, record, cpu)
 
 
 # --- the setups ---------------------------------------------------------------------------

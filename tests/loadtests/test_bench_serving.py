@@ -155,12 +155,15 @@ def test_auto_precision_is_resolved_as_the_handler_would(
         precision, why = resolve_precision(model, "auto", tiny_data_dir)
     assert precision in ("fp32", "int8") and "validation" in why
     # An archive's own record decides, as it does in the handler.
-    mar = tmp_path / "stars-1.0.mar"
     accuracy = {"fp32": 0.5, "int8": 0.5}
     record = NumericsRecord("auto", "v", 9, accuracy, kept=("fp32", "int8"))
-    with zipfile.ZipFile(mar, "w") as archive:
-        for path in tiny_model_dir.iterdir():
-            archive.write(path, f"model/{path.name}")
-        archive.writestr("run/numerics.json", json.dumps(record.to_json()))
-    with model_under_test(mar) as model:
-        assert resolve_precision(model, "auto", tiny_data_dir)[0] == "int8"
+    for version, numerics, served in (("1.0", record, "int8"), ("0.9", None, "fp32")):
+        mar = tmp_path / f"stars-{version}.mar"
+        with zipfile.ZipFile(mar, "w") as archive:
+            for path in tiny_model_dir.iterdir():
+                archive.write(path, f"model/{path.name}")
+            if numerics is not None:
+                archive.writestr("run/numerics.json", json.dumps(numerics.to_json()))
+        with model_under_test(mar) as model:
+            # An archive made before numerics.json existed is served fp32, not measured anew.
+            assert resolve_precision(model, "auto", tiny_data_dir)[0] == served
