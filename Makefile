@@ -98,6 +98,14 @@ bench: venv
 	$(BIN)/starrating bench training --json docs/bench/training.json
 	$(BIN)/python -m loadtests.gateway_overhead --requests 500 --json docs/bench/gateway-overhead.json
 
+# One A/B autopilot look (incremental) against the full recompute, with 10^4, 10^5 and 10^6
+# requests stored, on SQLite and a throwaway PostgreSQL 15 (10-20 minutes on 2 CPUs):
+# docs/ab-look.md.
+.PHONY: bench-ab
+bench-ab: venv
+	$(BIN)/python -m loadtests.ab_look --backend sqlite --backend postgresql \
+	  --sizes 10000,100000,1000000 --json docs/bench/ab-look.json --markdown docs/ab-look.md
+
 # On a machine with a CUDA GPU (at most 8 minutes): training samples/s fp32/bf16/fp16 with DDP on
 # every GPU, each step the training loop's own (training/step.py), and the handler's batched
 # inference, as JSON in docs/bench/gpu-<card>.json; then the SIGKILL-and-resume test on the GPU
