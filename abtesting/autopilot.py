@@ -42,6 +42,8 @@ from abtesting.assessment import (
     ShadowObs,
     assess,
 )
+from abtesting.assignment import ExperimentRouter
+from abtesting.experiment import ExperimentConfig
 from abtesting.live_assessment import (
     ExperimentSettings,
     LiveAssessment,
@@ -49,7 +51,6 @@ from abtesting.live_assessment import (
     traffic_shares,
 )
 from abtesting.policy import Decision, decide
-from abtesting.router import ExperimentConfig, ExperimentRouter
 from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 from serving.torchserve import TorchServeClient
 

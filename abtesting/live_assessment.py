@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from abtesting import stats
 from abtesting.assessment import Assessment, GuardrailLimits
-from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig
+from abtesting.experiment import OVERRIDE_VARIANT, ExperimentConfig
 from abtesting.running_assessment import RunningAssessment, ShadowNumbers, VariantNumbers
 from abtesting.store import ExperimentStore
 from abtesting.store.increments import Cursors

@@ -16,7 +16,8 @@ import time
 from datetime import UTC, datetime
 
 from abtesting import metrics as m
-from abtesting.router import OVERRIDE_VARIANT, ExperimentAssignment, ExperimentRouter
+from abtesting.assignment import ExperimentAssignment, ExperimentRouter
+from abtesting.experiment import OVERRIDE_VARIANT
 from abtesting.store import ExperimentStore, FailureRecord, PredictionRecord
 from api.seams import Assignment, PredictionEvent
 from serving.torchserve import TorchServeClient, TorchServeError

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 
 from abtesting import stats
 from abtesting.assessment import Comparison
+from abtesting.experiment import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
 from abtesting.live_assessment import LiveAssessment
-from abtesting.router import OVERRIDE_VARIANT, AutopilotConfig, ExperimentConfig
 from abtesting.running_assessment import VariantNumbers
 from abtesting.store import DecisionRecord, ExperimentStatus, ExperimentStore
 

@@ -17,15 +17,11 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from abtesting.assignment import ExperimentRouter
 from abtesting.autopilot import Autopilot
+from abtesting.experiment import ExperimentConfig, check_versions_ready, stale_experiment_reason
 from abtesting.live_assessment import LiveAssessment
 from abtesting.recorder import ExperimentRecorder
-from abtesting.router import (
-    ExperimentConfig,
-    ExperimentRouter,
-    check_versions_ready,
-    stale_experiment_reason,
-)
 from abtesting.store import DecisionRecord, ExperimentStore
 from api.seams import STALE_EXPERIMENT
 from serving.torchserve import TorchServeClient, TorchServeError

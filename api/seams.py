@@ -1,7 +1,7 @@
 """The two seams where A/B testing plugs into the prediction path.
 
 - ``VariantChooser`` decides, before a prediction, which model version a request goes to and
-  under which variant name it is counted. ``abtesting.router.ExperimentRouter`` implements it.
+  under which variant name it is counted. ``abtesting.assignment.ExperimentRouter`` implements it.
 - ``PredictionRecorder`` hears about every answered prediction after the response has been
   sent. The A/B store implements it; the gateway never waits for it and survives its failures.
 

@@ -46,8 +46,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import create_engine, insert, text
 
+from abtesting.assignment import ExperimentRouter
 from abtesting.autopilot import Autopilot, assess_experiment, observe
-from abtesting.router import ExperimentConfig, ExperimentRouter
+from abtesting.experiment import ExperimentConfig
 from abtesting.store import ExperimentStore, FailureRecord, PredictionRecord
 from abtesting.store.tables import (
     FailedPredictionRow,

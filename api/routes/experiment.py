@@ -17,8 +17,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
+from abtesting.experiment import ExperimentConfig, ExperimentNotReady
 from abtesting.report import DecisionReport, ExperimentReport, build_report
-from abtesting.router import ExperimentConfig, ExperimentNotReady
 from abtesting.service import ABTesting
 from abtesting.store import ExperimentStatus
 from api.deps import AdminDep

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from abtesting.assignment import ExperimentRouter
 from abtesting.autopilot import Autopilot
+from abtesting.experiment import ExperimentConfig
 from abtesting.report import build_report
-from abtesting.router import ExperimentConfig, ExperimentRouter
 from abtesting.store import DecisionRecord, ExperimentStore, FailureRecord, PredictionRecord
 from serving.torchserve import TorchServeClient
 from tests.abtesting.test_store import database_url, postgres_url  # noqa: F401 - fixtures

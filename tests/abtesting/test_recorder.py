@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from abtesting.assignment import ExperimentAssignment, ExperimentRouter
+from abtesting.experiment import ExperimentConfig
 from abtesting.recorder import ExperimentRecorder
-from abtesting.router import ExperimentAssignment, ExperimentConfig, ExperimentRouter
 from abtesting.store import ExperimentStore, PredictionRecord
 from api.seams import PredictionEvent
 from serving.torchserve import TorchServeClient

@@ -20,6 +20,7 @@ from sqlalchemy import insert, select
 from abtesting import stats
 from abtesting.assessment import Assessment
 from abtesting.autopilot import assess_experiment, observe
+from abtesting.experiment import OVERRIDE_VARIANT, ExperimentConfig
 from abtesting.guardrails import (
     GUARDRAIL_MIXTURE_SD,
     STATUS_NAMES,
@@ -29,7 +30,6 @@ from abtesting.guardrails import (
 from abtesting.live_assessment import LiveAssessment
 from abtesting.observations import RequestObs
 from abtesting.report import build_report
-from abtesting.router import OVERRIDE_VARIANT, ExperimentConfig
 from abtesting.running_stats import ExceedanceArm, RunningComparison, UnitCodes
 from abtesting.store import ExperimentStore, FailureRecord, PredictionRecord
 from abtesting.store.increments import GAP_GRACE_S, Cursors, IdCursor

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from abtesting.autopilot import assess_experiment, observe
-from abtesting.router import ExperimentConfig
+from abtesting.experiment import ExperimentConfig
 from abtesting.store import ExperimentStore
 from serving.torchserve_process import wait_until_answers
 from tests.api.live import LiveGateway, running_gateway

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from abtesting.router import unit_point
+from abtesting.assignment import unit_point
 from api.app import create_app
 from api.settings import Settings
 from serving.torchserve import TorchServeClient

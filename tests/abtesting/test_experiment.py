@@ -1,4 +1,4 @@
-"""ExperimentRouter: sticky stateless assignment, the weighted split, overrides, config checks."""
+"""The experiment: its config checks, sticky stateless assignment, the weighted split, overrides."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from abtesting.router import (
+from abtesting.assignment import ExperimentAssignment, ExperimentRouter
+from abtesting.experiment import (
     OVERRIDE_VARIANT,
-    ExperimentAssignment,
     ExperimentConfig,
     ExperimentNotReady,
-    ExperimentRouter,
     check_versions_ready,
 )
 from abtesting.store import ExperimentStore
@@ -58,7 +57,8 @@ def test_assignment_is_the_same_in_every_router_instance() -> None:
 def test_assignment_is_the_same_in_a_fresh_process_with_another_hash_seed() -> None:
     # A restarted replica is a new process; Python's own str hash changes between processes.
     script = (
-        "import json, sys; from abtesting.router import ExperimentConfig, ExperimentRouter; "
+        "import json, sys; from abtesting.experiment import ExperimentConfig; "
+        "from abtesting.assignment import ExperimentRouter; "
         "c = ExperimentConfig.model_validate_json(sys.argv[1]); r = ExperimentRouter(c, 1); "
         "print(json.dumps([r.choose(f'user-{i}', None).variant for i in range(500)]))"
     )
