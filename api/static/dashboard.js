@@ -201,7 +201,9 @@ function historyChart(candidate, points, decisions, metric) {
   const x0 = xs.length ? Math.min(...xs) : 0;
   const x1 = xs.length ? Math.max(...xs) : 1;
   const pad = (Math.max(...ys) - Math.min(...ys)) * 0.08 || 0.05;
-  const y0 = Math.min(...ys) - pad, y1 = Math.max(...ys) + pad;
+  // No axis past what the difference can be: accuracy in [-1, 1], MAE in [-4, 4] stars.
+  const bound = metric === "mae" ? 4 : 1;
+  const y0 = Math.max(Math.min(...ys) - pad, -bound), y1 = Math.min(Math.max(...ys) + pad, bound);
   const x = (v) => left + ((v - x0) / (x1 - x0 || 1)) * (width - left - right);
   const y = (v) => top + (1 - (v - y0) / (y1 - y0)) * (height - top - bottom);
 
