@@ -9,12 +9,11 @@ interval) it is scipy's. What scipy does not have is written here:
   observation and the experiment stopped whenever it drops below alpha without inflating the
   false-positive rate; ``always_valid_interval`` inverts it into a confidence sequence that
   covers the truth at every look at once.
-* ``running_cluster_moments`` / ``cluster_mean_variance``: metrics are per request but the
-  randomisation unit is the user, and one user's requests are correlated (same writing style,
-  same product). Treating them as independent understates the variance of a mean by the design
-  effect 1 + (m - 1) * rho and makes every test too eager (in simulated A/A experiments with
-  users who send several feedbacks, a per-request always-valid test called a difference in
-  12-13 % of them). The
+* ``running_cluster_moments``: metrics are per request but the randomisation unit is the user,
+  and one user's requests are correlated (same writing style, same product). Treating them as
+  independent understates the variance of a mean by the design effect 1 + (m - 1) * rho and
+  makes every test too eager (in simulated A/A experiments with users who send several
+  feedbacks, a per-request always-valid test called a difference in 12-13 % of them). The
   cluster-robust (delta method, ratio-of-sums) variance sums residuals per user first; it
   equals statsmodels' cluster-robust OLS variance of an intercept.
 * ``holm``: the verdict draws on one test per candidate; Holm's step-down keeps the chance of
@@ -517,26 +516,6 @@ def unit_codes(units: Sequence[str]) -> npt.NDArray[np.int64]:
         return np.zeros(0, dtype=np.int64)
     _, codes = np.unique(np.asarray(list(units), dtype=str), return_inverse=True)
     return np.asarray(codes, dtype=np.int64).reshape(-1)
-
-
-def cluster_mean_variance(
-    values: Sequence[float] | FloatArray, units: Sequence[str]
-) -> tuple[float, float, int]:
-    """Mean of per-request values and its variance with the user as the randomisation unit.
-
-    Returns (mean, variance_of_mean, clusters); the variance is inf below two clusters.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size != len(units):
-        raise ValueError(f"{x.size} values but {len(units)} units")
-    if x.size == 0:
-        raise ValueError("need at least one observation")
-    moments = running_cluster_moments(x, unit_codes(units))
-    return (
-        float(moments.mean[-1]),
-        float(moments.variance_of_mean[-1]),
-        int(moments.clusters[-1]),
-    )
 
 
 def arm_variance(moments: RunningMoments, binary: bool) -> FloatArray:

@@ -14,7 +14,6 @@ from abtesting.stats import (
     always_valid_half_width,
     always_valid_interval,
     assignment_check,
-    cluster_mean_variance,
     expected_units,
     holm,
     mean_interval,
@@ -25,6 +24,7 @@ from abtesting.stats import (
     sample_ratio_check,
     sequential_comparison,
     sequential_sample_size,
+    unit_codes,
     wilson_interval,
 )
 
@@ -202,6 +202,16 @@ def test_sequential_sample_size_is_about_the_median_stopping_time() -> None:
     stopped = (_per_request(arms, correct)[:, -1] < 0.05).mean()
     assert 0.3 <= stopped <= 0.85
     assert sequential_sample_size(0.0, 0.4, 0.4, 0.5, mixture_sd=0.05) is None
+
+
+def cluster_mean_variance(values: np.ndarray, units: list[str]) -> tuple[float, float, int]:
+    """Mean, cluster-robust variance of the mean and clusters after the last observation."""
+    moments = running_cluster_moments(values, unit_codes(units))
+    return (
+        float(moments.mean[-1]),
+        float(moments.variance_of_mean[-1]),
+        int(moments.clusters[-1]),
+    )
 
 
 def test_cluster_mean_variance_matches_statsmodels_cluster_robust_ols() -> None:
