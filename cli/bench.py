@@ -21,7 +21,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-# The goals of the performance issue, printed beside each ratio.
+# The performance goals (docs/performance.md, "Goals"), printed beside each ratio.
 GOAL_STACK_OVER_LIMIT = 0.70
 GOAL_STACK_OVER_NAIVE = 3.0
 GOAL_GATEWAY_OVERHEAD_MS = 1.5

@@ -1,7 +1,7 @@
 """``python -m loadtests.gateway_overhead``: what the gateway itself adds to one prediction.
 
-Issue 18's goal (one-user gateway overhead <= 1.5 ms p50) cannot be read off the real stack on a
-small CPU: TorchServe's own noise swamps a millisecond. Here TorchServe is replaced by a fake
+The goal of one-user gateway overhead <= 1.5 ms p50 (docs/performance.md) cannot be read off the
+real stack on a small CPU: TorchServe's own noise swamps a millisecond. Here TorchServe is replaced by a fake
 (aiohttp, TorchServe's wire format) that answers after a fixed delay, and in front of it runs the
 real gateway (``uvicorn api.app:create_app --factory`` as ``starrating serve`` starts it, SQLite
 under a temporary ``STARRATING_HOME``, no experiment). For each upstream delay, each user sends
