@@ -3,13 +3,14 @@
 The goal of one-user gateway overhead <= 1.5 ms p50 (docs/performance.md) cannot be read off the
 real stack on a small CPU: TorchServe's own noise swamps a millisecond. Here TorchServe is
 replaced by a fake (aiohttp, TorchServe's wire format) that answers after a fixed delay, and in
-front of it runs the real gateway (``uvicorn api.app:create_app --factory`` as ``starrating serve`` starts it, SQLite
-under a temporary ``STARRATING_HOME``, no experiment). For each upstream delay, each user sends
-one-review predictions one after another, alternating between the gateway and the same request
-straight to the fake, so both are measured side by side; the overhead is the difference of the
-two p50s (the fake's own service time is in both). The gateway process's CPU time per request
-comes from psutil. ``--gateway-source DIR`` runs another checkout's gateway (a ``git worktree``
-of an older commit) against the same harness. Run::
+front of it runs the real gateway (``uvicorn api.app:create_app --factory`` as ``starrating
+serve`` starts it, SQLite under a temporary ``STARRATING_HOME``, no experiment). For each
+upstream delay, each user sends one-review predictions one after another, alternating between
+the gateway and the same request straight to the fake, so both are measured side by side; the
+overhead is the difference of the two p50s (the fake's own service time is in both). The gateway
+process's CPU time per request comes from psutil. ``--gateway-source DIR`` runs another
+checkout's gateway (a ``git worktree`` of an older commit) against the same harness.
+Run::
 
     python -m loadtests.gateway_overhead --requests 500 --json docs/bench/gateway-overhead.json
 """
