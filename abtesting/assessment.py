@@ -262,8 +262,10 @@ def _intervals(
     low = high = None
     if ready:
         floor, ceiling = stats.DIFFERENCE_RANGE[metric]
-        half = float(stats.always_valid_half_width(variance, stats.MIXTURE_SD[metric], alpha))
-        low, high = max(difference - half, floor), min(difference + half, ceiling)
+        low, high = stats.always_valid_interval(
+            difference, variance, stats.MIXTURE_SD[metric], alpha
+        )
+        low, high = max(low, floor), min(high, ceiling)
     fixed = None
     if np.isfinite(variance) and variance > 0:
         fixed = float(2 * norm.sf(abs(difference) / variance**0.5))
